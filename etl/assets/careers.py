@@ -1,0 +1,231 @@
+"""The `careers` asset: Esse3 careers of one academic year × university, validated and upserted into
+the state DB, incrementally by DATA_MOD watermark. Bad rows go to quarantine; the rest goes on."""
+# No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    MultiPartitionsDefinition,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
+from sqlalchemy import Engine
+from sqlalchemy.engine import Row
+
+from etl.config import Ateneo
+from etl.domain.careers import CareerRecord, CareerRules, Rejection, map_career
+from etl.partitions import Partition
+from etl.resources.esse3 import CAREER_TABLES, Esse3Source
+from etl.resources.runtime import Runtime
+from etl.store import careers as store
+
+OVERLAP = dt.timedelta(minutes=10)  # tolerates Esse3 clock skew and long transactions
+PREVIEW_ROWS = 10
+
+
+@dataclass
+class CareerSyncResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    resolved: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    preview: list[CareerRecord] = field(default_factory=list)
+
+    @property
+    def read(self) -> int:
+        return self.inserted + self.updated + self.unchanged + self.quarantined
+
+
+def ingest_careers(
+    engine: Engine,
+    source: Esse3Source,
+    ateneo: Ateneo,
+    partition: Partition,
+    *,
+    today: dt.date | None = None,
+    overlap: dt.timedelta = OVERLAP,
+) -> CareerSyncResult:
+    """Read the partition's changed careers (plus its quarantined ones) and apply them in ONE
+    transaction together with the new watermarks, so a crash never leaves a watermark ahead of rows."""
+    today = today or dt.date.today()
+    rules = CareerRules(ateneo.finalised, ateneo.closing_reasons)
+    result = CareerSyncResult()
+    seen: dict[str, dt.datetime] = {}
+    institution = partition.institution
+    with engine.begin() as conn:
+        open_keys = store.open_quarantine_keys(
+            conn, institution, partition.academic_year, store.CAREERS_STAGE
+        )
+        watermarks = store.get_watermarks(conn, partition.key)
+        for batch in source.changed_careers(partition.academic_year, watermarks, overlap):
+            _apply_batch(conn, ateneo, partition, batch, rules, today, result, seen, open_keys)
+        # Quarantined rows are re-read even when their DATA_MOD did not move (see careers_by_id.sql).
+        retry = sorted(int(k) for k in open_keys)
+        for batch in source.careers_by_id(partition.academic_year, retry):
+            _apply_batch(conn, ateneo, partition, batch, rules, today, result, seen, open_keys)
+        # A quarantined career that vanished from Esse3 (deleted or moved year) is resolved too.
+        store.resolve_quarantine(conn, institution, store.CAREERS_STAGE, "P01_STU", open_keys)
+        result.resolved += len(open_keys)
+        store.advance_watermarks(conn, partition.key, seen)
+    return result
+
+
+def _apply_batch(
+    conn,  # type: ignore[no-untyped-def]
+    ateneo: Ateneo,
+    partition: Partition,
+    batch: list[Row],
+    rules: CareerRules,
+    today: dt.date,
+    result: CareerSyncResult,
+    seen: dict[str, dt.datetime],
+    open_keys: set[str],
+) -> None:
+    good: list[tuple[CareerRecord, dt.datetime]] = []
+    bad: list[Rejection] = []
+    for row in batch:
+        m = row._mapping
+        for table, column in zip(
+            CAREER_TABLES, ("STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD"), strict=True
+        ):
+            if (v := m[column]) is not None and (table not in seen or v > seen[table]):
+                seen[table] = v
+        mapped = map_career(m, rules, today)
+        if isinstance(mapped, Rejection):
+            bad.append(mapped)
+        else:
+            newest = max(
+                v for v in (m["STU_DATA_MOD"], m["ANAPER_DATA_MOD"], m["CDS_DATA_MOD"]) if v is not None
+            )
+            good.append((mapped, newest))
+
+    # A matricola already held by another career (here or earlier in the batch) is quarantined.
+    holders = store.matricola_holders(conn, partition.institution, (r.matricola for r, _ in good))
+    kept: list[tuple[CareerRecord, dt.datetime]] = []
+    for record, data_mod in good:
+        holder = holders.setdefault(record.matricola, record.stu_id)
+        if holder != record.stu_id:
+            bad.append(Rejection(record.stu_id, (f"duplicate matricola (also on STU_ID {holder})",)))
+        else:
+            kept.append((record, data_mod))
+
+    existing = store.existing_hashes(conn, partition.institution, [r.stu_id for r, _ in kept])
+    changed = [(r, d) for r, d in kept if existing.get(r.stu_id) != r.row_hash()]
+    result.inserted += sum(1 for r, _ in changed if r.stu_id not in existing)
+    result.updated += sum(1 for r, _ in changed if r.stu_id in existing)
+    result.unchanged += len(kept) - len(changed)
+    store.upsert_careers(conn, partition.institution, changed)
+    if len(result.preview) < PREVIEW_ROWS:
+        result.preview.extend(r for r, _ in changed[: PREVIEW_ROWS - len(result.preview)])
+
+    store.quarantine(
+        conn, partition.institution, partition.academic_year, store.CAREERS_STAGE, "P01_STU", bad
+    )
+    result.quarantined += len(bad)
+    result.reasons.update(reason for rej in bad for reason in rej.reasons)
+    good_keys = {str(r.stu_id) for r, _ in kept}
+    cleared = good_keys & open_keys
+    store.resolve_quarantine(conn, partition.institution, store.CAREERS_STAGE, "P01_STU", cleared)
+    result.resolved += len(cleared)
+    # Rows seen in this run are settled: either processed or (re)quarantined.
+    open_keys.difference_update(good_keys | {str(r.stu_id) for r in bad})
+
+
+def _preview_table(records: list[CareerRecord]) -> MetadataValue:
+    columns = ["stu_id", "matricola", "name", "course", "level", "status", "finalised"]
+    return MetadataValue.table(
+        records=[
+            TableRecord(
+                {
+                    "stu_id": r.stu_id,
+                    "matricola": r.matricola,
+                    "name": f"{r.first_name} {r.last_name}",
+                    "course": r.course_code,
+                    "level": r.academic_level or "",
+                    "status": r.status,
+                    "finalised": r.finalised,
+                }
+            )
+            for r in records
+        ],
+        schema=TableSchema(
+            columns=[TableColumn(c, "bool" if c == "finalised" else "string") for c in columns]
+        ),
+    )
+
+
+NO_DUPLICATES = "no_duplicate_careers"
+QUARANTINE_SHARE = "quarantine_share"
+
+
+def build_careers_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+    @asset(
+        name="careers",
+        partitions_def=partitions,
+        required_resource_keys={"esc"},
+        group_name="esse3",
+        kinds={"sql"},
+        description="Esse3 careers (P01_STU ⋈ P01_ANAPER ⋈ P06_CDS) validated into the state DB.",
+        check_specs=[
+            AssetCheckSpec(NO_DUPLICATES, asset="careers", description="No matricola on two careers."),
+            AssetCheckSpec(
+                QUARANTINE_SHARE, asset="careers", description="Quarantined share below the threshold."
+            ),
+        ],
+    )
+    def careers(context: AssetExecutionContext) -> MaterializeResult:
+        runtime: Runtime = context.resources.esc
+        partition = Partition.parse(context.partition_key)
+        ateneo = runtime.settings.ateneo(partition.institution)
+        result = ingest_careers(runtime.engine, runtime.esse3(partition.institution), ateneo, partition)
+        with runtime.engine.connect() as conn:
+            counts = store.partition_counts(conn, partition.institution, partition.academic_year)
+            dupes = store.duplicate_matricole(conn, partition.institution)
+        total = counts["careers"] + counts["quarantined"]
+        share = counts["quarantined"] / total if total else 0.0
+        threshold = runtime.settings.quarantine_warn_share
+        context.log.info(
+            f"{partition.key}: {result.inserted} inserted, {result.updated} updated, "
+            f"{result.unchanged} unchanged, {result.quarantined} quarantined, {result.resolved} resolved"
+        )
+        return MaterializeResult(
+            metadata={
+                "dagster/row_count": counts["careers"],
+                "inserted": result.inserted,
+                "updated": result.updated,
+                "unchanged": result.unchanged,
+                "quarantined": result.quarantined,
+                "quarantine_resolved": result.resolved,
+                "finalised_total": counts["finalised"],
+                "quarantined_open": counts["quarantined"],
+                "quarantine_reasons": MetadataValue.json(dict(result.reasons.most_common(10))),
+                "preview": _preview_table(result.preview),
+            },
+            check_results=[
+                AssetCheckResult(
+                    check_name=NO_DUPLICATES,
+                    passed=not dupes,
+                    metadata={"duplicated_matricole": len(dupes)},
+                ),
+                AssetCheckResult(
+                    check_name=QUARANTINE_SHARE,
+                    passed=share <= threshold,
+                    severity=AssetCheckSeverity.WARN,
+                    metadata={"share": round(share, 4), "threshold": threshold},
+                ),
+            ],
+        )
+
+    return careers

@@ -1,0 +1,60 @@
+"""Which partitions changed in Esse3 since we last processed them: Esse3 change markers compared with
+the watermarks in our state DB (authoritative). Shared by the sensor and `esc-sync demo --mutate`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from etl.config import Settings
+from etl.partitions import Partition
+from etl.resources.esse3 import CAREER_TABLES, ChangeMarker
+from etl.resources.runtime import Runtime
+from etl.store.careers import all_watermarks
+
+# Source tables whose watermarks decide whether a partition needs a run.
+WATCHED_TABLES = CAREER_TABLES
+
+
+@dataclass(frozen=True)
+class PartitionChange:
+    partition: Partition
+    newest: dt.datetime  # newest source DATA_MOD not yet processed
+
+    @property
+    def run_key(self) -> str:
+        # Same change → same key: Dagster never launches it twice, whatever the sensor cursor.
+        return f"{self.partition.key}@{self.newest.isoformat()}"
+
+
+def changed_partitions(
+    institution: str,
+    markers: Iterable[ChangeMarker],
+    watermarks: Mapping[tuple[str, str], dt.datetime],
+    years: Iterable[int],
+    tables: Iterable[str],
+) -> list[PartitionChange]:
+    """Partitions of ``institution`` where a watched table has rows newer than our watermark."""
+    wanted, watched = set(years), set(tables)
+    newest: dict[int, dt.datetime] = {}
+    for m in markers:
+        if m.academic_year not in wanted or m.source_table not in watched:
+            continue
+        mark = watermarks.get((Partition(m.academic_year, institution).key, m.source_table))
+        if mark is None or m.max_data_mod > mark:
+            newest[m.academic_year] = max(newest.get(m.academic_year, m.max_data_mod), m.max_data_mod)
+    return [PartitionChange(Partition(y, institution), newest[y]) for y in sorted(newest)]
+
+
+def pending_partitions(settings: Settings, runtime: Runtime) -> list[PartitionChange]:
+    """Every partition of every university with Esse3 changes beyond our watermarks."""
+    with runtime.engine.connect() as conn:
+        marks = all_watermarks(conn)
+    return [
+        change
+        for code in settings.codes
+        for change in changed_partitions(
+            code, runtime.esse3(code).change_markers(), marks, settings.academic_years, WATCHED_TABLES
+        )
+    ]

@@ -1,0 +1,171 @@
+"""`esc-sync` command line. Operator errors end with one line on stderr and exit code 2, never a
+traceback (set ESC_SYNC_DEBUG=1 to see one)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy.exc import OperationalError
+
+from etl.errors import EscSyncError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _years(text: str) -> list[int]:
+    first, _, last = text.partition("-")
+    try:
+        return list(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a year or a range like 2019-2021") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="esc-sync", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="set up the embedded default and run the whole chain")
+    d.add_argument("--mutate", action="store_true", help="apply a batch of Esse3 activity, sync what changed")
+    d.add_argument("--students", type=int, default=5000, help="careers in the demo Esse3 (first run only)")
+
+    db = sub.add_parser("db", help="state DB migrations")
+    db.add_argument("action", choices=["upgrade", "downgrade", "current"])
+    db.add_argument("revision", nargs="?", default=None)
+
+    sub.add_parser("config", help="validate the configuration and print a summary")
+
+    m = sub.add_parser("materialize", help="backfill partitions through Dagster (in-process)")
+    m.add_argument("--partition", action="append", default=[], help="e.g. 2019|unife (repeatable)")
+    m.add_argument("--institution", action="append", default=[], help="university code (repeatable)")
+    m.add_argument("--years", type=_years, help="academic year or range, e.g. 2019-2021")
+
+    sub.add_parser("sync", help="run the partitions whose Esse3 data changed (what the sensor does)")
+    sub.add_parser("status", help="per partition: careers, finalised, quarantined")
+
+    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev -w workspace.yaml)")
+    ui.add_argument("--port", type=int, default=3000)
+
+    e = sub.add_parser("emulator", help="run the ESC Router emulator", add_help=False)
+    e.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except EscSyncError as e:
+        print(f"esc-sync: {e}", file=sys.stderr)
+        return 2
+    except OperationalError as e:
+        if os.environ.get("ESC_SYNC_DEBUG"):
+            raise
+        first = str(e.orig).strip().splitlines()[0] if e.orig else "database error"
+        print(f"esc-sync: database error: {first}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from etl.demo.run import run_demo
+
+        return run_demo(mutate_batch=args.mutate, students=args.students)
+    if args.command == "emulator":
+        from etl.emulator import main as emulator_main
+
+        return emulator_main(args.args)
+
+    from etl.config import load_settings
+
+    settings = load_settings()
+    if args.command == "config":
+        for a in settings.atenei:
+            key = "set" if a.router_api_key() else "NOT SET"
+            print(
+                f"{a.code}: PIC {a.pic}, ESI scope {a.schac_home_organization}, consent {a.consent}, "
+                f"Router key ${a.router_api_key_env} {key}"
+            )
+        print(
+            f"academic years {settings.first_academic_year}-{settings.last_academic_year}; "
+            f"state DB {settings.database_url.split('@')[-1]}"
+        )
+        return 0
+    if args.command == "ui":
+        env = {
+            **os.environ,
+            "ESC_SYNC_HOME": str(settings.home),
+            "ESC_SYNC_CONFIG": str(settings.config_path),
+        }
+        from etl.orchestrate import ensure_instance
+
+        ensure_instance(settings)
+        env["DAGSTER_HOME"] = os.environ["DAGSTER_HOME"]
+        cmd = ["dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(args.port)]
+        return subprocess.call(cmd, env=env, cwd=REPO)
+
+    from etl.resources.runtime import Runtime
+    from etl.store.db import check_reachable
+
+    runtime = Runtime(settings)
+    try:
+        check_reachable(runtime.engine)
+        return _with_runtime(args, settings, runtime)
+    finally:
+        runtime.dispose()
+
+
+def _with_runtime(args: argparse.Namespace, settings, runtime) -> int:  # type: ignore[no-untyped-def]
+    from etl.store import migrate
+
+    if args.command == "db":
+        if args.action == "upgrade":
+            migrate.upgrade(runtime.engine, args.revision or "head")
+        elif args.action == "downgrade":
+            if not args.revision:
+                raise EscSyncError("db downgrade needs a revision (e.g. base, or a revision id)")
+            migrate.downgrade(runtime.engine, args.revision)
+        print(
+            f"state DB at revision {migrate.current_revision(runtime.engine)} (head {migrate.head_revision()})"
+        )
+        return 0
+    if migrate.current_revision(runtime.engine) != migrate.head_revision():
+        raise EscSyncError("state DB is not migrated to the latest revision: run `esc-sync db upgrade`")
+
+    from etl.changes import pending_partitions
+    from etl.definitions import build_definitions
+    from etl.orchestrate import ensure_instance, run_partitions
+    from etl.partitions import Partition
+    from etl.report import progress, summary
+
+    if args.command == "status":
+        summary(settings, runtime)
+        return 0
+    if args.command == "sync":
+        todo = [c.partition for c in pending_partitions(settings, runtime)]
+    else:
+        todo = [Partition.parse(k) for k in args.partition]
+        if args.institution or args.years:
+            codes = args.institution or settings.codes
+            years = args.years or settings.academic_years
+            todo += [Partition(y, c) for c in codes for y in years]
+        if not todo:
+            raise EscSyncError("materialize: give --partition KEY or --institution/--years")
+    for p in todo:
+        settings.ateneo(p.institution)
+        if p.academic_year not in settings.academic_years:
+            raise EscSyncError(f"academic year {p.academic_year} is outside the configured academic_years")
+    print(f"running {len(todo)} partition(s)")
+    run_partitions(
+        build_definitions(settings, runtime), ensure_instance(settings), sorted(set(todo)), progress=progress
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

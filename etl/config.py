@@ -1,0 +1,259 @@
+"""Settings: environment (home, state DB URL, config path) and the TOML file of universities.
+
+Every invalid value fails fast with one line naming the university and the field. Secrets never
+live here: a university names the *environment variable* that holds its Router API key, and an
+Esse3 URL may reference environment variables as ``${NAME}`` (for the password).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from etl.domain.enrolment import FinalisedRule
+from etl.errors import ConfigError
+
+CLOSING_CATEGORIES = ("graduated", "withdrawn", "lapsed", "transferred", "deceased", "other")
+PERSON_KEYS = ("PERS_ID",)
+CONSENT_MODES = ("automatic", "opt_in")
+DEFAULT_QR_BASE = "https://s.esc-r.eu/"
+
+_CODE = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")
+_PIC = re.compile(r"^[0-9]{9}$")
+_DOMAIN = re.compile(r"^(?=.{3,200}$)([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Ateneo:
+    code: str
+    name: str
+    pic: str
+    schac_home_organization: str
+    person_key: str
+    esse3_url: str
+    router_api_key_env: str
+    finalised: FinalisedRule
+    closing_reasons: dict[str, str]
+    consent: str = "automatic"
+    prints_physical_badges: bool = False
+
+    def router_api_key(self) -> str | None:
+        return os.environ.get(self.router_api_key_env) or None
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    url: str = "http://127.0.0.1:8765/esc-rest"
+    concurrency: int = 16
+    requests_per_second: float | None = None
+    timeout_s: float = 10.0
+    max_retries: int = 6
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    config_path: Path
+    atenei: tuple[Ateneo, ...]
+    first_academic_year: int
+    last_academic_year: int
+    router: RouterSettings = field(default_factory=RouterSettings)
+    quarantine_warn_share: float = 0.05
+    qr_base_url: str = DEFAULT_QR_BASE
+    logo_path: Path | None = None
+
+    @property
+    def academic_years(self) -> list[int]:
+        return list(range(self.first_academic_year, self.last_academic_year + 1))
+
+    def ateneo(self, code: str) -> Ateneo:
+        for a in self.atenei:
+            if a.code == code:
+                return a
+        raise ConfigError(f"unknown university {code!r} (configured: {', '.join(self.codes)})")
+
+    @property
+    def codes(self) -> list[str]:
+        return [a.code for a in self.atenei]
+
+
+def current_academic_year(today: dt.date | None = None) -> int:
+    """Italian academic years start in autumn; enrolments open in summer, so August onwards is next."""
+    today = today or dt.date.today()
+    return today.year if today.month >= 8 else today.year - 1
+
+
+def home_from_env() -> Path:
+    return Path(os.environ.get("ESC_SYNC_HOME", ".esc-sync")).resolve()
+
+
+def default_database_url(home: Path) -> str:
+    return f"sqlite:///{home / 'state.sqlite'}"
+
+
+def load_settings(config_path: Path | str | None = None) -> Settings:
+    home = home_from_env()
+    path = Path(config_path or os.environ.get("ESC_SYNC_CONFIG") or home / "esc-sync.toml")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (set ESC_SYNC_CONFIG or run `esc-sync demo`)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    database_url = os.environ.get("ESC_SYNC_DATABASE_URL") or default_database_url(home)
+    return parse_settings(raw, home=home, database_url=database_url, config_path=path)
+
+
+def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config_path: Path) -> Settings:
+    atenei_raw = raw.get("atenei")
+    if not isinstance(atenei_raw, list) or not atenei_raw:
+        raise ConfigError(f"{config_path}: at least one [[atenei]] table is required")
+    atenei = tuple(_parse_ateneo(a, i, home) for i, a in enumerate(atenei_raw))
+    seen: set[str] = set()
+    for a in atenei:
+        if a.code in seen:
+            raise ConfigError(f"university {a.code}: field code: duplicated")
+        seen.add(a.code)
+
+    years = raw.get("academic_years", {})
+    first = years.get("first", 2019)
+    last = years.get("last", current_academic_year())
+    if not (isinstance(first, int) and isinstance(last, int) and 1990 <= first <= last <= 2100):
+        raise ConfigError(
+            f"academic_years: first={first!r} last={last!r}: need 1990 <= first <= last <= 2100"
+        )
+
+    r = raw.get("router", {})
+    rps = r.get("requests_per_second")
+    router = RouterSettings(
+        url=_str(r.get("url", RouterSettings.url), "router", "url").rstrip("/"),
+        concurrency=_positive_int(r.get("concurrency", 16), "router", "concurrency"),
+        requests_per_second=None if not rps else float(rps),
+        timeout_s=float(r.get("timeout_s", 10.0)),
+        max_retries=_positive_int(r.get("max_retries", 6), "router", "max_retries"),
+    )
+    if not router.url.startswith(("http://", "https://")):
+        raise ConfigError(f"router: field url: {router.url!r} is not an http(s) URL")
+
+    qr = raw.get("qr", {})
+    qr_base = _str(qr.get("base_url", DEFAULT_QR_BASE), "qr", "base_url")
+    if not qr_base.startswith(("http://", "https://")):
+        raise ConfigError(f"qr: field base_url: {qr_base!r} is not an http(s) URL")
+    logo = qr.get("logo_path")
+    share = raw.get("quarantine", {}).get("warn_share", 0.05)
+    return Settings(
+        home=home,
+        database_url=database_url,
+        config_path=config_path,
+        atenei=atenei,
+        first_academic_year=first,
+        last_academic_year=last,
+        router=router,
+        quarantine_warn_share=float(share),
+        qr_base_url=qr_base if qr_base.endswith("/") else qr_base + "/",
+        logo_path=Path(logo.replace("{home}", str(home))) if logo else None,
+    )
+
+
+def _parse_ateneo(a: dict[str, Any], index: int, home: Path) -> Ateneo:
+    who = f"university {a.get('code', f'#{index + 1}')}"
+
+    def need(name: str) -> Any:
+        if name not in a or a[name] in ("", None):
+            raise ConfigError(f"{who}: field {name}: missing")
+        return a[name]
+
+    code = need("code")
+    if not isinstance(code, str) or not _CODE.match(code):
+        raise ConfigError(f"{who}: field code: {code!r} must be 2-32 lower-case letters, digits, - or _")
+    pic = str(need("pic"))
+    if not _PIC.match(pic):
+        raise ConfigError(f"{who}: field pic: {pic!r} must be exactly 9 digits")
+    schac = str(need("schac_home_organization")).lower()
+    if not _DOMAIN.match(schac):
+        raise ConfigError(f"{who}: field schac_home_organization: {schac!r} is not an internet domain")
+    person_key = str(a.get("person_key", "PERS_ID")).upper()
+    if person_key in ("COD_FIS", "CODICE_FISCALE", "CF"):
+        raise ConfigError(
+            f"{who}: field person_key: the codice fiscale must never be used to build the ESI "
+            "(a national personal number, unsuitable under GDPR); use PERS_ID"
+        )
+    if person_key == "MATRICOLA":
+        raise ConfigError(
+            f"{who}: field person_key: the matricola changes with every career, but an ESI can never "
+            "change; use PERS_ID"
+        )
+    if person_key not in PERSON_KEYS:
+        raise ConfigError(f"{who}: field person_key: {person_key!r} unsupported (one of {PERSON_KEYS})")
+    key_env = str(need("router_api_key_env"))
+    if not _ENV_NAME.match(key_env):
+        raise ConfigError(
+            f"{who}: field router_api_key_env: must be the NAME of an environment variable "
+            "(upper case), never the key itself"
+        )
+    consent = a.get("consent", "automatic")
+    if consent not in CONSENT_MODES:
+        raise ConfigError(f"{who}: field consent: {consent!r} must be one of {CONSENT_MODES}")
+
+    fin = a.get("finalised", {})
+    statuses = fin.get("statuses", ["A", "S", "X"])
+    if not isinstance(statuses, list) or not statuses or not all(isinstance(s, str) for s in statuses):
+        raise ConfigError(f"{who}: field finalised.statuses: must be a non-empty list of status codes")
+    if "I" in statuses:
+        raise ConfigError(f"{who}: field finalised.statuses: 'I' is the provisional status, never finalised")
+    finalised = FinalisedRule(
+        statuses=frozenset(statuses),
+        require_enrolment_date=bool(fin.get("require_enrolment_date", True)),
+    )
+    reasons = a.get("closing_reasons", {})
+    if not isinstance(reasons, dict):
+        raise ConfigError(f"{who}: field closing_reasons: must be a table of code = category")
+    for reason_code, category in reasons.items():
+        if category not in CLOSING_CATEGORIES:
+            raise ConfigError(
+                f"{who}: field closing_reasons.{reason_code}: {category!r} "
+                f"must be one of {CLOSING_CATEGORIES}"
+            )
+    return Ateneo(
+        code=code,
+        name=str(need("name")),
+        pic=pic,
+        schac_home_organization=schac,
+        person_key=person_key,
+        esse3_url=_expand(str(need("esse3_url")), home, who),
+        router_api_key_env=key_env,
+        finalised=finalised,
+        closing_reasons=dict(reasons),
+        consent=consent,
+        prints_physical_badges=bool(a.get("prints_physical_badges", False)),
+    )
+
+
+def _expand(url: str, home: Path, who: str) -> str:
+    def env(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            raise ConfigError(f"{who}: field esse3_url: environment variable {m.group(1)} is not set")
+        return value
+
+    return _ENV_REF.sub(env, url.replace("{home}", str(home)))
+
+
+def _str(v: Any, section: str, name: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{section}: field {name}: must be a non-empty string")
+    return v
+
+
+def _positive_int(v: Any, section: str, name: str) -> int:
+    if not isinstance(v, int) or v < 1:
+        raise ConfigError(f"{section}: field {name}: {v!r} must be a positive integer")
+    return v

@@ -1,0 +1,59 @@
+"""The one Dagster `Definitions`: assets, checks, the change-data sensor, jobs and resources.
+
+`dagster dev -w workspace.yaml` loads `defs` from here; configuration comes from ESC_SYNC_CONFIG /
+ESC_SYNC_HOME like every other command."""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetSelection,
+    Definitions,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    define_asset_job,
+    sensor,
+)
+
+from etl.assets.careers import build_careers_asset
+from etl.changes import pending_partitions
+from etl.config import Settings, load_settings
+from etl.partitions import partitions_def
+from etl.resources.runtime import Runtime
+
+JOB_NAME = "esc_sync"
+
+
+def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Definitions:
+    partitions = partitions_def(settings)
+    assets = [build_careers_asset(partitions)]
+    job = define_asset_job(JOB_NAME, selection=AssetSelection.all(), partitions_def=partitions)
+
+    @sensor(name="esse3_changes", job=job, minimum_interval_seconds=60, required_resource_keys={"esc"})
+    def esse3_changes(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        """Thin by design (60 s tick deadline): one aggregate query per university, then run
+        requests for the partitions whose Esse3 data is newer than our watermark."""
+        requests = [
+            RunRequest(run_key=change.run_key, partition_key=change.partition.dagster_key())
+            for change in pending_partitions(settings, context.resources.esc)
+        ]
+        if not requests:
+            return SkipReason("no Esse3 changes beyond the watermarks")
+        return SensorResult(run_requests=requests)
+
+    return Definitions(
+        assets=assets,
+        jobs=[job],
+        sensors=[esse3_changes],
+        resources={"esc": runtime or Runtime(settings)},
+    )
+
+
+def __getattr__(name: str) -> Definitions:
+    # Loaded lazily so importing this module (tests, tools) does not need a config file.
+    if name == "defs":
+        global defs
+        defs = build_definitions(load_settings())
+        return defs
+    raise AttributeError(name)

@@ -1,0 +1,138 @@
+"""Esse3 source: runs the SQL under ``sql/esse3/`` against any SQLAlchemy URL (Oracle in production
+through ``oracledb``; SQLite or PostgreSQL in the demo and tests). The only code that reads Esse3."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from sqlalchemy import Date, DateTime, Engine, TextClause, bindparam, text
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+from etl.errors import EscSyncError
+from etl.store.db import check_reachable, make_engine
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql" / "esse3"
+CAREER_TABLES = ("P01_STU", "P01_ANAPER", "P06_CDS")
+EPOCH = dt.datetime(1900, 1, 1)
+
+
+_CAREER_TYPES = {
+    "DATA_IMM": Date,
+    "DATA_CHIUSURA": Date,
+    "STU_DATA_MOD": DateTime,
+    "ANAPER_DATA_MOD": DateTime,
+    "CDS_DATA_MOD": DateTime,
+}
+
+
+@cache
+def sql(name: str) -> str:
+    return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+@cache
+def _careers_statement(name: str) -> TextClause:
+    """Typed binds and result columns, so every driver (SQLite included) returns real dates."""
+    stmt = text(sql(name)).columns(**_CAREER_TYPES)
+    binds = [bindparam(f"since_{t}", type_=DateTime) for t in ("stu", "anaper", "cds")]
+    if name == "careers_by_id":
+        binds = [bindparam("stu_ids", expanding=True)]
+    return stmt.bindparams(*binds)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ChangeMarker:
+    academic_year: int
+    source_table: str
+    max_data_mod: dt.datetime
+
+
+class Esse3Source:
+    """Reads one university's Esse3 database. Streams: memory stays flat whatever the table size."""
+
+    def __init__(self, institution: str, url: str, *, batch_size: int = 5_000) -> None:
+        self.institution = institution
+        self.batch_size = batch_size
+        self.engine: Engine = make_engine(url, what=f"university {institution}: Esse3")
+
+    def check(self) -> None:
+        check_reachable(self.engine, what=f"university {self.institution}: Esse3")
+
+    def changed_careers(
+        self,
+        academic_year: int,
+        since: dict[str, dt.datetime | None],
+        overlap: dt.timedelta,
+    ) -> Iterator[list[Row]]:
+        """Batches of careers of a year changed after ``since[table] - overlap``, ordered by STU_ID
+        and de-duplicated on it (the overlap re-reads rows; the key makes that harmless)."""
+        params = {
+            "aa_id": academic_year,
+            **{
+                f"since_{t.split('_', 1)[1].lower()}": (since.get(t) or EPOCH) - overlap
+                for t in CAREER_TABLES
+            },
+        }
+        yield from self._stream(_careers_statement("careers_changed"), params)
+
+    def careers_by_id(self, academic_year: int, stu_ids: Sequence[int]) -> Iterator[list[Row]]:
+        stmt = _careers_statement("careers_by_id")
+        for start in range(0, len(stu_ids), 500):  # Oracle caps IN lists at 1,000
+            chunk = list(stu_ids[start : start + 500])
+            yield from self._stream(stmt, {"aa_id": academic_year, "stu_ids": chunk})
+
+    def change_markers(self) -> list[ChangeMarker]:
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(text(sql("change_markers"))).all()
+        except DBAPIError as e:
+            raise describe_source_error(self.institution, e) from None
+        return [ChangeMarker(int(r[0]), str(r[1]), _as_datetime(r[2])) for r in rows if r[2] is not None]
+
+    def _stream(self, stmt: object, params: dict[str, object]) -> Iterator[list[Row]]:
+        last_key: object = None
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=self.batch_size).execute(
+                    stmt, params
+                )
+                for batch in result.partitions():
+                    rows = list(_dedupe_sorted(batch, last_key))
+                    if rows:
+                        last_key = rows[-1][0]
+                        yield rows
+        except DBAPIError as e:
+            raise describe_source_error(self.institution, e) from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _dedupe_sorted(rows: Iterable[Row], last_key: object) -> Iterator[Row]:
+    for r in rows:
+        if r[0] != last_key:
+            last_key = r[0]
+            yield r
+
+
+def _as_datetime(v: object) -> dt.datetime:
+    # SQLite returns text for aggregates over DATETIME columns.
+    if isinstance(v, dt.datetime):
+        return v
+    if isinstance(v, dt.date):
+        return dt.datetime(v.year, v.month, v.day)
+    return dt.datetime.fromisoformat(str(v))
+
+
+def describe_source_error(institution: str, e: DBAPIError) -> EscSyncError:
+    """One line for a missing table/column or a lost connection, without the SQL or parameters."""
+    first = str(e.orig).strip().splitlines()[0] if e.orig is not None else type(e).__name__
+    kind = "query failed (missing table or column?)" if isinstance(e, ProgrammingError) else "error"
+    if isinstance(e, OperationalError) and "no such table" not in first.lower():
+        kind = "unreachable or failed"
+    return EscSyncError(f"university {institution}: Esse3 {kind}: {first}")

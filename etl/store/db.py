@@ -1,0 +1,51 @@
+"""Engines for the state DB (and Esse3): one place for dialect settings and clear connection errors."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from etl.errors import EscSyncError
+
+
+def make_engine(url: str, *, what: str = "state DB") -> Engine:
+    """Create an engine; SQLite gets WAL and a busy timeout so Dagster's processes can share it."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise EscSyncError(f"{what}: {_safe(url)} is not a valid database URL") from None
+    if parsed.drivername == "postgresql":
+        # Our deployments use psycopg 3; a bare postgresql:// would need psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def check_reachable(engine: Engine, *, what: str = "state DB") -> None:
+    """Fail with one line (no traceback, no password) when the database cannot be reached."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as e:
+        reason = str(e.orig).strip().splitlines()[0] if e.orig else "connection failed"
+        raise EscSyncError(f"{what}: cannot connect to {_safe(engine.url)}: {reason}") from None
+
+
+def _safe(url: object) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(str(url)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"

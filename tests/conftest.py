@@ -1,0 +1,71 @@
+"""Shared fixtures: real SQLite files and a real PostgreSQL (a throw-away database per test).
+
+PostgreSQL tests use ESC_SYNC_TEST_PG_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test).
+Without it they skip, unless ESC_SYNC_REQUIRE_PG=1 (CI), where a missing server fails them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from etl.config import Settings, parse_settings
+from etl.demo.config import demo_config_toml
+from etl.store.db import make_engine
+from etl.store.migrate import upgrade
+
+PG_URL = os.environ.get("ESC_SYNC_TEST_PG_URL")
+NOW = dt.datetime(2026, 11, 2, 9, 30)
+
+
+def _pg_or_skip() -> str:
+    if PG_URL:
+        return PG_URL
+    if os.environ.get("ESC_SYNC_REQUIRE_PG"):
+        pytest.fail("ESC_SYNC_REQUIRE_PG is set but ESC_SYNC_TEST_PG_URL is not")
+    pytest.skip("PostgreSQL not configured (set ESC_SYNC_TEST_PG_URL)")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    base = _pg_or_skip()
+    name = f"escsync_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.sqlite'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def state_engine(state_url: str) -> Iterator[Engine]:
+    engine = make_engine(state_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def demo_settings(home: Path, database_url: str, **overrides: object) -> Settings:
+    import tomllib
+
+    raw = tomllib.loads(demo_config_toml())
+    raw.update(overrides)
+    return parse_settings(raw, home=home, database_url=database_url, config_path=home / "esc-sync.toml")
