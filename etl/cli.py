@@ -131,7 +131,8 @@ def _with_runtime(args: argparse.Namespace, settings, runtime) -> int:  # type: 
                 raise EscSyncError("db downgrade needs a revision (e.g. base, or a revision id)")
             migrate.downgrade(runtime.engine, args.revision)
         print(
-            f"state DB at revision {migrate.current_revision(runtime.engine)} (head {migrate.head_revision()})"
+            f"state DB at revision {migrate.current_revision(runtime.engine)} "
+            f"(head {migrate.head_revision()})"
         )
         return 0
     if migrate.current_revision(runtime.engine) != migrate.head_revision():

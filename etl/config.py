@@ -172,13 +172,13 @@ def _parse_ateneo(a: dict[str, Any], index: int, home: Path) -> Ateneo:
         return a[name]
 
     code = need("code")
-    if not isinstance(code, str) or not _CODE.match(code):
+    if not isinstance(code, str) or not _CODE.fullmatch(code):
         raise ConfigError(f"{who}: field code: {code!r} must be 2-32 lower-case letters, digits, - or _")
     pic = str(need("pic"))
-    if not _PIC.match(pic):
+    if not _PIC.fullmatch(pic):
         raise ConfigError(f"{who}: field pic: {pic!r} must be exactly 9 digits")
     schac = str(need("schac_home_organization")).lower()
-    if not _DOMAIN.match(schac):
+    if not _DOMAIN.fullmatch(schac):
         raise ConfigError(f"{who}: field schac_home_organization: {schac!r} is not an internet domain")
     person_key = str(a.get("person_key", "PERS_ID")).upper()
     if person_key in ("COD_FIS", "CODICE_FISCALE", "CF"):
@@ -194,7 +194,7 @@ def _parse_ateneo(a: dict[str, Any], index: int, home: Path) -> Ateneo:
     if person_key not in PERSON_KEYS:
         raise ConfigError(f"{who}: field person_key: {person_key!r} unsupported (one of {PERSON_KEYS})")
     key_env = str(need("router_api_key_env"))
-    if not _ENV_NAME.match(key_env):
+    if not _ENV_NAME.fullmatch(key_env):
         raise ConfigError(
             f"{who}: field router_api_key_env: must be the NAME of an environment variable "
             "(upper case), never the key itself"

@@ -3,11 +3,11 @@
 `dagster dev -w workspace.yaml` loads `defs` from here; configuration comes from ESC_SYNC_CONFIG /
 ESC_SYNC_HOME like every other command."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Dagster reads the ResourceParam annotation at runtime.
 from dagster import (
     AssetSelection,
     Definitions,
+    ResourceParam,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
@@ -30,13 +30,15 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
     assets = [build_careers_asset(partitions)]
     job = define_asset_job(JOB_NAME, selection=AssetSelection.all(), partitions_def=partitions)
 
-    @sensor(name="esse3_changes", job=job, minimum_interval_seconds=60, required_resource_keys={"esc"})
-    def esse3_changes(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+    @sensor(name="esse3_changes", job=job, minimum_interval_seconds=60)
+    def esse3_changes(
+        context: SensorEvaluationContext, esc: ResourceParam[Runtime]
+    ) -> SensorResult | SkipReason:
         """Thin by design (60 s tick deadline): one aggregate query per university, then run
         requests for the partitions whose Esse3 data is newer than our watermark."""
         requests = [
             RunRequest(run_key=change.run_key, partition_key=change.partition.dagster_key())
-            for change in pending_partitions(settings, context.resources.esc)
+            for change in pending_partitions(settings, esc)
         ]
         if not requests:
             return SkipReason("no Esse3 changes beyond the watermarks")

@@ -49,8 +49,8 @@ def ensure_instance(settings: Settings) -> DagsterInstance:
     return DagsterInstance.from_config(str(home))
 
 
-# The CLI prints its own progress line per partition; Dagster's event log stays in the UI.
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The CLI prints its own progress lines and one-line errors; Dagster's event log stays in the UI.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass(frozen=True)

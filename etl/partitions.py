@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from dagster import MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition
 
 from etl.config import Settings
+from etl.errors import EscSyncError
 
 YEAR, INSTITUTION = "academic_year", "institution"
 
@@ -31,7 +32,7 @@ class Partition:
             return cls(int(dims[YEAR]), dims[INSTITUTION])
         year, _, institution = str(key).partition("|")
         if not year.isdigit() or not institution:
-            raise ValueError(
+            raise EscSyncError(
                 f"partition key {key!r} is not '<academic year>|<university>', e.g. '2019|unife'"
             )
         return cls(int(year), institution)

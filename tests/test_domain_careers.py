@@ -16,11 +16,25 @@ RULES = CareerRules(FinalisedRule(), {"TIT": "graduated", "RIN": "withdrawn"})
 
 def row(**over: object) -> dict:
     base = {
-        "STU_ID": 7, "PERS_ID": 70, "ANAPER_PERS_ID": 70, "MATRICOLA": "100007", "CDS_ID": 3, "AA_ID": 2024,
-        "DATA_IMM": dt.date(2024, 9, 20), "STA_STU_COD": "A", "MOT_STASTU_COD": None, "DATA_CHIUSURA": None,
-        "CODICE_ESI": None, "COGNOME": "Rossi", "NOME": "Giulia", "EMAIL": "g@gmail.com",
-        "EMAIL_ATE": "giulia.rossi@studenti.unife.it", "CONSENSO_ESC": "S", "CDS_COD": "IC",
-        "CDS_DES": "Ingegneria Civile", "TIPO_CORSO_COD": "L2",
+        "STU_ID": 7,
+        "PERS_ID": 70,
+        "ANAPER_PERS_ID": 70,
+        "MATRICOLA": "100007",
+        "CDS_ID": 3,
+        "AA_ID": 2024,
+        "DATA_IMM": dt.date(2024, 9, 20),
+        "STA_STU_COD": "A",
+        "MOT_STASTU_COD": None,
+        "DATA_CHIUSURA": None,
+        "CODICE_ESI": None,
+        "COGNOME": "Rossi",
+        "NOME": "Giulia",
+        "EMAIL": "g@gmail.com",
+        "EMAIL_ATE": "giulia.rossi@studenti.unife.it",
+        "CONSENSO_ESC": "S",
+        "CDS_COD": "IC",
+        "CDS_DES": "Ingegneria Civile",
+        "TIPO_CORSO_COD": "L2",
     }
     base.update(over)
     return base
@@ -30,7 +44,11 @@ def test_good_row_maps_to_record() -> None:
     r = map_career(row(), RULES, TODAY)
     assert isinstance(r, CareerRecord)
     assert (r.finalised, r.academic_level, r.email, r.person_key) == (
-        True, "BACHELOR", "giulia.rossi@studenti.unife.it", "70")
+        True,
+        "BACHELOR",
+        "giulia.rossi@studenti.unife.it",
+        "70",
+    )
     assert r.row_hash() == map_career(row(), RULES, TODAY).row_hash()
     assert r.row_hash() != map_career(row(NOME="Giulio"), RULES, TODAY).row_hash()
 
@@ -65,7 +83,9 @@ def test_reasons_never_quote_personal_data() -> None:
 
 
 def test_closed_career_maps_category_and_keeps_closing_date() -> None:
-    r = map_career(row(STA_STU_COD="X", MOT_STASTU_COD="TIT", DATA_CHIUSURA=dt.date(2025, 7, 1)), RULES, TODAY)
+    r = map_career(
+        row(STA_STU_COD="X", MOT_STASTU_COD="TIT", DATA_CHIUSURA=dt.date(2025, 7, 1)), RULES, TODAY
+    )
     assert isinstance(r, CareerRecord)
     assert (r.closing_category, r.closing_date, r.finalised) == ("graduated", dt.date(2025, 7, 1), True)
 
@@ -93,8 +113,16 @@ def test_provisional_career_is_kept_but_not_finalised() -> None:
 
 @pytest.mark.parametrize(
     ("tipo", "level"),
-    [("L2", "BACHELOR"), ("lm", "MASTER"), ("LM5", "MASTER"), ("LM6", "MASTER"), ("D", "DOCTORATE"),
-     ("CS", None), (None, None), ("", None)],
+    [
+        ("L2", "BACHELOR"),
+        ("lm", "MASTER"),
+        ("LM5", "MASTER"),
+        ("LM6", "MASTER"),
+        ("D", "DOCTORATE"),
+        ("CS", None),
+        (None, None),
+        ("", None),
+    ],
 )
 def test_academic_level(tipo, level) -> None:
     assert academic_level(tipo) == level

@@ -122,13 +122,14 @@ def _apply_batch(
             kept.append((record, data_mod))
 
     existing = store.existing_hashes(conn, partition.institution, [r.stu_id for r, _ in kept])
-    changed = [(r, d) for r, d in kept if existing.get(r.stu_id) != r.row_hash()]
-    result.inserted += sum(1 for r, _ in changed if r.stu_id not in existing)
-    result.updated += sum(1 for r, _ in changed if r.stu_id in existing)
+    hashed = [(r, r.row_hash(), d) for r, d in kept]
+    changed = [(r, h, d) for r, h, d in hashed if existing.get(r.stu_id) != h]
+    result.inserted += sum(1 for r, _, _ in changed if r.stu_id not in existing)
+    result.updated += sum(1 for r, _, _ in changed if r.stu_id in existing)
     result.unchanged += len(kept) - len(changed)
     store.upsert_careers(conn, partition.institution, changed)
     if len(result.preview) < PREVIEW_ROWS:
-        result.preview.extend(r for r, _ in changed[: PREVIEW_ROWS - len(result.preview)])
+        result.preview.extend(r for r, _, _ in changed[: PREVIEW_ROWS - len(result.preview)])
 
     store.quarantine(
         conn, partition.institution, partition.academic_year, store.CAREERS_STAGE, "P01_STU", bad

@@ -16,7 +16,7 @@ from etl.demo import config as demo
 from etl.demo.generate import generate, is_generated
 from etl.demo.mutate import mutate
 from etl.orchestrate import ensure_instance, run_partitions
-from etl.report import progress, summary, say
+from etl.report import progress, say, summary
 from etl.resources.runtime import Runtime
 from etl.store.db import check_reachable
 from etl.store.migrate import upgrade
@@ -45,7 +45,8 @@ def prepare(home: Path, students: int) -> Settings:
             )
             bad = sum(len(v) for v in stats.bad.values())
             say(
-                f"generated demo Esse3 for {a.code}: {stats.careers} careers, {stats.badges} badges, {bad} bad rows"
+                f"generated demo Esse3 for {a.code}: {stats.careers} careers, "
+                f"{stats.badges} badges, {bad} bad rows"
             )
     settings = load_settings(config_path)
     runtime = Runtime(settings)
@@ -65,7 +66,7 @@ def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60
             now = dt.datetime.now().replace(microsecond=0)
             for i, a in enumerate(demo.DEMO_ATENEI):
                 stats = mutate(
-                    runtime.esse3(a.code).engine.url.render_as_string(),
+                    runtime.esse3(a.code).engine.url.render_as_string(hide_password=False),
                     seed=now.second + i,
                     now=now,
                     size=size,

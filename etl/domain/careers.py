@@ -7,8 +7,8 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from etl.domain.enrolment import FinalisedRule
 from etl.domain.levels import academic_level
@@ -24,8 +24,10 @@ class CareerRules:
     closing_reasons: Mapping[str, str]
 
 
-@dataclass(frozen=True)
-class CareerRecord:
+class CareerRecord(NamedTuple):
+    """A NamedTuple, not a dataclass: ingestion builds and hashes 100,000s of these, and
+    dataclasses' asdict/astuple deep-copy every field."""
+
     stu_id: int
     pers_id: int
     person_key: str
@@ -49,7 +51,7 @@ class CareerRecord:
 
     def row_hash(self) -> str:
         """Detects unchanged rows (the overlap window re-reads them) without comparing every column."""
-        return hashlib.md5(repr(astuple(self)).encode(), usedforsecurity=False).hexdigest()
+        return hashlib.md5(repr(tuple(self)).encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import Date, DateTime, Engine, TextClause, bindparam, text
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from etl.errors import EscSyncError
 from etl.store.db import check_reachable, make_engine
@@ -132,7 +132,11 @@ def _as_datetime(v: object) -> dt.datetime:
 def describe_source_error(institution: str, e: DBAPIError) -> EscSyncError:
     """One line for a missing table/column or a lost connection, without the SQL or parameters."""
     first = str(e.orig).strip().splitlines()[0] if e.orig is not None else type(e).__name__
-    kind = "query failed (missing table or column?)" if isinstance(e, ProgrammingError) else "error"
-    if isinstance(e, OperationalError) and "no such table" not in first.lower():
+    low = first.lower()
+    if any(s in low for s in ("no such table", "no such column", "does not exist", "ora-00942", "ora-00904")):
+        kind = "missing table or column"
+    elif isinstance(e, OperationalError):
         kind = "unreachable or failed"
+    else:
+        kind = "query failed"
     return EscSyncError(f"university {institution}: Esse3 {kind}: {first}")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 
 from sqlalchemy import Connection, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from etl.domain.careers import CareerRecord, Rejection
+from etl.store.bulk import Bulk
 from etl.store.models import Career, Quarantine, Watermark, utcnow
 
 CAREERS_STAGE = "careers"
@@ -22,45 +22,47 @@ def _insert(conn: Connection, table):  # type: ignore[no-untyped-def]
 
 
 def existing_hashes(conn: Connection, institution: str, stu_ids: Sequence[int]) -> dict[int, str]:
-    rows = conn.execute(
-        select(Career.stu_id, Career.row_hash).where(
-            Career.institution == institution, Career.stu_id.in_(stu_ids)
-        )
+    rows = Bulk(conn).select_where_in(
+        "SELECT stu_id, row_hash FROM careers WHERE institution = %s AND stu_id {IN}", (institution,), stu_ids
     )
-    return {r[0]: r[1] for r in rows}
+    return dict(rows)  # type: ignore[arg-type]
 
 
 def matricola_holders(conn: Connection, institution: str, matricole: Iterable[str]) -> dict[str, int]:
-    """matricola → the STU_ID that already holds it in the state DB."""
-    rows = conn.execute(
-        select(Career.matricola, func.min(Career.stu_id))
-        .where(Career.institution == institution, Career.matricola.in_(set(matricole)))
-        .group_by(Career.matricola)
+    """matricola → the (lowest) STU_ID that already holds it in the state DB."""
+    rows = Bulk(conn).select_where_in(
+        "SELECT matricola, MIN(stu_id) FROM careers WHERE institution = %s AND matricola {IN} "
+        "GROUP BY matricola",
+        (institution,),
+        sorted(set(matricole)),
     )
-    return {r[0]: r[1] for r in rows}
+    return dict(rows)  # type: ignore[arg-type]
+
+
+CAREER_COLUMNS = (
+    *CareerRecord._fields,
+    "institution",
+    "row_hash",
+    "source_data_mod",
+    "created_at",
+    "updated_at",
+)
 
 
 def upsert_careers(
-    conn: Connection, institution: str, records: Sequence[tuple[CareerRecord, dt.datetime]]
+    conn: Connection, institution: str, records: Sequence[tuple[CareerRecord, str, dt.datetime]]
 ) -> None:
-    """Insert or update careers; each comes with its source DATA_MOD (newest of the joined rows)."""
-    if not records:
-        return
+    """Insert or update careers; each comes with its row hash and source DATA_MOD (newest of the
+    joined rows)."""
     now = utcnow()
-    values = [
-        {
-            **asdict(r),
-            "institution": institution,
-            "row_hash": r.row_hash(),
-            "source_data_mod": data_mod,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for r, data_mod in records
-    ]
-    stmt = _insert(conn, Career.__table__)
-    changing = {c: stmt.excluded[c] for c in values[0] if c not in ("institution", "stu_id", "created_at")}
-    conn.execute(stmt.on_conflict_do_update(index_elements=["institution", "stu_id"], set_=changing), values)
+    Bulk(conn).upsert(
+        "careers",
+        CAREER_COLUMNS,
+        ("institution", "stu_id"),
+        ((*r, institution, row_hash, data_mod, now, now) for r, row_hash, data_mod in records),
+        keep=("created_at",),
+        temporal=("enrolment_date", "closing_date", "source_data_mod", "created_at", "updated_at"),
+    )
 
 
 def open_quarantine_keys(conn: Connection, institution: str, academic_year: int, stage: str) -> set[str]:

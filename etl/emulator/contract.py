@@ -1,0 +1,313 @@
+"""The Router contract as pure rules: enums, error codes, body validation, paging and search parsing.
+
+Nothing here touches HTTP or the database, so every rejection the emulator makes is testable on plain
+values. Validation is deliberately at least as strict as the documented Router (nulls, unknown enums,
+over-long strings are rejected) so that client bugs surface against the emulator first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from etl.domain.escn import InvalidEscn, validate_escn
+from etl.domain.esi import ESI_PREFIX, InvalidEsi, validate_esi
+
+MAX_STRING = 255
+MAX_PAGE_SIZE = 10  # the Router silently caps page sizes at 10
+MAX_GENERATED_ESCN = 100  # more per call answers 500 at the Router
+
+ACADEMIC_LEVELS = {
+    "BACHELOR": "Bachelor or equivalent level (ISCED 6)",
+    "MASTER": "Master or equivalent level (ISCED 7)",
+    "DOCTORATE": "Doctoral or equivalent level (ISCED 8)",
+}
+CARD_TYPES = {
+    "PASSIVE": "Passive",
+    "SMART_PASSIVE": "Smart passive",
+    "SMART_NO_CDZ": "Smart, no common data zone",
+    "SMART_CDZ": "Smart with common data zone",
+    "SMART_MAY_SP": "Smart, may have service providers",
+    "SMART_PASSIVE_EMULATION": "Smart passive emulation",
+    "UNKNOWN": "Unknown",
+}
+WRITABLE_CARD_STATUSES = ("ACTIVE", "INACTIVE")
+CARD_STATUSES = {"ACTIVE": "Active", "INACTIVE": "Inactive", "EXPIRED": "Expired"}
+IDENTIFIER_CODES = {"ESI": "European Student Identifier"}
+
+# Error codes. ER-0019, ER-0002 and SE-0000 are the Router's documented ones; the rest are the
+# emulator's own (clients should branch on the HTTP status and the documented codes only).
+INVALID_INPUT = "ER-0001"
+CARD_EXISTS = "ER-0002"
+PERSON_UNKNOWN = "ER-0003"
+PERSON_EXISTS = "ER-0019"
+NOT_FOUND = "ER-0404"
+SERVER_ERROR = "ER-0500"
+ACCESS_DENIED = "SE-0000"
+UNAUTHORIZED = "SE-0001"
+
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_PIC_RE = re.compile(r"^[0-9]{9}$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+_SEARCH_SEP = re.compile(r"<[+ ]>")  # "<+>" arrives as "< >" when the client leaves "+" unencoded
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status plus the Router's ``{code, message}`` body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(400, INVALID_INPUT, message)
+
+
+def unauthorized(message: str = "missing or unknown API key") -> ApiError:
+    return ApiError(401, UNAUTHORIZED, message)
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, NOT_FOUND, f"{what} not found")
+
+
+def access_denied() -> ApiError:
+    return ApiError(403, ACCESS_DENIED, "access denied")
+
+
+def esi_key(esi: str) -> str:
+    """The lookup key of an ESI: the prefix is case-insensitive, the rest exact."""
+    if esi[: len(ESI_PREFIX)].lower() == ESI_PREFIX.lower():
+        return ESI_PREFIX + esi[len(ESI_PREFIX) :]
+    return esi
+
+
+@dataclass(frozen=True)
+class PersonInput:
+    identifier: str
+    full_name: str
+    email: str | None
+    academic_level: str | None
+
+
+@dataclass(frozen=True)
+class CardInput:
+    card_number: str | None
+    person_identifier: str
+    status: str
+    card_type: str
+    issued_at: dt.date
+    expires_at: dt.date
+    display_name: str | None
+    processor_identifier: str | None
+
+
+def parse_person(body: Any, key_pic: str) -> PersonInput:
+    """A PersonUpdateView for the caller's organisation (401 when it names another organisation)."""
+    obj = _object(body, "body")
+    identifier = _required_str(obj, "identifier")
+    try:
+        validate_esi(identifier)
+    except InvalidEsi as e:
+        raise invalid(f"identifier: {e}") from None
+    code = _optional_str(obj, "identifierCode")
+    if code is not None and code not in IDENTIFIER_CODES:
+        raise invalid(f"identifierCode: {code!r} is not one of {sorted(IDENTIFIER_CODES)}")
+    _optional_str(obj, "fullName")  # accepted at top level too; the relation's fullName is what counts
+    relations = obj.get("personOrganisationUpdateViews")
+    if not isinstance(relations, list) or not relations:
+        raise invalid("personOrganisationUpdateViews: a non-empty list is required")
+    for i, entry in enumerate(relations):
+        pic = _required_str(_object(entry, f"personOrganisationUpdateViews[{i}]"), "organisationIdentifier")
+        if pic != key_pic:
+            raise unauthorized("organisationIdentifier does not match the organisation of the API key")
+    if len(relations) > 1:
+        raise invalid("personOrganisationUpdateViews: our organisation appears more than once")
+    rel = relations[0]
+    level = _optional_str(rel, "academicLevel")
+    if level is not None and level not in ACADEMIC_LEVELS:
+        raise invalid(f"academicLevel: {level!r} is not one of {sorted(ACADEMIC_LEVELS)}")
+    email = _optional_str(rel, "email")
+    if email is not None and not _EMAIL_RE.match(email):
+        raise invalid("email: not an e-mail address")
+    return PersonInput(
+        identifier=identifier,
+        full_name=_required_str(rel, "fullName"),
+        email=email,
+        academic_level=level,
+    )
+
+
+def parse_card(body: Any, key_pic: str) -> CardInput:
+    """A CardUpdateView issued by the caller's organisation (401 when it names another issuer)."""
+    obj = _object(body, "body")
+    issuer = _required_str(obj, "issuerIdentifier")
+    if issuer != key_pic:
+        raise unauthorized("issuerIdentifier does not match the organisation of the API key")
+    number = _optional_str(obj, "cardNumber")
+    if number is not None:
+        try:
+            validate_escn(number, key_pic)
+        except InvalidEscn as e:
+            raise invalid(f"cardNumber: {e}") from None
+    person = _required_str(obj, "personIdentifier")
+    try:
+        validate_esi(person)
+    except InvalidEsi as e:
+        raise invalid(f"personIdentifier: {e}") from None
+    status = _required_str(obj, "cardStatusType")
+    if status not in WRITABLE_CARD_STATUSES:
+        raise invalid(f"cardStatusType: {status!r} is not one of {list(WRITABLE_CARD_STATUSES)}")
+    card_type = _required_str(obj, "cardType")
+    if card_type not in CARD_TYPES:
+        raise invalid(f"cardType: {card_type!r} is not one of {sorted(CARD_TYPES)}")
+    issued = _date(obj, "issuedAt")
+    expires = _date(obj, "expiresAt")
+    if expires < issued:
+        raise invalid("expiresAt is before issuedAt")
+    return CardInput(
+        card_number=number,
+        person_identifier=person,
+        status=status,
+        card_type=card_type,
+        issued_at=issued,
+        expires_at=expires,
+        display_name=_optional_str(obj, "displayName"),
+        processor_identifier=_optional_str(obj, "processorIdentifier"),
+    )
+
+
+def read_status(stored: str, expires_at: dt.date, today: dt.date) -> str:
+    """EXPIRED once the expiry day is over; so a card is revived only by a future expiresAt."""
+    return "EXPIRED" if expires_at < today else stored
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    number: int
+    size: int
+    sort: str | None
+    descending: bool
+
+
+def parse_page(query: dict[str, str], sortable: tuple[str, ...]) -> PageRequest:
+    number = _query_int(query, "page", 0, minimum=0)
+    size = min(_query_int(query, "size", MAX_PAGE_SIZE, minimum=1), MAX_PAGE_SIZE)
+    sort = query.get("sort") or None
+    if sort is not None:
+        # Spring also accepts "field,asc"
+        sort, _, inline_dir = sort.partition(",")
+        if sort not in sortable:
+            raise invalid(f"sort: {sort!r} is not one of {list(sortable)}")
+    else:
+        inline_dir = ""
+    direction = (query.get("direction") or inline_dir or "ASC").upper()
+    if direction not in ("ASC", "DESC"):
+        raise invalid("direction: must be ASC or DESC")
+    return PageRequest(number=number, size=size, sort=sort, descending=direction == "DESC")
+
+
+def raw_query_param(raw_query: str, name: str) -> str | None:
+    """A query parameter decoded without turning "+" into a space ("+" is URN-safe in an ESI)."""
+    for part in raw_query.split("&"):
+        key, _, value = part.partition("=")
+        if unquote(key) == name:
+            return unquote(value)
+    return None
+
+
+def parse_card_search(search: str | None) -> str | None:
+    """The ESI of ``person.identifierCode:ESI<+>person.identifier:<esi>``, or None without a filter."""
+    if not search:
+        return None
+    esi: str | None = None
+    for term in _SEARCH_SEP.split(search):
+        key, sep, value = term.partition(":")
+        if not sep:
+            raise invalid(f"search: term {key!r} is not key:value")
+        if key == "person.identifierCode":
+            if value not in IDENTIFIER_CODES:
+                raise invalid(
+                    f"search: person.identifierCode {value!r} is not one of {sorted(IDENTIFIER_CODES)}"
+                )
+        elif key == "person.identifier":
+            esi = value
+        else:
+            raise invalid(f"search: unsupported key {key!r}")
+    if esi is None:
+        raise invalid("search: person.identifier is required")
+    return esi
+
+
+def parse_generate(query: dict[str, str], key_pic: str) -> tuple[int, int]:
+    """(prefix, count) of a generate-escn call; over 100 numbers is a 500, as at the Router."""
+    pic = query.get("pic")
+    if not pic or not _PIC_RE.match(pic):
+        raise invalid("pic: exactly 9 digits required")
+    if pic != key_pic:
+        raise unauthorized("pic does not match the organisation of the API key")
+    prefix = _query_int(query, "prefix", 1, minimum=0)
+    if prefix > 999:
+        raise invalid("prefix: at most 3 digits")
+    count = _query_int(query, "numberOfESCN", 1, minimum=1)
+    if count > MAX_GENERATED_ESCN:
+        raise ApiError(500, SERVER_ERROR, "Internal Server Error")
+    return prefix, count
+
+
+def _query_int(query: dict[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(f"{name}: {raw!r} is not an integer") from None
+    if value < minimum:
+        raise invalid(f"{name}: must be at least {minimum}")
+    return value
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise invalid(f"{where}: a JSON object is required")
+    return value
+
+
+def _optional_str(obj: dict[str, Any], name: str) -> str | None:
+    if name not in obj:
+        return None
+    value = obj[name]
+    if value is None:
+        raise invalid(f"{name}: omit the field rather than sending null")
+    if not isinstance(value, str):
+        raise invalid(f"{name}: must be a string")
+    if len(value) > MAX_STRING:
+        raise invalid(f"{name}: at most {MAX_STRING} characters")
+    return value
+
+
+def _required_str(obj: dict[str, Any], name: str) -> str:
+    value = _optional_str(obj, name)
+    if value is None or not value.strip():
+        raise invalid(f"{name}: required")
+    return value
+
+
+def _date(obj: dict[str, Any], name: str) -> dt.date:
+    raw = _required_str(obj, name)
+    if not _DATE_RE.match(raw):
+        raise invalid(f"{name}: {raw!r} is not a yyyy-MM-dd date")
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise invalid(f"{name}: {raw!r} is not a valid date") from None

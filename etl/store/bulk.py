@@ -1,0 +1,88 @@
+"""Bulk statements on the hot path, sent straight to the DBAPI driver.
+
+SQLAlchemy Core builds a parameter dict per row and expands IN lists bind by bind; at 100,000 rows
+that costs more than the database work. Here rows are plain tuples and psycopg's executemany
+pipelines them. The SQL is the same on both dialects but for the placeholder and the key list."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+
+
+def _sqlite_value(v: Any) -> Any:
+    # The same text SQLAlchemy's SQLite types write, so ORM reads and comparisons agree.
+    if isinstance(v, dt.datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    return v
+
+
+class Bulk:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sqlite = conn.dialect.name == "sqlite"
+
+    def _rows(self, rows: Iterable[Sequence[Any]], temporal: Sequence[int]) -> list[tuple[Any, ...]]:
+        """Rows for the driver; on SQLite the date/time columns at positions ``temporal`` become text."""
+        if not self.sqlite or not temporal:
+            return [tuple(r) for r in rows]
+        out = []
+        for row in rows:
+            r = list(row)
+            for i in temporal:
+                r[i] = _sqlite_value(r[i])
+            out.append(tuple(r))
+        return out
+
+    def select_where_in(self, sql: str, params: Sequence[Any], keys: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run ``sql`` whose last condition is ``<column> {IN}``: SQLite gets a placeholder list,
+        PostgreSQL one array parameter (``= ANY(%s)``)."""
+        if not keys:
+            return []
+        if self.sqlite:
+            stmt = sql.replace("{IN}", f"IN ({','.join('?' * len(keys))})").replace("%s", "?")
+            args: tuple[Any, ...] = (*params, *keys)
+        else:
+            stmt = sql.replace("{IN}", "= ANY(%s)")
+            args = (*params, list(keys))
+        return [tuple(r) for r in self.conn.exec_driver_sql(stmt, args)]
+
+    def upsert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        key: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        keep: Sequence[str] = (),
+        temporal: Sequence[str] = (),
+    ) -> None:
+        """INSERT … ON CONFLICT (key) DO UPDATE every column but the key and ``keep``.
+        ``temporal`` names the date/datetime columns (SQLite stores them as text)."""
+        rows = self._rows(rows, [columns.index(c) for c in temporal])
+        if not rows:
+            return
+        cols = ", ".join(columns)
+        conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET " + ", ".join(
+            f"{c} = excluded.{c}" for c in columns if c not in key and c not in keep
+        )
+        if self.sqlite:
+            self.conn.exec_driver_sql(
+                f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(columns))}) {conflict}", rows
+            )
+            return
+        # PostgreSQL: COPY into a session-local staging table, then one set-based merge. Several
+        # times faster than even pipelined INSERTs; same transaction as everything else.
+        stage = f"_stage_{table}"
+        with self.conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
+            with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(r)
+            cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {conflict}")
+            cur.execute(f"TRUNCATE {stage}")

@@ -1,0 +1,89 @@
+"""The `esc-sync` command as an operator runs it (real subprocesses): one clear line on bad input,
+no traceback, nothing half-written; the demo is idempotent and `--mutate` syncs only what changed."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from etl.demo.config import demo_config_toml
+from etl.store.models import Career
+
+ESC_SYNC = [sys.executable, "-m", "etl.cli"]
+
+
+def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ESC_SYNC_", "DAGSTER_"))}
+    full_env.update({"ESC_SYNC_HOME": str(home), **env})
+    return subprocess.run(
+        [*ESC_SYNC, *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_broken_config_stops_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "esc-sync.toml").write_text(demo_config_toml().replace('pic = "999978433"', 'pic = "9999"'))
+    p = run(tmp_path, "sync")
+    assert_one_line_error(p, "university unife", "field pic")
+    assert not (tmp_path / "state.sqlite").exists()  # nothing written
+
+
+def test_unreachable_state_db_stops_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "esc-sync.toml").write_text(demo_config_toml())
+    p = run(tmp_path, "status", ESC_SYNC_DATABASE_URL="postgresql+psycopg://esc:hunter2@127.0.0.1:1/state")
+    assert_one_line_error(p, "state DB", "cannot connect")
+    assert "hunter2" not in p.stderr
+
+
+def test_missing_esse3_table_stops_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "esc-sync.toml").write_text(demo_config_toml())
+    create_engine(f"sqlite:///{tmp_path / 'esse3-unife.sqlite'}").connect().close()  # empty database
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    p = run(tmp_path, "materialize", "--partition", "2024|unife")
+    assert_one_line_error(p, "university unife: Esse3", "P01_STU")
+    engine = create_engine(f"sqlite:///{tmp_path / 'state.sqlite'}")
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Career)).scalar_one() == 0
+
+
+def test_bad_partition_argument(tmp_path: Path) -> None:
+    (tmp_path / "esc-sync.toml").write_text(demo_config_toml())
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    assert_one_line_error(run(tmp_path, "materialize", "--partition", "2024-unife"), "partition key")
+    assert_one_line_error(run(tmp_path, "materialize", "--partition", "2024|nowhere"), "unknown university")
+    assert_one_line_error(run(tmp_path, "materialize", "--partition", "1999|unife"), "academic year 1999")
+
+
+@pytest.mark.slow
+def test_demo_twice_then_mutate(tmp_path: Path) -> None:
+    first = run(tmp_path, "demo", "--students", "600")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Summary" in first.stdout and "[14/14]" in first.stdout
+    assert "Traceback" not in first.stderr
+    second = run(tmp_path, "demo")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Nothing changed" in second.stdout
+    mutated = run(tmp_path, "demo", "--mutate")
+    assert mutated.returncode == 0, mutated.stderr[-3000:]
+    n = int(re.search(r"Materialising (\d+) partition", mutated.stdout).group(1))
+    assert 0 < n < 14
+    assert "updated" in mutated.stdout
