@@ -10,7 +10,18 @@ from etl.store.db import make_engine
 from etl.store.migrate import current_revision, downgrade, head_revision, upgrade
 from etl.store.models import Base
 
-TABLES = {"careers", "quarantine", "watermarks"}
+TABLES = {
+    "careers",
+    "quarantine",
+    "watermarks",
+    "badges",
+    "persons",
+    "cards",
+    "qr_images",
+    "exports",
+    "api_tokens",
+    "api_audit",
+}
 
 
 def test_round_trip_and_models_match_migrations(state_url: str) -> None:

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, Date, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Explicit constraint names so migrations are reproducible and SQLite batch mode can alter them.
@@ -104,3 +115,160 @@ class Watermark(Base):
     source_table: Mapped[str] = mapped_column(String(32), primary_key=True)
     data_mod: Mapped[dt.datetime] = mapped_column(DateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Badge(Base):
+    """One Esse3 badge (P01_BADGE row) as last read: the source of a card."""
+
+    __tablename__ = "badges"
+
+    institution: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bdg_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    stu_id: Mapped[int] = mapped_column(Integer)
+    pers_id: Mapped[int] = mapped_column(Integer)
+    academic_year: Mapped[int] = mapped_column(Integer)  # of the career: the badge's partition
+    valid_from: Mapped[dt.date] = mapped_column(Date)
+    valid_to: Mapped[dt.date] = mapped_column(Date)
+    annulled: Mapped[bool] = mapped_column(Boolean)
+    printed_on: Mapped[dt.date | None] = mapped_column(Date)
+    kind: Mapped[str] = mapped_column(String(1))  # V virtual, F physical
+    source_data_mod: Mapped[dt.datetime] = mapped_column(DateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_badges_partition", "institution", "academic_year"),
+        Index("ix_badges_career", "institution", "stu_id"),
+    )
+
+
+class Person(Base):
+    """A student's ESI and its registration at the Router.
+
+    ``state`` is the intent protocol: 'pending' is committed *before* the Router call (with the
+    deterministic identity, the ESI), 'registered' after it; a crash in between is recovered by
+    re-running (409 ER-0019 → read back and adopt)."""
+
+    __tablename__ = "persons"
+
+    institution: Mapped[str] = mapped_column(String(32), primary_key=True)
+    esi: Mapped[str] = mapped_column(String(255), primary_key=True)
+    pers_id: Mapped[int] = mapped_column(Integer)
+    person_key: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # pending | registered | failed | opted_out
+    synced_hash: Mapped[str | None] = mapped_column(String(32))  # body last confirmed at the Router
+    first_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (Index("uq_persons_pers_id", "institution", "pers_id", unique=True),)
+
+
+class Card(Base):
+    """A card (one per badge) with its ESCN, minted and recorded before it is registered.
+
+    ``desired_status`` is what the career and badge data say; ``router_status`` what the Router
+    last confirmed. ``changed_at`` moves whenever what a vendor sees changes (feed cursor)."""
+
+    __tablename__ = "cards"
+
+    escn: Mapped[str] = mapped_column(String(36), primary_key=True)
+    institution: Mapped[str] = mapped_column(String(32))
+    academic_year: Mapped[int] = mapped_column(Integer)
+    bdg_id: Mapped[int] = mapped_column(Integer)
+    stu_id: Mapped[int] = mapped_column(Integer)
+    esi: Mapped[str] = mapped_column(String(255))
+    card_type: Mapped[str] = mapped_column(String(24))  # PASSIVE | SMART_PASSIVE
+    issued_at: Mapped[dt.date] = mapped_column(Date)
+    expires_at: Mapped[dt.date] = mapped_column(Date)
+    desired_status: Mapped[str] = mapped_column(String(10))  # ACTIVE | INACTIVE
+    router_status: Mapped[str | None] = mapped_column(String(10))
+    state: Mapped[str] = mapped_column(String(16))  # pending | registered | failed
+    synced_hash: Mapped[str | None] = mapped_column(String(32))
+    first_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    changed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("uq_cards_badge", "institution", "bdg_id", unique=True),
+        Index("ix_cards_partition", "institution", "academic_year"),
+        Index("ix_cards_feed", "institution", "changed_at", "escn"),
+        Index("ix_cards_esi", "institution", "esi"),
+    )
+
+
+class QrImage(Base):
+    """The card's QR symbol (PNG and SVG), kept in the state DB: see docs/architecture.md."""
+
+    __tablename__ = "qr_images"
+
+    escn: Mapped[str] = mapped_column(String(36), primary_key=True)
+    institution: Mapped[str] = mapped_column(String(32))
+    academic_year: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[str] = mapped_column(String(255))
+    png: Mapped[bytes] = mapped_column(LargeBinary)
+    svg: Mapped[bytes] = mapped_column(LargeBinary)
+    rendered_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_qr_images_partition", "institution", "academic_year"),)
+
+
+class Export(Base):
+    """One export (a Parquet and a ZIP file) of a university × academic year."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    institution: Mapped[str] = mapped_column(String(32))
+    academic_year: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(12))  # full | incremental
+    since: Mapped[dt.datetime | None] = mapped_column(DateTime)  # incremental: changes after this
+    until: Mapped[dt.datetime] = mapped_column(DateTime)  # cards changed up to this instant
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    rows: Mapped[int] = mapped_column(Integer)
+    parquet_path: Mapped[str] = mapped_column(String(500))
+    parquet_bytes: Mapped[int] = mapped_column(BigInteger)
+    parquet_sha256: Mapped[str] = mapped_column(String(64))
+    zip_path: Mapped[str] = mapped_column(String(500))
+    zip_bytes: Mapped[int] = mapped_column(BigInteger)
+    zip_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(12), default="ready")  # ready | rebuild | expired
+
+    __table_args__ = (Index("ix_exports_partition", "institution", "academic_year", "created_at"),)
+
+
+class ApiToken(Base):
+    """A REST API bearer token. Only its SHA-256 is stored (tokens are 256-bit random, so a fast
+    hash is enough); the token itself is printed once, at creation."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))  # shown in listings to recognise a token
+    scopes: Mapped[str] = mapped_column(String(200))  # space-separated: exports:read badges:read
+    institutions: Mapped[str] = mapped_column(String(500))  # space-separated codes
+    rate_per_minute: Mapped[int] = mapped_column(Integer, default=600)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class ApiAudit(Base):
+    """One row per download (and other audited calls): who fetched what, when, how much."""
+
+    __tablename__ = "api_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_id: Mapped[int] = mapped_column(Integer)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    action: Mapped[str] = mapped_column(String(32))
+    resource: Mapped[str] = mapped_column(String(200))
+    status: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    client: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_api_audit_token", "token_id", "at"),)
