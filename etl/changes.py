@@ -14,7 +14,7 @@ from etl.resources.runtime import Runtime
 from etl.store.careers import all_watermarks
 
 # Source tables whose watermarks decide whether a partition needs a run.
-WATCHED_TABLES = CAREER_TABLES
+WATCHED_TABLES = (*CAREER_TABLES, "P01_BADGE")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from dagster import (
     sensor,
 )
 
+from etl.assets.cards import build_cards_asset
 from etl.assets.careers import build_careers_asset
+from etl.assets.esi import build_esi_asset
 from etl.changes import pending_partitions
 from etl.config import Settings, load_settings
 from etl.partitions import partitions_def
@@ -27,7 +29,7 @@ JOB_NAME = "esc_sync"
 
 def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Definitions:
     partitions = partitions_def(settings)
-    assets = [build_careers_asset(partitions)]
+    assets = [build_careers_asset(partitions), build_esi_asset(partitions), build_cards_asset(partitions)]
     job = define_asset_job(JOB_NAME, selection=AssetSelection.all(), partitions_def=partitions)
 
     @sensor(name="esse3_changes", job=job, minimum_interval_seconds=60)

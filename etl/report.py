@@ -7,6 +7,7 @@ from etl.orchestrate import PartitionRun
 from etl.partitions import all_partitions
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
+from etl.store import router_state
 
 
 def say(msg: str = "") -> None:
@@ -15,14 +16,24 @@ def say(msg: str = "") -> None:
 
 def progress(i: int, n: int, run: PartitionRun) -> None:
     c = run.metadata.get("careers", {})
+    e = run.metadata.get("esi_assignments", {})
+    k = run.metadata.get("esc_cards", {})
+    router = ""
+    if e or k:
+        router = (
+            f" | ESI +{e.get('registered', 0) + e.get('adopted', 0)} ({e.get('updated', 0)} upd)"
+            f" | cards +{k.get('registered', 0) + k.get('reconciled', 0)} ({k.get('updated', 0)} upd)"
+            f" | retries {e.get('retries', 0) + k.get('retries', 0)}"
+        )
     say(
-        f"  [{i:>2}/{n}] {run.partition.key:<14} careers +{c.get('inserted', 0)} new, "
-        f"{c.get('updated', 0)} updated, {c.get('unchanged', 0)} unchanged, "
-        f"{c.get('quarantined', 0)} quarantined  ({run.seconds:.1f}s)"
+        f"  [{i:>2}/{n}] {run.partition.key:<14} careers +{c.get('inserted', 0)} "
+        f"({c.get('updated', 0)} upd, {c.get('unchanged', 0)} same, {c.get('quarantined', 0)} quar)"
+        f"{router}  {run.seconds:.1f}s"
     )
 
 
-def summary(settings: Settings, runtime: Runtime) -> None:
+def summary(settings: Settings, runtime: Runtime, router: dict[str, dict[str, int]] | None = None) -> None:
+    """Per partition: local counts; per university: local registrations beside the Router's."""
     say("\nSummary (state DB):")
     say(f"  {'partition':<14} {'careers':>8} {'finalised':>9} {'quarantined':>11}  top reasons")
     with runtime.engine.connect() as conn:
@@ -32,3 +43,22 @@ def summary(settings: Settings, runtime: Runtime) -> None:
                 f"{r} ×{n}" for r, n in store.top_quarantine_reasons(conn, p.institution, p.academic_year)
             )
             say(f"  {p.key:<14} {c['careers']:>8} {c['finalised']:>9} {c['quarantined']:>11}  {reasons}")
+        if router is None:
+            return
+        say("\nRouter beside local state:")
+        say(
+            f"  {'university':<10} {'persons local':>13} {'at Router':>9} "
+            f"{'cards local':>11} {'at Router':>9}"
+        )
+        for a in settings.atenei:
+            local = router_state.registered_totals(conn, a.code)
+            remote = router.get(a.pic, {})
+            mark = (
+                ""
+                if (local["persons"], local["cards"]) == (remote.get("persons", 0), remote.get("cards", 0))
+                else "  ← MISMATCH"
+            )
+            say(
+                f"  {a.code:<10} {local['persons']:>13} {remote.get('persons', 0):>9} "
+                f"{local['cards']:>11} {remote.get('cards', 0):>9}{mark}"
+            )

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from etl.changes import pending_partitions
@@ -15,6 +17,7 @@ from etl.definitions import build_definitions
 from etl.demo import config as demo
 from etl.demo.generate import generate, is_generated
 from etl.demo.mutate import mutate
+from etl.emulator import EmulatorProcess, start_emulator
 from etl.orchestrate import ensure_instance, run_partitions
 from etl.report import progress, say, summary
 from etl.resources.runtime import Runtime
@@ -56,10 +59,23 @@ def prepare(home: Path, students: int) -> Settings:
     return settings
 
 
+def demo_router(settings: Settings, home: Path) -> EmulatorProcess:
+    """The Router emulator on a free loopback port, its state in the home. Demo keys are random per
+    run and live only in this process's environment (never in a file or a log)."""
+    keys = {}
+    for a in settings.atenei:
+        os.environ.setdefault(a.router_api_key_env, "demo_" + secrets.token_urlsafe(24))
+        keys[os.environ[a.router_api_key_env]] = a.pic
+    return start_emulator(keys, home / "router-emulator.sqlite")
+
+
 def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60) -> int:
     home = home_from_env()
     say(f"esc-sync demo in {home}")
     settings = prepare(home, students)
+    emulator = demo_router(settings, home)
+    say(f"ESC Router emulator on {emulator.url}")
+    settings = replace(settings, router=replace(settings.router, url=emulator.url))
     runtime = Runtime(settings)
     try:
         if mutate_batch:
@@ -79,9 +95,10 @@ def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60
             say(f"Materialising {len(todo)} partition(s) through Dagster:")
             defs = build_definitions(settings, runtime)
             run_partitions(defs, ensure_instance(settings), todo, progress=progress)
-        summary(settings, runtime)
+        summary(settings, runtime, emulator.stats()["organisations"])
     finally:
         runtime.dispose()
+        emulator.stop()
     say(
         "\nNext:\n"
         f"  esc-sync ui                      # Dagster UI on http://127.0.0.1:3000 (assets, runs, checks)\n"

@@ -86,6 +86,27 @@ class Esse3Source:
             chunk = list(stu_ids[start : start + 500])
             yield from self._stream(stmt, {"aa_id": academic_year, "stu_ids": chunk})
 
+    def changed_badges(self, academic_year: int, since: dt.datetime | None, overlap: dt.timedelta):  # type: ignore[no-untyped-def]
+        stmt = (
+            text(sql("badges_changed"))
+            .columns(DATA_INI=Date, DATA_FIN=Date, DATA_STAMPA=Date, DATA_MOD=DateTime)
+            .bindparams(bindparam("since", type_=DateTime))
+        )
+        yield from self._stream(stmt, {"aa_id": academic_year, "since": (since or EPOCH) - overlap})
+
+    def write_back_esi(self, pairs: Sequence[tuple[int, str]]) -> int:
+        """Write ESIs onto careers (STU_ID, ESI); returns how many careers now carry them."""
+        if not pairs:
+            return 0
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    text(sql("write_back_esi")), [{"stu_id": s, "esi": e} for s, e in pairs]
+                )
+                return result.rowcount
+        except DBAPIError as e:
+            raise describe_source_error(self.institution, e) from None
+
     def change_markers(self) -> list[ChangeMarker]:
         try:
             with self.engine.connect() as conn:

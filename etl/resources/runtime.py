@@ -10,7 +10,9 @@ from functools import cached_property
 from sqlalchemy import Engine
 
 from etl.config import Settings
+from etl.errors import EscSyncError
 from etl.resources.esse3 import Esse3Source
+from etl.resources.router import RouterClient
 from etl.store.db import make_engine
 
 
@@ -28,6 +30,28 @@ class Runtime:
             ateneo = self.settings.ateneo(institution)
             self._sources[institution] = Esse3Source(institution, ateneo.esse3_url)
         return self._sources[institution]
+
+    def router_client(self, institution: str) -> RouterClient:
+        """A client for one university; its key comes from the environment, never from config."""
+        ateneo = self.settings.ateneo(institution)
+        key = ateneo.router_api_key()
+        if not key:
+            raise EscSyncError(
+                f"university {institution}: Router API key missing: set the environment variable "
+                f"{ateneo.router_api_key_env}"
+            )
+        r = self.settings.router
+        return RouterClient(
+            base_url=r.url,
+            api_key=key,
+            institution=institution,
+            pic=ateneo.pic,
+            api_key_env=ateneo.router_api_key_env,
+            concurrency=r.concurrency,
+            requests_per_second=r.requests_per_second,
+            timeout_s=r.timeout_s,
+            max_retries=r.max_retries,
+        )
 
     def dispose(self) -> None:
         for source in self._sources.values():

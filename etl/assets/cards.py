@@ -1,0 +1,299 @@
+"""`esc_cards`: a card per badge of a registered person. The ESCN is minted offline and recorded
+before the Router call, so a crash is recovered without a second card (409 ER-0002 → read back and
+reconcile). Lifecycle changes from career and badge data are pushed with PUT."""
+# No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
+from sqlalchemy import Engine
+
+from etl.assets.router_calls import CallReport, gather_calls, run_with_client
+from etl.config import Ateneo
+from etl.domain.careers import Rejection
+from etl.domain.escn import EscnMinter
+from etl.domain.esi import same_esi
+from etl.domain.lifecycle import (
+    CARD_TYPE_OF_BADGE,
+    Action,
+    BadgeFacts,
+    CardTarget,
+    body_hash,
+    card_action,
+    card_target,
+    consented,
+)
+from etl.partitions import Partition
+from etl.resources.esse3 import Esse3Source
+from etl.resources.router import RouterClient
+from etl.resources.router_bodies import card_body
+from etl.resources.router_errors import RouterConflict, RouterError
+from etl.resources.runtime import Runtime
+from etl.store import careers as common
+from etl.store import router_state as store
+from etl.store.models import utcnow
+
+STAGE = "cards"
+CHUNK = 1000
+OVERLAP = dt.timedelta(minutes=10)
+
+
+def validate_badge(kind: str | None, valid_from: dt.date | None, valid_to: dt.date | None) -> list[str]:
+    reasons = []
+    if kind not in CARD_TYPE_OF_BADGE:
+        reasons.append(f"unknown badge type TIPO={kind!r}")
+    if valid_from is None or valid_to is None:
+        reasons.append("missing badge validity (DATA_INI/DATA_FIN)")
+    elif valid_to < valid_from:
+        reasons.append("badge validity ends before it starts (DATA_FIN < DATA_INI)")
+    return reasons
+
+
+def ingest_badges(engine: Engine, source: Esse3Source, partition: Partition) -> tuple[int, int]:
+    """Badges of the partition changed since its P01_BADGE watermark, in one transaction with it.
+    Returns (read, quarantined). Quarantine keys are BDG_IDs."""
+    read = rejected = 0
+    newest: dt.datetime | None = None
+    inst, year = partition.institution, partition.academic_year
+    with engine.begin() as conn:
+        since = common.get_watermarks(conn, partition.key).get("P01_BADGE")
+        for batch in source.changed_badges(year, since, OVERLAP):
+            good, bad = [], []
+            now = utcnow()
+            for bdg_id, stu_id, pers_id, ini, fin, ann, printed, kind, data_mod in batch:
+                newest = data_mod if newest is None or data_mod > newest else newest
+                if reasons := validate_badge(kind, ini, fin):
+                    bad.append(Rejection(bdg_id, tuple(reasons)))
+                else:
+                    good.append(
+                        (
+                            inst,
+                            bdg_id,
+                            stu_id,
+                            pers_id,
+                            year,
+                            ini,
+                            fin,
+                            bool(ann),
+                            printed,
+                            kind,
+                            data_mod,
+                            now,
+                        )
+                    )
+            store.upsert_badges(conn, good)
+            common.quarantine(conn, inst, year, STAGE, "P01_BADGE", bad)
+            common.resolve_quarantine(conn, inst, STAGE, "P01_BADGE", (str(g[1]) for g in good))
+            read += len(batch)
+            rejected += len(bad)
+        if newest is not None:
+            common.advance_watermarks(conn, partition.key, {"P01_BADGE": newest})
+    return read, rejected
+
+
+@dataclass(frozen=True)
+class CardWork:
+    escn: str
+    bdg_id: int
+    stu_id: int
+    esi: str
+    card_type: str
+    issued_at: dt.date
+    target: CardTarget
+    body: dict[str, Any]
+    create: bool
+    new: bool  # no card row yet: record the intent (a freshly minted ESCN)
+
+
+def plan_cards(
+    rows: list[Any], ateneo: Ateneo, minter: EscnMinter, today: dt.date
+) -> tuple[list[CardWork], int]:
+    """Pure decision per badge; returns the work and how many badges wait for their person."""
+    work, waiting = [], 0
+    for row in rows:
+        (
+            bdg_id,
+            stu_id,
+            kind,
+            valid_from,
+            valid_to,
+            annulled,
+            career_status,
+            consent,
+            esi,
+            person_state,
+            escn,
+            card_state,
+            router_status,
+            synced_expiry,
+            _desired,
+        ) = row
+        ok = consented(ateneo.consent, consent) and person_state != "opted_out"
+        target = card_target(BadgeFacts(career_status, annulled, valid_from, valid_to, ok), today)
+        synced = (
+            CardTarget(router_status, synced_expiry) if card_state == "registered" and router_status else None
+        )
+        action = card_action(target, exists=escn is not None, synced=synced)
+        if action in (Action.NONE, Action.SKIP):
+            continue
+        if action is Action.REGISTER and person_state != "registered":
+            waiting += 1  # the person is not (yet) at the Router: nothing to attach a card to
+            continue
+        card_type = CARD_TYPE_OF_BADGE[kind]
+        number = escn or minter.mint()
+        body = card_body(number, esi, ateneo.pic, card_type, target.status, valid_from, target.expires_at)
+        work.append(
+            CardWork(
+                number,
+                bdg_id,
+                stu_id,
+                esi,
+                card_type,
+                valid_from,
+                target,
+                body,
+                create=action is Action.REGISTER,
+                new=escn is None,
+            )
+        )
+    return work, waiting
+
+
+async def sync_card(client: RouterClient, w: CardWork) -> dict[str, Any]:
+    ok = {
+        "escn": w.escn,
+        "bdg_id": w.bdg_id,
+        "state": "registered",
+        "router_status": w.target.status,
+        "desired_status": w.target.status,
+        "expires_at": w.target.expires_at,
+        "synced_hash": body_hash(w.body),
+    }
+    try:
+        if not w.create:
+            await client.update_card(w.escn, w.body)
+            return ok | {"result": "updated"}
+        try:
+            await client.create_card(w.body)
+            return ok | {"result": "registered"}
+        except RouterConflict as e:
+            if e.code != "ER-0002":
+                raise
+        # Our number already exists: an earlier try whose answer was lost. Reconcile if it is ours.
+        existing = await client.get_card(w.escn)
+        if str(existing.get("issuerIdentifier")) != w.body["issuerIdentifier"] or not same_esi(
+            str(existing.get("personIdentifier", "")), w.esi
+        ):
+            return _failed(w, "ER-0002 but the Router holds the number for another person or issuer")
+        await client.update_card(w.escn, w.body)
+        return ok | {"result": "reconciled"}
+    except RouterError as e:
+        if e.is_auth:
+            raise
+        if e.is_permanent:
+            return _failed(w, f"Router refused the card: HTTP {e.status} {e.code or ''}".strip())
+        return _failed(w, None, last_error=f"Router unavailable: HTTP {e.status}")
+
+
+def _failed(w: CardWork, reason: str | None, last_error: str | None = None) -> dict[str, Any]:
+    """A permanent failure (``reason``: quarantined) or a transient one (retried next run). The
+    confirmed Router state is left as it was: only success moves it."""
+    out = {
+        "escn": w.escn,
+        "bdg_id": w.bdg_id,
+        "result": "failed",
+        "last_error": reason or last_error,
+        "keep": True,
+    }
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def sync_cards(
+    engine: Engine,
+    client_factory,
+    ateneo: Ateneo,
+    partition: Partition,
+    report: CallReport,
+    today: dt.date | None = None,
+) -> None:  # type: ignore[no-untyped-def]
+    today = today or dt.date.today()
+    inst, year = ateneo.code, partition.academic_year
+    with engine.connect() as conn:
+        rows = store.card_candidates(conn, inst, year)
+    work, waiting = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), today)
+    report.counts.update(waiting_for_person=waiting)
+
+    async def body(client: RouterClient) -> None:
+        for start in range(0, len(work), CHUNK):
+            chunk = work[start : start + CHUNK]
+            now = utcnow()
+            with engine.begin() as conn:  # the intent: minted ESCNs recorded before any call
+                store.record_card_intents(
+                    conn,
+                    [
+                        {
+                            "escn": w.escn,
+                            "institution": inst,
+                            "academic_year": year,
+                            "bdg_id": w.bdg_id,
+                            "stu_id": w.stu_id,
+                            "esi": w.esi,
+                            "card_type": w.card_type,
+                            "issued_at": w.issued_at,
+                            "expires_at": w.target.expires_at,
+                            "desired_status": w.target.status,
+                            "state": "pending",
+                            "changed_at": now,
+                            "created_at": now,
+                        }
+                        for w in chunk
+                        if w.new
+                    ],
+                )
+            outcomes = await gather_calls(client, chunk, sync_card)
+            with engine.begin() as conn:
+                store.confirm_cards(conn, [o for o in outcomes if not o.get("keep")])
+                store.record_card_errors(conn, [o for o in outcomes if o.get("keep")])
+                bad = [Rejection(o["bdg_id"], (o["reason"],)) for o in outcomes if "reason" in o]
+                common.quarantine(conn, inst, year, STAGE, "P01_BADGE", bad)
+            report.counts.update(o["result"] for o in outcomes)
+
+    if work:
+        run_with_client(client_factory, body, report)
+
+
+def build_cards_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+    @asset(
+        name="esc_cards",
+        partitions_def=partitions,
+        deps=["esi_assignments"],
+        required_resource_keys={"esc"},
+        group_name="router",
+        kinds={"sql"},
+        pool="esc_router",
+        description="A card per badge (ESCN minted offline, PASSIVE or SMART_PASSIVE) at the ESC Router.",
+    )
+    def esc_cards(context: AssetExecutionContext) -> MaterializeResult:
+        runtime: Runtime = context.resources.esc
+        partition = Partition.parse(context.partition_key)
+        ateneo = runtime.settings.ateneo(partition.institution)
+        report = CallReport()
+        read, rejected = ingest_badges(runtime.engine, runtime.esse3(ateneo.code), partition)
+        report.counts.update(badges_read=read, badges_quarantined=rejected)
+        sync_cards(runtime.engine, lambda: runtime.router_client(ateneo.code), ateneo, partition, report)
+        context.log.info(f"{partition.key}: {dict(report.counts)}")
+        with runtime.engine.connect() as conn:
+            cards = store.count_cards(conn, ateneo.code, partition.academic_year)
+        return MaterializeResult(
+            metadata={
+                "dagster/row_count": sum(cards.values()),
+                **report.metadata(),
+                **{f"cards_{k}": v for k, v in cards.items()},
+            }
+        )
+
+    return esc_cards

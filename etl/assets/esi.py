@@ -1,0 +1,213 @@
+"""`esi_assignments`: every finalised career's person gets an ESI, registered at the ESC Router and
+written back onto the Esse3 career. Intent first (the ESI, committed), then the call, then the
+confirmation: a crash anywhere is recovered by re-running (409 ER-0019 → read back and adopt)."""
+# No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
+from sqlalchemy import Engine
+
+from etl.assets.router_calls import CallReport, gather_calls, run_with_client
+from etl.config import Ateneo
+from etl.domain.careers import Rejection
+from etl.domain.esi import InvalidEsi, compose_esi, same_esi
+from etl.domain.lifecycle import body_hash, consented
+from etl.partitions import Partition
+from etl.resources.esse3 import Esse3Source
+from etl.resources.router import RouterClient
+from etl.resources.router_bodies import person_body
+from etl.resources.router_errors import RouterConflict, RouterError
+from etl.resources.runtime import Runtime
+from etl.store import careers as quarantine_store
+from etl.store import router_state as store
+
+STAGE = "esi"
+CHUNK = 1000  # persons per intent/call/confirm round: bounds what a crash can leave pending
+
+
+@dataclass(frozen=True)
+class PersonWork:
+    pers_id: int
+    person_key: str
+    stu_id: int  # the current career: where a quarantine row points
+    esi: str
+    body: dict[str, Any]
+    body_hash: str
+    create: bool  # POST (with ER-0019 adoption) rather than PUT
+
+
+@dataclass(frozen=True)
+class PersonPlan:
+    work: list[PersonWork]
+    opted_out: list[tuple[int, str, str, str]]  # persons intents with state 'opted_out'
+    rejections: list[Rejection]
+    fine: list[int]  # stu_ids with nothing to do and nothing wrong (quarantine can be resolved)
+    not_eligible: int  # careers whose course has no ESC academic level
+
+
+def plan_persons(rows: list[Any], ateneo: Ateneo) -> PersonPlan:
+    """Pure decision per candidate row (see router_state.PERSON_CANDIDATES)."""
+    work, opted_out, rejections, fine, not_eligible = [], [], [], [], []
+    for r in rows:
+        (pers_id, person_key, stu_id, first, last, email, level, consent, _course, esi, state, synced) = r
+        if not esi:
+            try:
+                esi = compose_esi(ateneo.schac_home_organization, person_key)
+            except InvalidEsi as e:
+                rejections.append(Rejection(stu_id, (f"cannot compose ESI: {e}",)))
+                continue
+        if not consented(ateneo.consent, consent):
+            if state is None:
+                opted_out.append((pers_id, person_key, esi, "opted_out"))
+            fine.append(stu_id)
+            continue
+        if level is None:
+            # Valid data, just not eligible: single courses and the like have no ESC level.
+            not_eligible.append(stu_id)
+            continue
+        try:
+            body = person_body(esi, ateneo.pic, f"{first} {last}", email, level)
+        except ValueError as e:
+            rejections.append(Rejection(stu_id, (f"invalid Router body: {str(e).split(':')[0]}",)))
+            continue
+        h = body_hash(body)
+        if state == "registered" and synced == h:
+            fine.append(stu_id)
+            continue
+        work.append(PersonWork(pers_id, person_key, stu_id, esi, body, h, create=state != "registered"))
+    return PersonPlan(work, opted_out, rejections, fine + not_eligible, len(not_eligible))
+
+
+async def sync_person(client: RouterClient, w: PersonWork) -> dict[str, Any]:
+    outcome: dict[str, Any] = {"esi": w.esi, "stu_id": w.stu_id, "synced_hash": w.body_hash}
+    try:
+        if not w.create:
+            await client.update_person(w.esi, w.body)
+            return outcome | {"state": "registered", "result": "updated"}
+        try:
+            await client.create_person(w.body)
+            return outcome | {"state": "registered", "result": "registered"}
+        except RouterConflict as e:
+            if e.code != "ER-0019":
+                raise
+        # Already there for our organisation (an earlier try whose answer was lost): adopt it
+        # if it is the same identifier, then make our relation match what we would have sent.
+        existing = await client.get_person(w.esi)
+        if not same_esi(str(existing.get("identifier", "")), w.esi):
+            return outcome | {
+                "state": "failed",
+                "result": "failed",
+                "synced_hash": None,
+                "reason": "ER-0019 but the Router holds another identifier",
+            }
+        await client.update_person(w.esi, w.body)
+        return outcome | {"state": "registered", "result": "adopted"}
+    except RouterError as e:
+        if e.is_auth:
+            raise
+        if e.is_permanent:
+            reason = f"Router refused the person: HTTP {e.status} {e.code or ''}".strip()
+            return outcome | {"state": "failed", "result": "failed", "synced_hash": None, "reason": reason}
+        # Transient (retries exhausted): stays pending, retried by the next run.
+        return outcome | {
+            "state": "pending" if w.create else "registered",
+            "result": "failed",
+            "synced_hash": None,
+            "last_error": f"Router unavailable: HTTP {e.status}",
+        }
+
+
+def assign_esis(
+    engine: Engine,
+    source: Esse3Source,
+    client_factory,
+    ateneo: Ateneo,
+    partition: Partition,
+    report: CallReport,
+) -> None:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        plan = plan_persons(store.person_candidates(conn, ateneo.code, partition.academic_year), ateneo)
+    year = partition.academic_year
+    with engine.begin() as conn:
+        store.record_person_intents(conn, ateneo.code, plan.opted_out)
+        quarantine_store.quarantine(conn, ateneo.code, year, STAGE, "P01_STU", plan.rejections)
+        quarantine_store.resolve_quarantine(conn, ateneo.code, STAGE, "P01_STU", map(str, plan.fine))
+    report.counts.update(
+        opted_out=len(plan.opted_out), quarantined=len(plan.rejections), not_eligible=plan.not_eligible
+    )
+
+    async def body(client: RouterClient) -> None:
+        for start in range(0, len(plan.work), CHUNK):
+            chunk = plan.work[start : start + CHUNK]
+            with engine.begin() as conn:  # the intent: the deterministic ESI, before any call
+                store.record_person_intents(
+                    conn,
+                    ateneo.code,
+                    [(w.pers_id, w.person_key, w.esi, "pending") for w in chunk if w.create],
+                )
+            outcomes = await gather_calls(client, chunk, sync_person)
+            with engine.begin() as conn:
+                store.confirm_persons(conn, ateneo.code, outcomes)
+                bad = [Rejection(o["stu_id"], (o["reason"],)) for o in outcomes if "reason" in o]
+                quarantine_store.quarantine(conn, ateneo.code, year, STAGE, "P01_STU", bad)
+                ok = [str(o["stu_id"]) for o in outcomes if o["state"] == "registered"]
+                quarantine_store.resolve_quarantine(conn, ateneo.code, STAGE, "P01_STU", ok)
+            report.counts.update(o["result"] for o in outcomes)
+
+    if plan.work:
+        run_with_client(client_factory, body, report)
+    write_back(engine, source, ateneo.code, year, report)
+
+
+def write_back(engine: Engine, source: Esse3Source, institution: str, year: int, report: CallReport) -> None:
+    """Store registered ESIs on their Esse3 careers; a career already holding another ESI is
+    quarantined, never overwritten."""
+    with engine.connect() as conn:
+        rows = store.write_back_candidates(conn, institution, year)
+    conflicts = [
+        Rejection(stu, ("career already carries a different ESI (CODICE_ESI)",))
+        for stu, esi, src in rows
+        if src is not None and not same_esi(src, esi)
+    ]
+    pairs = [(stu, esi) for stu, esi, src in rows if src is None or same_esi(src, esi)]
+    source.write_back_esi(pairs)  # Esse3 first: if we crash before the next line, it is redone
+    with engine.begin() as conn:
+        store.mark_written_back(conn, institution, pairs)
+        quarantine_store.quarantine(conn, institution, year, STAGE, "P01_STU", conflicts)
+    report.counts.update(written_back=len(pairs), quarantined=len(conflicts))
+
+
+def build_esi_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+    @asset(
+        name="esi_assignments",
+        partitions_def=partitions,
+        deps=["careers"],
+        required_resource_keys={"esc"},
+        group_name="router",
+        kinds={"sql"},
+        pool="esc_router",
+        description="ESIs of finalised careers, registered at the ESC Router and written back to Esse3.",
+    )
+    def esi_assignments(context: AssetExecutionContext) -> MaterializeResult:
+        runtime: Runtime = context.resources.esc
+        partition = Partition.parse(context.partition_key)
+        ateneo = runtime.settings.ateneo(partition.institution)
+        report = CallReport()
+        started = dt.datetime.now()
+        assign_esis(
+            runtime.engine,
+            runtime.esse3(ateneo.code),
+            lambda: runtime.router_client(ateneo.code),
+            ateneo,
+            partition,
+            report,
+        )
+        context.log.info(f"{partition.key}: {dict(report.counts)} in {dt.datetime.now() - started}")
+        with runtime.engine.connect() as conn:
+            registered = store.count_persons(conn, ateneo.code, partition.academic_year)
+        return MaterializeResult(metadata={"dagster/row_count": registered, **report.metadata()})
+
+    return esi_assignments

@@ -1,0 +1,73 @@
+"""Running many Router calls concurrently from a (synchronous) asset, and what every Router asset
+reports. An auth failure stops the whole batch at once: every other call would fail the same way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from etl.errors import EscSyncError
+from etl.resources.router import RouterClient
+from etl.resources.router_errors import RouterError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class CallReport:
+    counts: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+
+    def absorb(self, client: RouterClient) -> None:
+        s = client.stats
+        self.retries += s.retries
+        for pct, attr in ((50, "p50_ms"), (95, "p95_ms")):
+            v = s.latency_percentile(pct)
+            if v is not None:
+                setattr(self, attr, round(v * 1000, 1))
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            **{k: int(v) for k, v in sorted(self.counts.items())},
+            "retries": self.retries,
+            "latency_p50_ms": self.p50_ms if self.p50_ms is not None else 0.0,
+            "latency_p95_ms": self.p95_ms if self.p95_ms is not None else 0.0,
+        }
+
+
+async def gather_calls(
+    client: RouterClient, items: Sequence[T], call: Callable[[RouterClient, T], Awaitable[R]]
+) -> list[R]:
+    """Run ``call`` for every item concurrently (the client bounds concurrency and rate); results in
+    item order. Calls handle their own per-item errors; anything raised (an auth error) cancels
+    the rest of the batch."""
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(call(client, item)) for item in items]
+    return [t.result() for t in tasks]
+
+
+def run_with_client(
+    client_factory: Callable[[], RouterClient],
+    body: Callable[[RouterClient], Awaitable[R]],
+    report: CallReport,
+) -> R:
+    """One client (one connection pool) for a whole asset run; Router errors that escape ``body``
+    end the run with one clear line."""
+
+    async def main() -> R:
+        async with client_factory() as client:
+            try:
+                return await body(client)
+            finally:
+                report.absorb(client)
+
+    try:
+        return asyncio.run(main())
+    except* RouterError as group:
+        raise EscSyncError(str(group.exceptions[0])) from None

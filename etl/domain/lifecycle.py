@@ -1,0 +1,70 @@
+"""Card lifecycle: what the Router should hold for a badge, given the career, the badge and consent,
+and what to do about it. Pure functions: the cards asset only carries out the decision."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+ACTIVE, INACTIVE = "ACTIVE", "INACTIVE"
+CARD_TYPE_OF_BADGE = {"F": "PASSIVE", "V": "SMART_PASSIVE"}  # printed / virtual badge
+
+
+class Action(enum.Enum):
+    REGISTER = "register"  # mint an ESCN, record it, POST the card
+    UPDATE = "update"  # PUT the card (status and/or expiry changed)
+    NONE = "none"  # the Router already holds what we want
+    SKIP = "skip"  # never register: an annulled badge, a closed career, no consent
+
+
+@dataclass(frozen=True)
+class CardTarget:
+    status: str
+    expires_at: dt.date
+
+
+@dataclass(frozen=True)
+class BadgeFacts:
+    career_status: str  # A, S, X (I never reaches here: not finalised)
+    annulled: bool
+    valid_from: dt.date
+    valid_to: dt.date
+    consented: bool
+
+
+def consented(mode: str, consent_flag: str | None) -> bool:
+    """``automatic``: registered on a public-interest basis; ``opt_in``: only after an explicit 'S'."""
+    return mode == "automatic" or (consent_flag or "").upper() == "S"
+
+
+def end_of_academic_year(today: dt.date) -> dt.date:
+    """Cards of reactivated careers run to the end of the current academic year (31 October)."""
+    return dt.date(today.year + 1 if today.month >= 8 else today.year, 10, 31)
+
+
+def card_target(f: BadgeFacts, today: dt.date) -> CardTarget:
+    """ACTIVE while the career is active or suspended, the badge not annulled and consent given.
+    A closed career, an annulled badge or withdrawn consent deactivate. An active card whose badge
+    validity has already ended (a reactivated career) gets a new expiry."""
+    if f.career_status in ("A", "S") and not f.annulled and f.consented:
+        expires = f.valid_to if f.valid_to >= today else max(end_of_academic_year(today), f.valid_from)
+        return CardTarget(ACTIVE, expires)
+    return CardTarget(INACTIVE, max(f.valid_to, f.valid_from))
+
+
+def card_action(target: CardTarget, *, exists: bool, synced: CardTarget | None) -> Action:
+    """``exists``: a card row (ESCN recorded) exists; ``synced``: what the Router last confirmed."""
+    if not exists:
+        return Action.REGISTER if target.status == ACTIVE else Action.SKIP
+    if synced is None:
+        return Action.REGISTER  # recorded but never confirmed: (re-)POST, 409 is handled
+    return Action.NONE if synced == target else Action.UPDATE
+
+
+def body_hash(body: dict[str, Any]) -> str:
+    """Identity of what we sent, to know whether the Router needs a PUT."""
+    return hashlib.md5(json.dumps(body, sort_keys=True).encode(), usedforsecurity=False).hexdigest()

@@ -1,0 +1,297 @@
+"""Queries behind the Router assets: who needs an ESI, which badges need cards, and the intent /
+confirmation writes on persons and cards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Boolean, Connection, Date, bindparam, text, update
+
+from etl.domain.careers import CareerRecord
+from etl.store.bulk import Bulk
+from etl.store.models import Card, Career, Person, utcnow
+
+# Careers usable downstream: finalised and not quarantined at the careers stage.
+_USABLE = """
+    c.institution = :i AND c.finalised = :true
+    AND NOT EXISTS (
+        SELECT 1 FROM quarantine q
+        WHERE q.institution = c.institution AND q.stage = 'careers' AND q.source_table = 'P01_STU'
+          AND q.source_key = CAST(c.stu_id AS VARCHAR(20)) AND q.resolved_at IS NULL)
+"""
+
+# For every person with a usable career in the partition: their *current* career across all years
+# (latest year, then latest career), so the body sent to the Router never flip-flops between the
+# bachelor and the master partition.
+PERSON_CANDIDATES = text(f"""
+WITH part AS (
+    SELECT DISTINCT c.pers_id FROM careers c WHERE {_USABLE} AND c.academic_year = :y
+), ranked AS (
+    SELECT c.pers_id, c.person_key, c.stu_id, c.first_name, c.last_name, c.email, c.academic_level,
+           c.consent, c.course_type,
+           ROW_NUMBER() OVER (PARTITION BY c.pers_id ORDER BY c.academic_year DESC, c.stu_id DESC) AS rn
+    FROM careers c JOIN part ON part.pers_id = c.pers_id
+    WHERE {_USABLE}
+)
+SELECT r.pers_id, r.person_key, r.stu_id, r.first_name, r.last_name, r.email, r.academic_level,
+       r.consent, r.course_type, p.esi, p.state, p.synced_hash
+FROM ranked r LEFT JOIN persons p ON p.institution = :i AND p.pers_id = r.pers_id
+WHERE r.rn = 1
+ORDER BY r.pers_id
+""")
+
+WRITE_BACK_CANDIDATES = text(f"""
+SELECT c.stu_id, p.esi, c.source_esi
+FROM careers c JOIN persons p ON p.institution = c.institution AND p.pers_id = c.pers_id
+WHERE {_USABLE} AND c.academic_year = :y AND p.state = 'registered'
+  AND (c.source_esi IS NULL OR c.source_esi <> p.esi)
+ORDER BY c.stu_id
+""")
+
+CARD_CANDIDATES = text("""
+SELECT b.bdg_id, b.stu_id, b.kind, b.valid_from, b.valid_to, b.annulled,
+       c.status, c.consent, p.esi, p.state,
+       k.escn, k.state, k.router_status, k.expires_at, k.desired_status
+FROM badges b
+JOIN careers c ON c.institution = b.institution AND c.stu_id = b.stu_id
+JOIN persons p ON p.institution = b.institution AND p.pers_id = c.pers_id
+LEFT JOIN cards k ON k.institution = b.institution AND k.bdg_id = b.bdg_id
+WHERE b.institution = :i AND b.academic_year = :y
+ORDER BY b.bdg_id
+""").columns(valid_from=Date, valid_to=Date, expires_at=Date, annulled=Boolean)
+
+
+def person_candidates(conn: Connection, institution: str, year: int) -> list[Any]:
+    return list(conn.execute(PERSON_CANDIDATES, {"i": institution, "y": year, "true": True}))
+
+
+def write_back_candidates(conn: Connection, institution: str, year: int) -> list[Any]:
+    return list(conn.execute(WRITE_BACK_CANDIDATES, {"i": institution, "y": year, "true": True}))
+
+
+def card_candidates(conn: Connection, institution: str, year: int) -> list[Any]:
+    return list(conn.execute(CARD_CANDIDATES, {"i": institution, "y": year}))
+
+
+def record_person_intents(
+    conn: Connection, institution: str, rows: Sequence[tuple[int, str, str, str]]
+) -> None:
+    """(pers_id, person_key, esi, state) committed *before* the Router is called."""
+    Bulk(conn).upsert(
+        "persons",
+        ("institution", "esi", "pers_id", "person_key", "state", "created_at"),
+        ("institution", "esi"),
+        ((institution, esi, pers_id, key, state, utcnow()) for pers_id, key, esi, state in rows),
+        keep=("created_at",),
+        temporal=("created_at",),
+    )
+
+
+def confirm_persons(conn: Connection, institution: str, outcomes: Iterable[dict[str, Any]]) -> None:
+    """Each outcome: esi, state, synced_hash (None keeps the old one), last_error."""
+    now = utcnow()
+    stmt = (
+        update(Person)
+        .where(Person.institution == bindparam("i"), Person.esi == bindparam("e"))
+        .values(
+            state=bindparam("state"),
+            synced_hash=bindparam("h"),
+            last_error=bindparam("err"),
+            last_sync_at=now,
+        )
+    )
+    params = [
+        {
+            "i": institution,
+            "e": o["esi"],
+            "state": o["state"],
+            "h": o["synced_hash"],
+            "err": o.get("last_error"),
+        }
+        for o in outcomes
+    ]
+    if params:
+        conn.execute(stmt, params)
+        conn.execute(
+            update(Person)
+            .where(
+                Person.institution == institution,
+                Person.first_sync_at.is_(None),
+                Person.state == "registered",
+            )
+            .values(first_sync_at=now)
+        )
+
+
+def mark_written_back(conn: Connection, institution: str, pairs: Sequence[tuple[int, str]]) -> None:
+    """After the ESI was written onto the Esse3 career, mirror it on our copy (and its hash, so the
+    next careers sync sees the row as unchanged)."""
+    if not pairs:
+        return
+    esi_of = dict(pairs)
+    rows = conn.execute(
+        text(
+            "SELECT " + ", ".join(f for f in CareerRecord._fields) + " FROM careers "
+            "WHERE institution = :i AND stu_id IN :ids"
+        ).bindparams(bindparam("ids", expanding=True)),
+        {"i": institution, "ids": list(esi_of)},
+    )
+    updates = []
+    for row in rows:
+        record = CareerRecord(*row)._replace(source_esi=esi_of[row.stu_id])
+        updates.append({"i": institution, "s": record.stu_id, "e": record.source_esi, "h": record.row_hash()})
+    conn.execute(
+        update(Career)
+        .where(Career.institution == bindparam("i"), Career.stu_id == bindparam("s"))
+        .values(source_esi=bindparam("e"), row_hash=bindparam("h")),
+        updates,
+    )
+
+
+def record_card_intents(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """New cards with their minted ESCN, state 'pending', committed before the Router call."""
+    cols = (
+        "escn",
+        "institution",
+        "academic_year",
+        "bdg_id",
+        "stu_id",
+        "esi",
+        "card_type",
+        "issued_at",
+        "expires_at",
+        "desired_status",
+        "state",
+        "changed_at",
+        "created_at",
+    )
+    Bulk(conn).upsert(
+        "cards",
+        cols,
+        ("escn",),
+        ([r[c] for c in cols] for r in rows),
+        keep=("created_at",),
+        temporal=("issued_at", "expires_at", "changed_at", "created_at"),
+    )
+
+
+def confirm_cards(conn: Connection, outcomes: Iterable[dict[str, Any]]) -> None:
+    """Each outcome: escn, state, router_status, desired_status, expires_at, synced_hash, last_error."""
+    now = utcnow()
+    params = [
+        {
+            "k": o["escn"],
+            "state": o["state"],
+            "rs": o.get("router_status"),
+            "ds": o["desired_status"],
+            "exp": o["expires_at"],
+            "h": o.get("synced_hash"),
+            "err": o.get("last_error"),
+        }
+        for o in outcomes
+    ]
+    if not params:
+        return
+    conn.execute(
+        update(Card)
+        .where(Card.escn == bindparam("k"))
+        .values(
+            state=bindparam("state"),
+            router_status=bindparam("rs"),
+            desired_status=bindparam("ds"),
+            expires_at=bindparam("exp"),
+            synced_hash=bindparam("h"),
+            last_error=bindparam("err"),
+            last_sync_at=now,
+            changed_at=now,
+        ),
+        params,
+    )
+    conn.execute(
+        update(Card)
+        .where(
+            Card.escn.in_([p["k"] for p in params]), Card.first_sync_at.is_(None), Card.state == "registered"
+        )
+        .values(first_sync_at=now)
+    )
+
+
+def count_persons(conn: Connection, institution: str, year: int) -> int:
+    """Registered persons with a career in the partition."""
+    return conn.execute(
+        text(
+            "SELECT COUNT(DISTINCT p.esi) FROM persons p JOIN careers c "
+            "ON c.institution = p.institution AND c.pers_id = p.pers_id "
+            "WHERE p.institution = :i AND c.academic_year = :y AND p.state = 'registered'"
+        ),
+        {"i": institution, "y": year},
+    ).scalar_one()
+
+
+def count_cards(conn: Connection, institution: str, year: int) -> dict[str, int]:
+    rows = conn.execute(
+        text(
+            "SELECT state, desired_status, COUNT(*) FROM cards WHERE institution = :i AND academic_year = :y "
+            "GROUP BY state, desired_status"
+        ),
+        {"i": institution, "y": year},
+    )
+    return {f"{state}_{status.lower()}": n for state, status, n in rows}
+
+
+BADGE_COLUMNS = (
+    "institution",
+    "bdg_id",
+    "stu_id",
+    "pers_id",
+    "academic_year",
+    "valid_from",
+    "valid_to",
+    "annulled",
+    "printed_on",
+    "kind",
+    "source_data_mod",
+    "updated_at",
+)
+
+
+def upsert_badges(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Rows in BADGE_COLUMNS order."""
+    Bulk(conn).upsert(
+        "badges",
+        BADGE_COLUMNS,
+        ("institution", "bdg_id"),
+        rows,
+        temporal=("valid_from", "valid_to", "printed_on", "source_data_mod", "updated_at"),
+    )
+
+
+def record_card_errors(conn: Connection, outcomes: Sequence[dict[str, Any]]) -> None:
+    """A failed call leaves the confirmed Router state alone; a permanent refusal of a card never
+    registered marks it failed (it stays quarantined until the data changes)."""
+    if not outcomes:
+        return
+    conn.execute(
+        text(
+            "UPDATE cards SET last_error = :err, last_sync_at = :now, "
+            "state = CASE WHEN state = 'pending' AND :permanent THEN 'failed' ELSE state END "
+            "WHERE escn = :escn"
+        ),
+        [
+            {"err": o["last_error"], "now": utcnow(), "permanent": "reason" in o, "escn": o["escn"]}
+            for o in outcomes
+        ],
+    )
+
+
+def registered_totals(conn: Connection, institution: str) -> dict[str, int]:
+    """What the Router should hold for us: registered persons and registered cards."""
+    persons = conn.execute(
+        text("SELECT COUNT(*) FROM persons WHERE institution = :i AND state = 'registered'"),
+        {"i": institution},
+    ).scalar_one()
+    cards = conn.execute(
+        text("SELECT COUNT(*) FROM cards WHERE institution = :i AND state = 'registered'"), {"i": institution}
+    ).scalar_one()
+    return {"persons": persons, "cards": cards}

@@ -1,0 +1,4 @@
+-- Store the ESI on the career (the field the Esse3 REST API exposes as codiceEsi). Idempotent, and
+-- never overwrites a different ESI already there (that career is quarantined instead).
+UPDATE "P01_STU" SET "CODICE_ESI" = :esi
+WHERE "STU_ID" = :stu_id AND ("CODICE_ESI" IS NULL OR "CODICE_ESI" = :esi)
