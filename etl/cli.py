@@ -25,7 +25,9 @@ def _years(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="esc-sync", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="esc-sync", description="Esse3/SIS → European Student Card Router integration (Dagster)."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="set up the embedded default and run the whole chain")
@@ -49,12 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev -w workspace.yaml)")
     ui.add_argument("--port", type=int, default=3000)
 
-    e = sub.add_parser("emulator", help="run the ESC Router emulator", add_help=False)
-    e.add_argument("args", nargs=argparse.REMAINDER)
+    # Listed for --help; its arguments are the emulator's own (`esc-sync emulator --help`).
+    sub.add_parser("emulator", help="run the ESC Router emulator (--port P --api-key KEY:PIC ...)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulator"]:
+        from etl.emulator import main as emulator_main
+
+        return emulator_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -76,11 +83,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from etl.demo.run import run_demo
 
         return run_demo(mutate_batch=args.mutate, students=args.students)
-    if args.command == "emulator":
-        from etl.emulator import main as emulator_main
-
-        return emulator_main(args.args)
-
     from etl.config import load_settings
 
     settings = load_settings()
