@@ -79,9 +79,18 @@ def _ateneo(code: str = "unife"):
 
 def row(**over):
     base = {
-        "pers_id": 70, "person_key": "70", "stu_id": 7, "first": "Giulia", "last": "Rossi",
-        "email": "g.rossi@studenti.unife.it", "level": "BACHELOR", "consent": None, "course_type": "L2",
-        "esi": None, "state": None, "synced": None,
+        "pers_id": 70,
+        "person_key": "70",
+        "stu_id": 7,
+        "first": "Giulia",
+        "last": "Rossi",
+        "email": "g.rossi@studenti.unife.it",
+        "level": "BACHELOR",
+        "consent": None,
+        "course_type": "L2",
+        "esi": None,
+        "state": None,
+        "synced": None,
     }
     return tuple((base | over).values())
 
@@ -94,7 +103,9 @@ def test_plan_persons_composes_esi_from_the_person_key_and_decides() -> None:
     # Registered with the same body: nothing to do. A changed name: PUT, same ESI.
     same = plan_persons([row(esi=w.esi, state="registered", synced=w.body_hash)], _ateneo())
     assert same.work == [] and same.fine == [7]
-    renamed = plan_persons([row(esi=w.esi, state="registered", synced=w.body_hash, first="Giuliana")], _ateneo())
+    renamed = plan_persons(
+        [row(esi=w.esi, state="registered", synced=w.body_hash, first="Giuliana")], _ateneo()
+    )
     assert [(x.esi, x.create) for x in renamed.work] == [(w.esi, False)]
 
 

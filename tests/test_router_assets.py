@@ -35,8 +35,10 @@ KEYS = {"unife": "k-unife-test", "unipa": "k-unipa-test"}
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory):
-    emu = start_emulator({KEYS["unife"]: "999978433", KEYS["unipa"]: "999912345"},
-                         tmp_path_factory.mktemp("router") / "router.sqlite")
+    emu = start_emulator(
+        {KEYS["unife"]: "999978433", KEYS["unipa"]: "999912345"},
+        tmp_path_factory.mktemp("router") / "router.sqlite",
+    )
     yield emu
     emu.stop()
 
@@ -47,8 +49,14 @@ def rt(emulator, state_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", KEYS["unife"])
     monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIPA", KEYS["unipa"])
     for seed, code in ((3, "unife"), (4, "unipa")):
-        generate(f"sqlite:///{tmp_path / f'esse3-{code}.sqlite'}", seed=seed, students=250, first_year=2024,
-                 last_year=YEAR, now=NOW)
+        generate(
+            f"sqlite:///{tmp_path / f'esse3-{code}.sqlite'}",
+            seed=seed,
+            students=250,
+            first_year=2024,
+            last_year=YEAR,
+            now=NOW,
+        )
     settings = demo_settings(tmp_path, state_url, academic_years={"first": 2024, "last": YEAR})
     settings = replace(settings, router=replace(settings.router, url=emulator.url))
     runtime = Runtime(settings)
@@ -88,7 +96,9 @@ def test_chain_registers_writes_back_and_is_idempotent(rt: Runtime, emulator) ->
     with rt.engine.connect() as conn:
         totals = router_state.registered_totals(conn, "unife")
         persons = conn.execute(select(Person.esi, Person.pers_id).where(Person.state == "registered")).all()
-    assert (counts["persons"], counts["cards"]) == (totals["persons"], totals["cards"]) and totals["cards"] > 0
+    assert (counts["persons"], counts["cards"]) == (totals["persons"], totals["cards"]) and totals[
+        "cards"
+    ] > 0
     # Local cards are exactly the Router's, with the same status and expiry.
     remote, local = router_cards(rt), local_cards(rt)
     assert set(remote) == {k for k, c in local.items() if c.state == "registered"}
@@ -98,8 +108,14 @@ def test_chain_registers_writes_back_and_is_idempotent(rt: Runtime, emulator) ->
         assert card["cardType"]["key"] in ("PASSIVE", "SMART_PASSIVE")
     # The ESI is stored on the Esse3 careers of registered persons.
     with rt.esse3("unife").engine.connect() as conn:
-        written = dict(conn.execute(text('SELECT "PERS_ID", "CODICE_ESI" FROM "P01_STU" '
-                                         'WHERE "AA_ID" = 2025 AND "CODICE_ESI" IS NOT NULL')).all())
+        written = dict(
+            conn.execute(
+                text(
+                    'SELECT "PERS_ID", "CODICE_ESI" FROM "P01_STU" '
+                    'WHERE "AA_ID" = 2025 AND "CODICE_ESI" IS NOT NULL'
+                )
+            ).all()
+        )
     assert written and all(written[pers_id] == esi for esi, pers_id in persons if pers_id in written)
     # A second run makes no Router call at all.
     before = emulator.stats()["requests"]
@@ -110,20 +126,33 @@ def test_chain_registers_writes_back_and_is_idempotent(rt: Runtime, emulator) ->
 
 def test_lifecycle_closure_reactivation_and_annulled_badge(rt: Runtime) -> None:
     sync(rt)
-    card = next(c for c in local_cards(rt).values() if c.state == "registered" and c.router_status == "ACTIVE")
+    card = next(
+        c for c in local_cards(rt).values() if c.state == "registered" and c.router_status == "ACTIVE"
+    )
     later = NOW + dt.timedelta(hours=1)
     src = rt.esse3("unife").engine
 
     with src.begin() as conn:  # graduation
-        conn.execute(update(P01_STU).where(P01_STU.c.STU_ID == card.stu_id).values(
-            STA_STU_COD="X", MOT_STASTU_COD="TIT", DATA_CHIUSURA=TODAY, DATA_MOD=later))
+        conn.execute(
+            update(P01_STU)
+            .where(card.stu_id == P01_STU.c.STU_ID)
+            .values(STA_STU_COD="X", MOT_STASTU_COD="TIT", DATA_CHIUSURA=TODAY, DATA_MOD=later)
+        )
     report = sync(rt)
     assert report.counts["updated"] >= 1
     assert router_cards(rt)[card.escn]["cardStatusType"]["key"] == "INACTIVE"
 
     with src.begin() as conn:  # reactivation, after the badge validity ended
-        conn.execute(update(P01_STU).where(P01_STU.c.STU_ID == card.stu_id).values(
-            STA_STU_COD="A", MOT_STASTU_COD=None, DATA_CHIUSURA=None, DATA_MOD=later + dt.timedelta(hours=1)))
+        conn.execute(
+            update(P01_STU)
+            .where(card.stu_id == P01_STU.c.STU_ID)
+            .values(
+                STA_STU_COD="A",
+                MOT_STASTU_COD=None,
+                DATA_CHIUSURA=None,
+                DATA_MOD=later + dt.timedelta(hours=1),
+            )
+        )
     much_later = card.expires_at + dt.timedelta(days=30)
     sync(rt, today=much_later)
     remote = router_cards(rt)[card.escn]
@@ -131,12 +160,18 @@ def test_lifecycle_closure_reactivation_and_annulled_badge(rt: Runtime) -> None:
     assert dt.date.fromisoformat(remote["expiresAt"]) > much_later
 
     with src.begin() as conn:  # the badge is annulled and replaced
-        conn.execute(update(P01_BADGE).where(P01_BADGE.c.BDG_ID == card.bdg_id).values(
-            ANN_FLG=1, DATA_MOD=later + dt.timedelta(hours=2)))
-        old = conn.execute(select(P01_BADGE).where(P01_BADGE.c.BDG_ID == card.bdg_id)).one()._asdict()
+        conn.execute(
+            update(P01_BADGE)
+            .where(card.bdg_id == P01_BADGE.c.BDG_ID)
+            .values(ANN_FLG=1, DATA_MOD=later + dt.timedelta(hours=2))
+        )
+        old = conn.execute(select(P01_BADGE).where(card.bdg_id == P01_BADGE.c.BDG_ID)).one()._asdict()
         new_id = conn.execute(text('SELECT MAX("BDG_ID") + 1 FROM "P01_BADGE"')).scalar_one()
-        conn.execute(P01_BADGE.insert().values({**old, "BDG_ID": new_id, "ANN_FLG": 0,
-                                                "DATA_MOD": later + dt.timedelta(hours=2)}))
+        conn.execute(
+            P01_BADGE.insert().values(
+                {**old, "BDG_ID": new_id, "ANN_FLG": 0, "DATA_MOD": later + dt.timedelta(hours=2)}
+            )
+        )
     sync(rt)
     cards = local_cards(rt)
     remote = router_cards(rt)
@@ -158,8 +193,14 @@ def test_existing_person_is_adopted_and_a_recorded_card_reconciled(rt: Runtime) 
 
     asyncio.run(pre_register())
     report = CallReport()
-    assign_esis(rt.engine, rt.esse3("unife"), lambda: rt.router_client("unife"), ateneo,
-                Partition(YEAR, "unife"), report)
+    assign_esis(
+        rt.engine,
+        rt.esse3("unife"),
+        lambda: rt.router_client("unife"),
+        ateneo,
+        Partition(YEAR, "unife"),
+        report,
+    )
     assert report.counts["adopted"] == 1 and report.counts["failed"] == 0
 
     # A card recorded and POSTed, then the process died before confirming it.
@@ -169,11 +210,26 @@ def test_existing_person_is_adopted_and_a_recorded_card_reconciled(rt: Runtime) 
     work, _ = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), TODAY)
     w = work[0]
     with rt.engine.begin() as conn:
-        router_state.record_card_intents(conn, [{
-            "escn": w.escn, "institution": "unife", "academic_year": YEAR, "bdg_id": w.bdg_id,
-            "stu_id": w.stu_id, "esi": w.esi, "card_type": w.card_type, "issued_at": w.issued_at,
-            "expires_at": w.target.expires_at, "desired_status": w.target.status, "state": "pending",
-            "changed_at": NOW, "created_at": NOW}])
+        router_state.record_card_intents(
+            conn,
+            [
+                {
+                    "escn": w.escn,
+                    "institution": "unife",
+                    "academic_year": YEAR,
+                    "bdg_id": w.bdg_id,
+                    "stu_id": w.stu_id,
+                    "esi": w.esi,
+                    "card_type": w.card_type,
+                    "issued_at": w.issued_at,
+                    "expires_at": w.target.expires_at,
+                    "desired_status": w.target.status,
+                    "state": "pending",
+                    "changed_at": NOW,
+                    "created_at": NOW,
+                }
+            ],
+        )
 
     async def post_card() -> None:
         async with rt.router_client("unife") as c:
@@ -181,8 +237,9 @@ def test_existing_person_is_adopted_and_a_recorded_card_reconciled(rt: Runtime) 
 
     asyncio.run(post_card())
     report = CallReport()
-    sync_cards(rt.engine, lambda: rt.router_client("unife"), ateneo, Partition(YEAR, "unife"), report,
-               today=TODAY)
+    sync_cards(
+        rt.engine, lambda: rt.router_client("unife"), ateneo, Partition(YEAR, "unife"), report, today=TODAY
+    )
     assert report.counts["reconciled"] == 1
     cards = local_cards(rt)
     assert cards[w.escn].state == "registered"  # same number: no second card for that badge
@@ -194,21 +251,34 @@ def test_opt_in_university_registers_only_consenting_students(rt: Runtime, emula
     report = sync(rt, "unipa")
     assert report.counts["opted_out"] > 0
     with rt.engine.connect() as conn:
-        states = dict(conn.execute(text(
-            "SELECT p.state, COUNT(*) FROM persons p WHERE p.institution = 'unipa' GROUP BY p.state")).all())
-        consent = dict(conn.execute(text(
-            "SELECT p.esi, c.consent FROM persons p JOIN careers c ON c.institution = p.institution "
-            "AND c.pers_id = p.pers_id WHERE p.institution = 'unipa' AND p.state = 'registered'")).all())
+        states = dict(
+            conn.execute(
+                text("SELECT p.state, COUNT(*) FROM persons p WHERE p.institution = 'unipa' GROUP BY p.state")
+            ).all()
+        )
+        consent = dict(
+            conn.execute(
+                text(
+                    "SELECT p.esi, c.consent FROM persons p JOIN careers c ON c.institution = p.institution "
+                    "AND c.pers_id = p.pers_id WHERE p.institution = 'unipa' AND p.state = 'registered'"
+                )
+            ).all()
+        )
     assert states["opted_out"] > 0 and set(consent.values()) == {"S"}
     assert emulator.stats()["organisations"]["999912345"]["persons"] == states["registered"]
 
     # Consent withdrawn: the student's active card is deactivated.
-    card = next(c for c in local_cards(rt).values() if c.institution == "unipa" and c.router_status == "ACTIVE")
+    card = next(
+        c for c in local_cards(rt).values() if c.institution == "unipa" and c.router_status == "ACTIVE"
+    )
     src = rt.esse3("unipa").engine
     with src.begin() as conn:
-        pers_id = conn.execute(select(P01_STU.c.PERS_ID).where(P01_STU.c.STU_ID == card.stu_id)).scalar_one()
-        conn.execute(update(P01_ANAPER).where(P01_ANAPER.c.PERS_ID == pers_id).values(
-            CONSENSO_ESC="N", DATA_MOD=NOW + dt.timedelta(hours=1)))
+        pers_id = conn.execute(select(P01_STU.c.PERS_ID).where(card.stu_id == P01_STU.c.STU_ID)).scalar_one()
+        conn.execute(
+            update(P01_ANAPER)
+            .where(pers_id == P01_ANAPER.c.PERS_ID)
+            .values(CONSENSO_ESC="N", DATA_MOD=NOW + dt.timedelta(hours=1))
+        )
     sync(rt, "unipa")
     assert router_cards(rt, "unipa")[card.escn]["cardStatusType"]["key"] == "INACTIVE"
 
@@ -217,7 +287,9 @@ def test_missing_key_stops_with_one_line(rt: Runtime, monkeypatch: pytest.Monkey
     from etl.errors import EscSyncError
 
     monkeypatch.delenv("ESC_SYNC_ROUTER_KEY_UNIFE")
-    with pytest.raises(EscSyncError, match="university unife: Router API key missing.*ESC_SYNC_ROUTER_KEY_UNIFE"):
+    with pytest.raises(
+        EscSyncError, match=r"university unife: Router API key missing.*ESC_SYNC_ROUTER_KEY_UNIFE"
+    ):
         sync(rt)
     with rt.engine.connect() as conn:
         assert conn.execute(select(Person).where(Person.state == "registered")).first() is None
