@@ -4,6 +4,7 @@ requests runs only for partitions whose Esse3 data changed."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,14 @@ from sqlalchemy import update
 from etl.definitions import JOB_NAME, build_definitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_STU
+from etl.emulator import start_emulator
 from etl.resources.runtime import Runtime
 from etl.store.migrate import upgrade
 from tests.conftest import NOW, demo_settings
 
 
 @pytest.fixture
-def runtime(tmp_path: Path):
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for seed, code in ((1, "unife"), (2, "unipa")):
         generate(
             f"sqlite:///{tmp_path / f'esse3-{code}.sqlite'}",
@@ -32,17 +34,29 @@ def runtime(tmp_path: Path):
     settings = demo_settings(
         tmp_path, f"sqlite:///{tmp_path / 'state.sqlite'}", academic_years={"first": 2024, "last": 2025}
     )
-    rt = Runtime(settings)
-    upgrade(rt.engine)
-    yield rt
-    rt.dispose()
+    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", "k1")
+    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIPA", "k2")
+    with start_emulator({"k1": "999978433", "k2": "999912345"}, tmp_path / "router.sqlite") as emu:
+        rt = Runtime(replace(settings, router=replace(settings.router, url=emu.url)))
+        upgrade(rt.engine)
+        yield rt
+        rt.dispose()
 
 
 def test_definitions_load_and_graph_is_as_expected(runtime: Runtime) -> None:
     defs = build_definitions(runtime.settings, runtime)
     Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"careers"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "careers",
+        "esi_assignments",
+        "esc_cards",
+    }
+    deps = {
+        k.to_user_string(): {d.to_user_string() for d in graph.get(k).parent_keys}
+        for k in graph.get_all_asset_keys()
+    }
+    assert deps == {"careers": set(), "esi_assignments": {"careers"}, "esc_cards": {"esi_assignments"}}
     checks = {k.name for k in graph.asset_check_keys}
     assert checks == {"no_duplicate_careers", "quarantine_share"}
     keys = defs.resolve_job_def(JOB_NAME).partitions_def.get_partition_keys()
@@ -67,7 +81,9 @@ def test_materialise_partition_then_sensor_sees_only_changes(runtime: Runtime) -
             instance=instance, partition_key="2024|unife"
         )
         assert result.success
-        [mat] = result.asset_materializations_for_node("careers")
+        [mat] = result.asset_materializations_for_node(
+            "careers"
+        )  # Router assets: tests/test_router_assets.py
         md = {k: v.value for k, v in mat.metadata.items()}
         assert md["inserted"] > 0 and md["updated"] == 0
         assert md["dagster/row_count"] == md["inserted"]
