@@ -327,7 +327,7 @@ def test_missing_escn(missing: object) -> None:
     [
         ({"escn": "../../etc/passwd"}, "escn", "not a valid ESCN"),
         ({"escn": "F7C9D400-7085-103C-8005-001999978433"}, "escn", "lower case"),
-        ({"escn": "f7c9d400-7085-103c-8005-001999978433\n"}, "escn", "control character"),
+        ({"escn": "f7c9d400-7085-103c-8005-001999978433\n"}, "escn", "not a valid ESCN"),
         ({"full_name": "Anna\nRossi"}, "full_name", "control character"),
         ({"matricola": "12\x00"}, "matricola", "control character"),
         ({"full_name": "   "}, "full_name", "non-blank"),
