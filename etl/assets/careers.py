@@ -31,6 +31,7 @@ from etl.store import careers as store
 
 OVERLAP = dt.timedelta(minutes=10)  # tolerates Esse3 clock skew and long transactions
 PREVIEW_ROWS = 10
+_DATA_MOD_COLUMNS = ("STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD")
 
 
 @dataclass
@@ -95,19 +96,19 @@ def _apply_batch(
 ) -> None:
     good: list[tuple[CareerRecord, dt.datetime]] = []
     bad: list[Rejection] = []
+    for table, column in zip(CAREER_TABLES, _DATA_MOD_COLUMNS, strict=True):
+        values = [v for row in batch if (v := getattr(row, column)) is not None]
+        if values and (table not in seen or max(values) > seen[table]):
+            seen[table] = max(values)
     for row in batch:
         m = row._mapping
-        for table, column in zip(
-            CAREER_TABLES, ("STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD"), strict=True
-        ):
-            if (v := m[column]) is not None and (table not in seen or v > seen[table]):
-                seen[table] = v
         mapped = map_career(m, rules, today)
         if isinstance(mapped, Rejection):
             bad.append(mapped)
         else:
+            # The career's own DATA_MOD: the newest of its joined rows (person and course may be newer).
             newest = max(
-                v for v in (m["STU_DATA_MOD"], m["ANAPER_DATA_MOD"], m["CDS_DATA_MOD"]) if v is not None
+                v for v in (row.STU_DATA_MOD, row.ANAPER_DATA_MOD, row.CDS_DATA_MOD) if v is not None
             )
             good.append((mapped, newest))
 
