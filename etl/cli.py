@@ -108,7 +108,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         ensure_instance(settings)
         env["DAGSTER_HOME"] = os.environ["DAGSTER_HOME"]
-        cmd = ["dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(args.port)]
+        dagster = str(Path(sys.executable).with_name("dagster"))  # the venv's, activated or not
+        cmd = [dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(args.port)]
         return subprocess.call(cmd, env=env, cwd=REPO)
 
     from etl.resources.runtime import Runtime
