@@ -100,9 +100,9 @@ def _apply_batch(
         values = [v for row in batch if (v := getattr(row, column)) is not None]
         if values and (table not in seen or max(values) > seen[table]):
             seen[table] = max(values)
+    keys = batch[0]._fields
     for row in batch:
-        m = row._mapping
-        mapped = map_career(m, rules, today)
+        mapped = map_career(dict(zip(keys, row, strict=True)), rules, today)  # plain dict: fastest lookups
         if isinstance(mapped, Rejection):
             bad.append(mapped)
         else:

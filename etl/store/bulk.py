@@ -39,16 +39,19 @@ class Bulk:
             out.append(tuple(r))
         return out
 
-    def select_where_in(self, sql: str, params: Sequence[Any], keys: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def select_where_in(
+        self, sql: str, params: Sequence[Any], keys: Sequence[Any], pg_type: str
+    ) -> list[tuple[Any, ...]]:
         """Run ``sql`` whose last condition is ``<column> {IN}``: SQLite gets a placeholder list,
-        PostgreSQL one array parameter (``= ANY(%s)``)."""
+        PostgreSQL one array parameter cast to ``pg_type`` (the column's type: psycopg would send
+        small ints as smallint[], which turns the index lookup into a scan)."""
         if not keys:
             return []
         if self.sqlite:
             stmt = sql.replace("{IN}", f"IN ({','.join('?' * len(keys))})").replace("%s", "?")
             args: tuple[Any, ...] = (*params, *keys)
         else:
-            stmt = sql.replace("{IN}", "= ANY(%s)")
+            stmt = sql.replace("{IN}", f"= ANY(%s::{pg_type}[])")
             args = (*params, list(keys))
         return [tuple(r) for r in self.conn.exec_driver_sql(stmt, args)]
 
@@ -81,8 +84,19 @@ class Bulk:
         stage = f"_stage_{table}"
         with self.conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
             cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
-            with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+            # Binary COPY (≈3× cheaper than text here) needs the column types, in column order.
+            cur.execute(_COLUMN_TYPES, (list(columns), table))
+            types = [r[0] for r in cur.fetchall()]
+            with cur.copy(f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(types)
                 for r in rows:
                     copy.write_row(r)
             cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {conflict}")
             cur.execute(f"TRUNCATE {stage}")
+
+
+_COLUMN_TYPES = """
+SELECT format_type(a.atttypid, NULL) FROM pg_attribute a
+JOIN unnest(%s::text[]) WITH ORDINALITY AS u(name, pos) ON a.attname = u.name
+WHERE a.attrelid = %s::regclass ORDER BY u.pos
+"""

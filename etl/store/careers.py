@@ -23,7 +23,10 @@ def _insert(conn: Connection, table):  # type: ignore[no-untyped-def]
 
 def existing_hashes(conn: Connection, institution: str, stu_ids: Sequence[int]) -> dict[int, str]:
     rows = Bulk(conn).select_where_in(
-        "SELECT stu_id, row_hash FROM careers WHERE institution = %s AND stu_id {IN}", (institution,), stu_ids
+        "SELECT stu_id, row_hash FROM careers WHERE institution = %s AND stu_id {IN}",
+        (institution,),
+        stu_ids,
+        "integer",
     )
     return dict(rows)  # type: ignore[arg-type]
 
@@ -35,6 +38,7 @@ def matricola_holders(conn: Connection, institution: str, matricole: Iterable[st
         "GROUP BY matricola",
         (institution,),
         sorted(set(matricole)),
+        "varchar",
     )
     return dict(rows)  # type: ignore[arg-type]
 
