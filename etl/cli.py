@@ -11,6 +11,9 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
+from etl.api.cli import COMMANDS as API_COMMANDS
+from etl.api.cli import dispatch as api_dispatch
+from etl.api.cli import register as register_api
 from etl.errors import EscSyncError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev -w workspace.yaml)")
     ui.add_argument("--port", type=int, default=3000)
 
+    register_api(sub)  # `api` and `tokens`
+
     # Listed for --help; its arguments are the emulator's own (`esc-sync emulator --help`).
     sub.add_parser("emulator", help="run the ESC Router emulator (--port P --api-key KEY:PIC ...)")
     return p
@@ -86,6 +91,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from etl.config import load_settings
 
     settings = load_settings()
+    if args.command in API_COMMANDS:
+        return api_dispatch(args, settings)
     if args.command == "config":
         for a in settings.atenei:
             key = "set" if a.router_api_key() else "NOT SET"

@@ -19,6 +19,8 @@ from dagster import (
 from etl.assets.cards import build_cards_asset
 from etl.assets.careers import build_careers_asset
 from etl.assets.esi import build_esi_asset
+from etl.assets.exports import build_export_asset
+from etl.assets.qr import build_qr_asset
 from etl.changes import pending_partitions
 from etl.config import Settings, load_settings
 from etl.partitions import partitions_def
@@ -29,7 +31,13 @@ JOB_NAME = "esc_sync"
 
 def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Definitions:
     partitions = partitions_def(settings)
-    assets = [build_careers_asset(partitions), build_esi_asset(partitions), build_cards_asset(partitions)]
+    assets = [
+        build_careers_asset(partitions),
+        build_esi_asset(partitions),
+        build_cards_asset(partitions),
+        build_qr_asset(partitions),
+        build_export_asset(partitions),
+    ]
     job = define_asset_job(JOB_NAME, selection=AssetSelection.all(), partitions_def=partitions)
 
     @sensor(name="esse3_changes", job=job, minimum_interval_seconds=60)

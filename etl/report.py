@@ -25,6 +25,10 @@ def progress(i: int, n: int, run: PartitionRun) -> None:
             f" | cards +{k.get('registered', 0) + k.get('reconciled', 0)} ({k.get('updated', 0)} upd)"
             f" | retries {e.get('retries', 0) + k.get('retries', 0)}"
         )
+    q = run.metadata.get("qr_images", {})
+    x = run.metadata.get("export_files", {})
+    if q or x:
+        router += f" | QR +{q.get('rendered', 0)} | export {x.get('kind', 'none')}"
     say(
         f"  [{i:>2}/{n}] {run.partition.key:<14} careers +{c.get('inserted', 0)} "
         f"({c.get('updated', 0)} upd, {c.get('unchanged', 0)} same, {c.get('quarantined', 0)} quar)"

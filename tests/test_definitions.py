@@ -47,18 +47,19 @@ def test_definitions_load_and_graph_is_as_expected(runtime: Runtime) -> None:
     defs = build_definitions(runtime.settings, runtime)
     Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
-        "careers",
-        "esi_assignments",
-        "esc_cards",
-    }
     deps = {
         k.to_user_string(): {d.to_user_string() for d in graph.get(k).parent_keys}
         for k in graph.get_all_asset_keys()
     }
-    assert deps == {"careers": set(), "esi_assignments": {"careers"}, "esc_cards": {"esi_assignments"}}
+    assert deps == {
+        "careers": set(),
+        "esi_assignments": {"careers"},
+        "esc_cards": {"esi_assignments"},
+        "qr_images": {"esc_cards"},
+        "export_files": {"qr_images"},
+    }
     checks = {k.name for k in graph.asset_check_keys}
-    assert checks == {"no_duplicate_careers", "quarantine_share"}
+    assert checks == {"no_duplicate_careers", "quarantine_share", "qr_complete"}
     keys = defs.resolve_job_def(JOB_NAME).partitions_def.get_partition_keys()
     assert sorted(keys) == ["2024|unife", "2024|unipa", "2025|unife", "2025|unipa"]
 
@@ -89,7 +90,7 @@ def test_materialise_partition_then_sensor_sees_only_changes(runtime: Runtime) -
         assert md["dagster/row_count"] == md["inserted"]
         assert md["quarantined"] >= 0
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-        assert checks == {"no_duplicate_careers": True, "quarantine_share": True}
+        assert checks == {"no_duplicate_careers": True, "quarantine_share": True, "qr_complete": True}
         assert _requested(defs, runtime, instance) == {"2024|unipa", "2025|unife", "2025|unipa"}
 
         # A change in Esse3 for one career of 2024 at unife: that partition is requested again.

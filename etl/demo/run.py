@@ -11,6 +11,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from sqlalchemy import select
+
+from etl.api.tokens import create_token, list_tokens, revoke_token
 from etl.changes import pending_partitions
 from etl.config import Settings, home_from_env, load_settings
 from etl.definitions import build_definitions
@@ -23,6 +26,7 @@ from etl.report import progress, say, summary
 from etl.resources.runtime import Runtime
 from etl.store.db import check_reachable
 from etl.store.migrate import upgrade
+from etl.store.models import Card
 
 
 def prepare(home: Path, students: int) -> Settings:
@@ -69,6 +73,49 @@ def demo_router(settings: Settings, home: Path) -> EmulatorProcess:
     return start_emulator(keys, home / "router-emulator.sqlite")
 
 
+def rest_instructions(settings: Settings, port: int = 8000) -> str:
+    """Fresh demo tokens (earlier demo tokens are revoked: only hashes are stored, so a token can only
+    be shown when it is created) and ready-to-paste calls against the REST service."""
+    runtime = Runtime(settings)
+    try:
+        for t in list_tokens(runtime.engine):
+            if t.name.startswith("demo ") and t.revoked_at is None:
+                revoke_token(runtime.engine, t.id)
+        codes = settings.codes
+        vendor = create_token(
+            runtime.engine,
+            name="demo vendor",
+            scopes=["exports:read"],
+            institutions=codes,
+            known_institutions=codes,
+        )
+        app = create_token(
+            runtime.engine,
+            name="demo app backend",
+            scopes=["badges:read"],
+            institutions=codes,
+            known_institutions=codes,
+        )
+        with runtime.engine.connect() as conn:
+            card = conn.execute(
+                select(Card.escn).where(Card.state == "registered", Card.desired_status == "ACTIVE").limit(1)
+            ).scalar()
+    finally:
+        runtime.dispose()
+    base = f"http://127.0.0.1:{port}"
+    lines = [
+        "\nREST service (vendors and badge consumers):",
+        f"  .venv/bin/esc-sync api --port {port}      # OpenAPI: {base}/docs",
+        f'  curl -H "Authorization: Bearer {vendor.token}" "{base}/v1/exports?university={codes[0]}"',
+        f'  curl -H "Authorization: Bearer {vendor.token}" "{base}/v1/feed?university={codes[0]}&limit=5"',
+    ]
+    if card:
+        lines.append(f'  curl -H "Authorization: Bearer {app.token}" "{base}/v1/cards/{card}/badge.json"')
+        lines.append(f"  (badge page: {base}/v1/cards/{card}/badge.html with the same header)")
+    lines.append("  demo tokens are shown once; new ones replace them at every demo run")
+    return "\n".join(lines)
+
+
 def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60) -> int:
     home = home_from_env()
     say(f"esc-sync demo in {home}")
@@ -99,6 +146,7 @@ def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60
     finally:
         runtime.dispose()
         emulator.stop()
+    say(rest_instructions(settings))
     say(
         "\nNext:\n"
         f"  esc-sync ui                      # Dagster UI on http://127.0.0.1:3000 (assets, runs, checks)\n"

@@ -23,8 +23,12 @@ _FIELDS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("matricola", pa.string(), "Student number (matricola) in the university's Esse3."),
     ("full_name", pa.string(), "Cardholder's name as printed on the card (UTF-8, accents preserved)."),
     ("esi", pa.string(), "European Student Identifier (`urn:schac:personalUniqueCode:int:esi:…`)."),
-    ("escn", pa.string(), "European Student Card Number (lower-case UUID) from the ESC Router; unique in "
-     "an export, and the name of the card's QR files in the ZIP."),
+    (
+        "escn",
+        pa.string(),
+        "European Student Card Number (lower-case UUID) from the ESC Router; unique in "
+        "an export, and the name of the card's QR files in the ZIP.",
+    ),
     ("card_type", pa.string(), "Card type as registered on the ESC Router."),
     ("issued_at", pa.date32(), "Date the card was issued."),
     ("expires_at", pa.date32(), "Date the card expires (not before `issued_at`)."),

@@ -109,8 +109,11 @@ def validate_row(row: ExportRow) -> None:
     # Control characters (a stray newline, NUL) break naive CSV readers and file names; the domain
     # validators' "$" also lets one trailing newline through. One search for the common, clean case.
     if _CONTROL_RE.search(escn) or _CONTROL_RE.search("".join(values)):
-        name = next(n for n, v in zip(("escn", *_STRING_FIELDS), (escn, *values), strict=True)
-                    if _CONTROL_RE.search(v))
+        name = next(
+            n
+            for n, v in zip(("escn", *_STRING_FIELDS), (escn, *values), strict=True)
+            if _CONTROL_RE.search(v)
+        )
         raise InvalidRowError(name, escn, "contains a control character")
     try:
         validate_esi(row.esi)
@@ -169,8 +172,13 @@ def write_export(
             part.discard()
         raise
     _fsync_directory(directory)
-    log.info("export %s written: %d cards, parquet %d bytes, zip %d bytes", export_id, count,
-             parquet_out.size, zip_out.size)
+    log.info(
+        "export %s written: %d cards, parquet %d bytes, zip %d bytes",
+        export_id,
+        count,
+        parquet_out.size,
+        zip_out.size,
+    )
     return ExportFiles(
         export_id=export_id,
         parquet=ExportFile(parts[0].final, count, parquet_out.size, parquet_out.hexdigest()),
@@ -193,7 +201,10 @@ def verify_file(path: Path, sha256: str) -> bool:
 
 
 def _write_files(
-    rows: Iterable[ExportRow], parquet_out: _HashingWriter, zip_out: _HashingWriter, scratch: Path,
+    rows: Iterable[ExportRow],
+    parquet_out: _HashingWriter,
+    zip_out: _HashingWriter,
+    scratch: Path,
     batch_size: int,
 ) -> int:
     """Stream ``rows`` into both outputs; return the number of rows."""
@@ -315,9 +326,17 @@ class _ZipStream:
         local_extra = struct.pack("<HHQQ", 1, 16, size, compressed) if local_zip64 else b""
         self._out.write(
             _LOCAL_HEADER.pack(
-                0x04034B50, 45 if local_zip64 else 20, flags, method, self._dos_time, self._dos_date, crc,
-                0xFFFFFFFF if local_zip64 else compressed, 0xFFFFFFFF if local_zip64 else size,
-                len(encoded), len(local_extra),
+                0x04034B50,
+                45 if local_zip64 else 20,
+                flags,
+                method,
+                self._dos_time,
+                self._dos_date,
+                crc,
+                0xFFFFFFFF if local_zip64 else compressed,
+                0xFFFFFFFF if local_zip64 else size,
+                len(encoded),
+                len(local_extra),
             )
             + encoded
             + local_extra
@@ -327,10 +346,22 @@ class _ZipStream:
         version = 45 if wide else 20
         self._central.write(
             _CENTRAL_HEADER.pack(
-                0x02014B50, _MADE_BY_UNIX | 45, version, flags, method, self._dos_time, self._dos_date, crc,
+                0x02014B50,
+                _MADE_BY_UNIX | 45,
+                version,
+                flags,
+                method,
+                self._dos_time,
+                self._dos_date,
+                crc,
                 0xFFFFFFFF if compressed > _ZIP64_LIMIT else compressed,
                 0xFFFFFFFF if size > _ZIP64_LIMIT else size,
-                len(encoded), len(extra), 0, 0, 0, _REGULAR_FILE_644,
+                len(encoded),
+                len(extra),
+                0,
+                0,
+                0,
+                _REGULAR_FILE_644,
                 0xFFFFFFFF if offset > _ZIP64_LIMIT else offset,
             )
             + encoded
@@ -347,8 +378,9 @@ class _ZipStream:
         count = self._count
         if count >= _ZIP_COUNT_LIMIT or start > _ZIP64_LIMIT or length > _ZIP64_LIMIT:
             zip64_end = self._out.size
-            self._out.write(_ZIP64_END.pack(0x06064B50, 44, _MADE_BY_UNIX | 45, 45, 0, 0, count, count,
-                                            length, start))
+            self._out.write(
+                _ZIP64_END.pack(0x06064B50, 44, _MADE_BY_UNIX | 45, 45, 0, 0, count, count, length, start)
+            )
             self._out.write(_ZIP64_LOCATOR.pack(0x07064B50, 0, zip64_end, 1))
             count = min(count, 0xFFFF)
             start, length = min(start, 0xFFFFFFFF), min(length, 0xFFFFFFFF)

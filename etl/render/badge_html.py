@@ -44,6 +44,8 @@ dd.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-we
 .stamp{position:absolute;left:8%;top:42%;transform:rotate(-14deg);border:.6cqw solid #c01818;color:#c01818;
   font-weight:800;font-size:4.6cqw;padding:.6cqw 2.4cqw;border-radius:1.2cqw;background:rgba(255,255,255,.75);
   letter-spacing:.06em;pointer-events:none}
+/* Let the text column shrink instead of pushing the QR out of the card. */
+.badge{grid-template-columns:minmax(0,1fr)}.body{grid-template-columns:minmax(0,1fr) 25cqw}
 """
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"

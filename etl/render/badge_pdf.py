@@ -45,12 +45,41 @@ _PAD = 4.0
 _BLUE, _GREY = (0, 51, 153), (107, 112, 121)
 _INK, _MUTED = (27, 31, 36), (91, 100, 112)
 _GREEN, _RED = (15, 107, 47), (192, 24, 24)
-_TRANSLIT = str.maketrans({
-    "‘": "'", "’": "'", "‚": ",", "‛": "'", "ʼ": "'", "“": '"', "”": '"', "„": '"', "‐": "-", "‑": "-",
-    "–": "-", "—": "-", "…": "...", "€": "EUR", "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Ħ": "H",
-    "ħ": "h", "ı": "i", "Œ": "OE", "œ": "oe", "Ŀ": "L", "ŀ": "l", "ẞ": "SS", "Ŋ": "N", "ŋ": "n",
-    "Ŧ": "T", "ŧ": "t", "ſ": "s",
-})
+_TRANSLIT = str.maketrans(
+    {
+        "‘": "'",
+        "’": "'",
+        "‚": ",",
+        "‛": "'",
+        "ʼ": "'",
+        "“": '"',
+        "”": '"',
+        "„": '"',
+        "‐": "-",
+        "‑": "-",
+        "–": "-",
+        "—": "-",
+        "…": "...",
+        "€": "EUR",
+        "Ł": "L",
+        "ł": "l",
+        "Đ": "D",
+        "đ": "d",
+        "Ħ": "H",
+        "ħ": "h",
+        "ı": "i",
+        "Œ": "OE",
+        "œ": "oe",
+        "Ŀ": "L",
+        "ŀ": "l",
+        "ẞ": "SS",
+        "Ŋ": "N",
+        "ŋ": "n",
+        "Ŧ": "T",
+        "ŧ": "t",
+        "ſ": "s",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -179,8 +208,17 @@ def _draw_card(pdf: FPDF, x0: float, y0: float, view: BadgeView, qr_png: bytes, 
     tag = "European Student Card"
     tag_w = pdf.get_string_width(tag)
     pdf.text(x0 + CARD_W - _PAD / 2 - tag_w, y0 + 5.4, tag)
-    _fit_text(pdf, x0 + _PAD, y0 + 5.6, CARD_W - 2 * _PAD - tag_w - 1, view.university_name,
-              "helvetica", "B", 7.5, 5.0)
+    _fit_text(
+        pdf,
+        x0 + _PAD,
+        y0 + 5.6,
+        CARD_W - 2 * _PAD - tag_w - 1,
+        view.university_name,
+        "helvetica",
+        "B",
+        7.5,
+        5.0,
+    )
 
     # Left column: label above value.
     col_w = lay.qr.x - _PAD - 1.0
@@ -219,8 +257,15 @@ def _draw_card(pdf: FPDF, x0: float, y0: float, view: BadgeView, qr_png: bytes, 
         pdf.image(io.BytesIO(logo.data), x0 + lg.x, y0 + lg.y, lg.w, lg.h)
     else:
         pdf.set_fill_color(*_rgb(PLACEHOLDER_FILL))
-        pdf.rect(x0 + lg.x, y0 + lg.y, lg.w, lg.h, style="F", round_corners=True,
-                 corner_radius=placeholder_corner_radius(lg.w, lg.h))
+        pdf.rect(
+            x0 + lg.x,
+            y0 + lg.y,
+            lg.w,
+            lg.h,
+            style="F",
+            round_corners=True,
+            corner_radius=placeholder_corner_radius(lg.w, lg.h),
+        )
         pdf.set_text_color(*_rgb(PLACEHOLDER_TEXT))
         pdf.set_font("helvetica", "", min(lg.w / 3.2, lg.h / 2.2) / 0.3528)  # mm -> pt
         tw = pdf.get_string_width("logo")
@@ -249,8 +294,17 @@ def _crop_marks(pdf: FPDF, x: float, y: float) -> None:
             pdf.line(cx, cy + sy * MARK_OFFSET, cx, cy + sy * (MARK_OFFSET + v_len))
 
 
-def _fit_text(pdf: FPDF, x: float, baseline: float, width: float, text: str, family: str, style: str,
-              size: float, min_size: float) -> None:
+def _fit_text(
+    pdf: FPDF,
+    x: float,
+    baseline: float,
+    width: float,
+    text: str,
+    family: str,
+    style: str,
+    size: float,
+    min_size: float,
+) -> None:
     """Shrink down to ``min_size`` to fit ``width``; past that, cut and end with "..."."""
     text = latin1_text(text)
     pdf.set_font(family, style, size)
@@ -271,4 +325,3 @@ def _rgb(hex_color: str) -> tuple[int, int, int]:
 
 def _d(day: dt.date) -> str:
     return day.strftime("%d/%m/%Y")
-

@@ -1,0 +1,33 @@
+"""What every route needs, built once by ``create_app`` and kept on ``app.state.ctx``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+from sqlalchemy import Engine
+
+from etl.api.auth import Authenticator
+from etl.api.files import FileVerifier
+from etl.api.hot_reads import HotReader
+from etl.config import Settings
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    engine: Engine
+    reader: HotReader
+    auth: Authenticator
+    verifier: FileVerifier
+    university_names: dict[str, str]
+    logo: bytes | None  # the configured logo file (SVG or PNG) for the HTML badge; None: placeholder
+    logo_png: bytes | None  # the same when it is a PNG (the PDF can only embed PNG); None: placeholder
+    feed_settle: dt.timedelta
+    today: Callable[[], dt.date]
+
+
+def ctx_of(request: Request) -> ApiContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]

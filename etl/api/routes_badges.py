@@ -1,0 +1,213 @@
+"""Virtual badges (badges:read) and card QR images (badges:read or exports:read).
+
+A student's badge is their current card: the ACTIVE card of the career with that matricola, else the
+latest issued. JSON, HTML and PDF by ``?format=`` or a suffix (``badge.pdf``); the QR as PNG or SVG.
+Anything of a university the token does not cover answers exactly like a missing one (404).
+Vendors may fetch card QR images too: the feed's ``qr=link`` points at them.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from etl.api.auth import Principal, require
+from etl.api.badge_source import badge_view, qr_images
+from etl.api.context import ApiContext, ctx_of
+from etl.api.errors import not_found
+from etl.api.params import ESCN_PATTERN, MATRICOLA_PATTERN, UNIVERSITY_PATTERN
+from etl.api.schemas import BadgeOut, error_responses
+from etl.api.tokens import BADGES_READ, EXPORTS_READ
+from etl.render.badge_html import render_badge_html
+from etl.render.badge_pdf import render_badge_pdf
+from etl.render.qr import QrImages
+
+router = APIRouter(tags=["badges"])
+
+University = Annotated[str, Path(pattern=UNIVERSITY_PATTERN, description="university code")]
+Matricola = Annotated[str, Path(pattern=MATRICOLA_PATTERN, description="student number")]
+Escn = Annotated[str, Path(pattern=ESCN_PATTERN, description="European Student Card Number")]
+BadgeReader = Annotated[Principal, Depends(require(BADGES_READ))]
+QrReader = Annotated[Principal, Depends(require(BADGES_READ, EXPORTS_READ))]
+
+PERSONAL = {"Cache-Control": "no-store"}  # badge data is personal: never kept by shared caches
+IMAGE_CACHE = {"Cache-Control": "private, max-age=3600"}  # a QR only changes with the card number
+# The HTML badge is self-contained: forbid scripts and fetches, as its own <meta> CSP does.
+HTML_HEADERS = {
+    **PERSONAL,
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+class BadgeFormat(StrEnum):
+    json = "json"
+    html = "html"
+    pdf = "pdf"
+
+
+class QrFormat(StrEnum):
+    png = "png"
+    svg = "svg"
+
+
+_BADGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": BadgeOut,
+        "description": "the badge: JSON, or an HTML page, or a one-page ID-1 PDF",
+        "content": {"text/html": {}, "application/pdf": {}},
+    },
+    **error_responses(401, 403, 404, 422, 429, 503),
+}
+_QR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "the card's QR code"},
+    **error_responses(401, 403, 404, 422, 429, 503),
+}
+_FORMAT_QUERY = Query(description="json (default), html or pdf")
+
+
+async def _badge_response(ctx: ApiContext, row: Any, fmt: BadgeFormat) -> Response:
+    name = ctx.university_names.get(row.institution)
+    if name is None:  # a university no longer configured: nothing to show
+        raise not_found("card")
+    view = badge_view(row, name, ctx.settings.qr_base_url, ctx.today())
+    if fmt is BadgeFormat.json:
+        body = json.dumps(view.to_json_dict(), ensure_ascii=False).encode("utf-8")
+        return Response(body, media_type="application/json", headers=PERSONAL)
+    stored = await ctx.reader.qr_by_escn(row.escn)
+    images = qr_images(
+        row.escn,
+        ctx.settings.qr_base_url,
+        *((stored.payload, stored.png, stored.svg) if stored else (None,) * 3),
+    )
+    if fmt is BadgeFormat.html:
+        html = render_badge_html(view, images.svg, ctx.logo)
+        return Response(html, media_type="text/html; charset=utf-8", headers=HTML_HEADERS)
+    pdf = await run_in_threadpool(render_badge_pdf, view, images.png, ctx.logo_png)
+    headers = {**PERSONAL, "Content-Disposition": f'inline; filename="esc-{row.escn}.pdf"'}
+    return Response(pdf, media_type="application/pdf", headers=headers)
+
+
+def _qr_response(images: QrImages, fmt: QrFormat) -> Response:
+    if fmt is QrFormat.png:
+        return Response(images.png, media_type="image/png", headers=IMAGE_CACHE)
+    return Response(images.svg, media_type="image/svg+xml", headers=IMAGE_CACHE)
+
+
+async def student_badge(
+    request: Request, principal: Principal, university: str, matricola: str, fmt: BadgeFormat
+) -> Response:
+    ctx = ctx_of(request)
+    if not principal.sees(university):
+        raise not_found("student")
+    row = await ctx.reader.card_by_matricola(university, matricola)
+    if row is None:
+        raise not_found("student")
+    return await _badge_response(ctx, row, fmt)
+
+
+async def card_badge(request: Request, principal: Principal, escn: str, fmt: BadgeFormat) -> Response:
+    ctx = ctx_of(request)
+    row = await ctx.reader.card_by_escn(escn)
+    if row is None or not principal.sees(row.institution):
+        raise not_found("card")
+    return await _badge_response(ctx, row, fmt)
+
+
+# Registration order is matching order: the hottest routes first.
+@router.get(
+    "/v1/cards/{escn}/qr.{image}",
+    response_class=Response,
+    responses=_QR_RESPONSES,
+    summary="A card's QR code (PNG or SVG); for badge readers and vendors",
+)
+async def card_qr_route(request: Request, principal: QrReader, escn: Escn, image: QrFormat) -> Response:
+    ctx = ctx_of(request)
+    row = await ctx.reader.qr_by_escn(escn)
+    if row is None or not principal.sees(row.institution):
+        raise not_found("card")
+    return _qr_response(qr_images(escn, ctx.settings.qr_base_url, row.payload, row.png, row.svg), image)
+
+
+@router.get(
+    "/v1/cards/{escn}/badge",
+    response_model=BadgeOut,
+    responses=_BADGE_RESPONSES,
+    summary="The virtual badge of a card",
+)
+async def card_badge_route(
+    request: Request,
+    principal: BadgeReader,
+    escn: Escn,
+    format: Annotated[BadgeFormat, _FORMAT_QUERY] = BadgeFormat.json,
+) -> Response:
+    return await card_badge(request, principal, escn, format)
+
+
+@router.get(
+    "/v1/cards/{escn}/badge.{format}",
+    response_model=BadgeOut,
+    responses=_BADGE_RESPONSES,
+    summary="The virtual badge of a card, format by suffix (.json, .html, .pdf)",
+)
+async def card_badge_suffix_route(
+    request: Request,
+    principal: BadgeReader,
+    escn: Escn,
+    format: BadgeFormat,
+) -> Response:
+    return await card_badge(request, principal, escn, format)
+
+
+@router.get(
+    "/v1/universities/{university}/students/{matricola}/badge",
+    response_model=BadgeOut,
+    responses=_BADGE_RESPONSES,
+    summary="A student's virtual badge (their current card)",
+)
+async def student_badge_route(
+    request: Request,
+    principal: BadgeReader,
+    university: University,
+    matricola: Matricola,
+    format: Annotated[BadgeFormat, _FORMAT_QUERY] = BadgeFormat.json,
+) -> Response:
+    return await student_badge(request, principal, university, matricola, format)
+
+
+@router.get(
+    "/v1/universities/{university}/students/{matricola}/badge.{format}",
+    response_model=BadgeOut,
+    responses=_BADGE_RESPONSES,
+    summary="A student's virtual badge, format by suffix (.json, .html, .pdf)",
+)
+async def student_badge_suffix_route(
+    request: Request,
+    principal: BadgeReader,
+    university: University,
+    matricola: Matricola,
+    format: BadgeFormat,
+) -> Response:
+    return await student_badge(request, principal, university, matricola, format)
+
+
+@router.get(
+    "/v1/universities/{university}/students/{matricola}/qr.{image}",
+    response_class=Response,
+    responses=_QR_RESPONSES,
+    summary="The QR code of a student's current card (PNG or SVG)",
+)
+async def student_qr_route(
+    request: Request, principal: BadgeReader, university: University, matricola: Matricola, image: QrFormat
+) -> Response:
+    ctx = ctx_of(request)
+    if not principal.sees(university):
+        raise not_found("student")
+    row = await ctx.reader.qr_by_matricola(university, matricola)
+    if row is None:
+        raise not_found("student")
+    return _qr_response(qr_images(row.escn, ctx.settings.qr_base_url, row.payload, row.png, row.svg), image)

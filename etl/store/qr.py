@@ -1,0 +1,86 @@
+"""Queries of the `qr_images` asset: which registered cards need a (new) QR symbol, and its upsert.
+
+A stored symbol is current when its payload is exactly ``<base URL><ESCN>``: comparing the payload (not
+a render date or a renderer version) is what makes re-rendering happen only when the ESCN or the base
+changes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, String, and_, bindparam, cast, delete, exists, func, or_, select, update
+
+from etl.store.bulk import Bulk
+from etl.store.models import Card, QrImage
+
+REGISTERED = "registered"  # only cards the Router confirmed are valid: a pending one gets no QR
+
+QR_COLUMNS = ("escn", "institution", "academic_year", "payload", "png", "svg", "rendered_at")
+
+
+def _current(base_url: str):  # type: ignore[no-untyped-def]
+    """SQL condition: the card's stored symbol carries ``base_url || escn``. The CAST gives PostgreSQL
+    the parameter's type, which it cannot infer across ``||``."""
+    return QrImage.payload == cast(bindparam("base", base_url), String) + Card.escn
+
+
+def _registered(institution: str, academic_year: int):  # type: ignore[no-untyped-def]
+    return and_(
+        Card.institution == institution, Card.academic_year == academic_year, Card.state == REGISTERED
+    )
+
+
+def stale_escns(conn: Connection, institution: str, academic_year: int, base_url: str) -> list[str]:
+    """ESCNs of the partition's registered cards whose QR is missing or carries another payload,
+    sorted. Only the ESCNs are held (~100 bytes each), never the images."""
+    rows = conn.execute(
+        select(Card.escn)
+        .outerjoin(QrImage, QrImage.escn == Card.escn)
+        .where(_registered(institution, academic_year), or_(QrImage.escn.is_(None), ~_current(base_url)))
+        .order_by(Card.escn)
+    )
+    return list(rows.scalars())
+
+
+def qr_counts(conn: Connection, institution: str, academic_year: int, base_url: str) -> tuple[int, int]:
+    """(registered cards of the partition, of which with a current QR)."""
+    row = conn.execute(
+        select(func.count(Card.escn), func.count(QrImage.escn))
+        .outerjoin(QrImage, and_(QrImage.escn == Card.escn, _current(base_url)))
+        .where(_registered(institution, academic_year))
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def upsert_images(
+    conn: Connection,
+    institution: str,
+    academic_year: int,
+    images: Sequence[tuple[str, str, bytes, bytes]],
+    now: dt.datetime,
+) -> None:
+    """Insert or replace the (escn, payload, png, svg) symbols, and move their cards' ``changed_at`` so
+    the REST feed, ordered by it, and the next incremental export carry the new image."""
+    Bulk(conn).upsert(
+        "qr_images",
+        QR_COLUMNS,
+        ("escn",),
+        ((escn, institution, academic_year, payload, png, svg, now) for escn, payload, png, svg in images),
+        temporal=("rendered_at",),
+    )
+    escns = [i[0] for i in images]
+    if escns:
+        conn.execute(update(Card).where(Card.escn.in_(escns)).values(changed_at=now))
+
+
+def delete_orphans(conn: Connection, institution: str, academic_year: int) -> int:
+    """Drop the partition's symbols whose card row no longer exists (e.g. a re-minted ESCN)."""
+    result = conn.execute(
+        delete(QrImage).where(
+            QrImage.institution == institution,
+            QrImage.academic_year == academic_year,
+            ~exists(select(Card.escn).where(Card.escn == QrImage.escn)),
+        )
+    )
+    return result.rowcount or 0
