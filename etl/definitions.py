@@ -20,6 +20,7 @@ from etl.assets.cards import build_cards_asset
 from etl.assets.careers import build_careers_asset
 from etl.assets.esi import build_esi_asset
 from etl.assets.exports import build_export_asset
+from etl.assets.prints import build_prints_asset
 from etl.assets.qr import build_qr_asset
 from etl.changes import pending_partitions
 from etl.config import Settings, load_settings
@@ -37,6 +38,7 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         build_cards_asset(partitions),
         build_qr_asset(partitions),
         build_export_asset(partitions),
+        build_prints_asset(partitions),
     ]
     job = define_asset_job(JOB_NAME, selection=AssetSelection.all(), partitions_def=partitions)
 

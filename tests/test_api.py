@@ -33,7 +33,6 @@ from etl.api import files as files_module
 from etl.api import hot_reads
 from etl.api.app import create_app
 from etl.api.auth import bearer_token
-from etl.api.badge_source import display_status
 from etl.api.cli import dispatch, register
 from etl.api.cursor import FeedPosition, InvalidCursor, decode_cursor, encode_cursor, start
 from etl.api.errors import ApiError
@@ -46,6 +45,7 @@ from etl.api.tokens import NewToken, create_token, hash_token
 from etl.config import Settings
 from etl.demo.config import demo_config_toml
 from etl.errors import EscSyncError
+from etl.render.badge_source import display_status
 from etl.render.qr import qr_payload, render_qr
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade

@@ -57,6 +57,7 @@ def test_definitions_load_and_graph_is_as_expected(runtime: Runtime) -> None:
         "esc_cards": {"esi_assignments"},
         "qr_images": {"esc_cards"},
         "export_files": {"qr_images"},
+        "badge_sheets": {"qr_images"},
     }
     checks = {k.name for k in graph.asset_check_keys}
     assert checks == {"no_duplicate_careers", "quarantine_share", "qr_complete"}

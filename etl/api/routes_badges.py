@@ -16,7 +16,6 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from etl.api.auth import Principal, require
-from etl.api.badge_source import badge_view, qr_images
 from etl.api.context import ApiContext, ctx_of
 from etl.api.errors import not_found
 from etl.api.params import ESCN_PATTERN, MATRICOLA_PATTERN, UNIVERSITY_PATTERN
@@ -24,6 +23,7 @@ from etl.api.schemas import BadgeOut, error_responses
 from etl.api.tokens import BADGES_READ, EXPORTS_READ
 from etl.render.badge_html import render_badge_html
 from etl.render.badge_pdf import render_badge_pdf
+from etl.render.badge_source import badge_view, qr_images
 from etl.render.qr import QrImages
 
 router = APIRouter(tags=["badges"])

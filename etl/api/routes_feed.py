@@ -16,7 +16,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from etl.api.auth import Principal, require
-from etl.api.badge_source import display_status, qr_png
 from etl.api.context import ctx_of
 from etl.api.cursor import FeedPosition, InvalidCursor, decode_cursor, encode_cursor, start
 from etl.api.errors import ApiError
@@ -24,6 +23,7 @@ from etl.api.params import UNIVERSITY_PATTERN
 from etl.api.queries import feed_page
 from etl.api.schemas import FeedPageOut, error_responses
 from etl.api.tokens import EXPORTS_READ
+from etl.render.badge_source import display_status, qr_png
 from etl.render.qr import qr_payload
 from etl.store.models import utcnow
 

@@ -1,0 +1,101 @@
+"""`badge_sheets`: for universities that print physical badges, one PDF per university × academic year
+with every active printed (PASSIVE) card laid out on A4 with crop marks, ready for the card printer.
+Rewritten only when what would be printed changed; written atomically."""
+# No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
+
+import datetime as dt
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, MultiPartitionsDefinition, asset
+from sqlalchemy import Date, Engine, text
+
+from etl.config import Settings
+from etl.partitions import Partition
+from etl.render.badge_pdf import render_badge_sheet_pdf
+from etl.render.badge_source import badge_view, qr_images
+from etl.render.logo import load_logo
+from etl.resources.runtime import Runtime
+
+PRINTABLE = text("""
+SELECT k.escn, k.institution, k.esi, k.card_type, k.issued_at, k.expires_at, k.desired_status,
+       c.matricola, c.first_name, c.last_name, c.course_name, c.academic_year,
+       q.payload, q.png, q.svg
+FROM cards k
+JOIN careers c ON c.institution = k.institution AND c.stu_id = k.stu_id
+LEFT JOIN qr_images q ON q.escn = k.escn
+WHERE k.institution = :i AND k.academic_year = :y AND k.state = 'registered'
+  AND k.card_type = 'PASSIVE' AND k.desired_status = 'ACTIVE'
+ORDER BY c.last_name, c.first_name, k.escn
+""").columns(issued_at=Date, expires_at=Date)
+
+
+def sheets_dir(settings: Settings, partition: Partition) -> Path:
+    return settings.home / "prints" / partition.institution / str(partition.academic_year)
+
+
+def write_badge_sheets(
+    engine: Engine, settings: Settings, partition: Partition, today: dt.date | None = None
+) -> tuple[Path | None, int]:
+    """Returns (the PDF, cards in it); (None, 0) when nothing is printable. The file name carries a
+    digest of its content so an unchanged partition is not rewritten."""
+    today = today or dt.date.today()
+    ateneo = settings.ateneo(partition.institution)
+    with engine.connect() as conn:
+        rows = conn.execute(PRINTABLE, {"i": ateneo.code, "y": partition.academic_year}).all()
+    views = [
+        (
+            badge_view(r, ateneo.name, settings.qr_base_url, today),
+            qr_images(r.escn, settings.qr_base_url, r.payload, r.png, r.svg).png,
+        )
+        for r in rows
+        if r.expires_at >= today
+    ]
+    if not views:
+        return None, 0
+    digest = hashlib.sha256(repr([(v.escn, v.full_name, v.expires_at, v.status) for v, _ in views]).encode())
+    folder = sheets_dir(settings, partition)
+    target = (
+        folder / f"badges-{partition.institution}-{partition.academic_year}-{digest.hexdigest()[:12]}.pdf"
+    )
+    if target.exists():
+        return target, len(views)
+    folder.mkdir(parents=True, exist_ok=True)
+    logo = load_logo(settings.logo_path)
+    pdf = render_badge_sheet_pdf(views, logo_png=logo.data if logo.kind == "png" else None)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".badges-", suffix=".part")
+    with os.fdopen(fd, "wb") as f:
+        f.write(pdf)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    for old in folder.glob("badges-*.pdf"):  # only the current sheet is kept
+        if old != target:
+            old.unlink()
+    return target, len(views)
+
+
+def build_prints_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+    @asset(
+        name="badge_sheets",
+        partitions_def=partitions,
+        deps=["qr_images"],
+        required_resource_keys={"esc"},
+        group_name="exports",
+        kinds={"pdf"},
+        description="A4 sheets (ID-1 cards, crop marks) of the active printed badges, for universities "
+        "that print physical badges.",
+    )
+    def badge_sheets(context: AssetExecutionContext) -> MaterializeResult:
+        runtime: Runtime = context.resources.esc
+        partition = Partition.parse(context.partition_key)
+        if not runtime.settings.ateneo(partition.institution).prints_physical_badges:
+            return MaterializeResult(metadata={"cards": 0, "skipped": "university does not print badges"})
+        path, cards = write_badge_sheets(runtime.engine, runtime.settings, partition)
+        return MaterializeResult(
+            metadata={"cards": cards, "path": MetadataValue.path(str(path)) if path else "none"}
+        )
+
+    return badge_sheets
