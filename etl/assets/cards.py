@@ -33,6 +33,7 @@ from etl.resources.router_errors import RouterConflict, RouterError
 from etl.resources.runtime import Runtime
 from etl.store import careers as common
 from etl.store import router_state as store
+from etl.store.bulk import refresh_statistics
 from etl.store.models import utcnow
 
 STAGE = "cards"
@@ -90,6 +91,8 @@ def ingest_badges(engine: Engine, source: Esse3Source, partition: Partition) -> 
             rejected += len(bad)
         if newest is not None:
             common.advance_watermarks(conn, partition.key, {"P01_BADGE": newest})
+        if read > CHUNK // 2:
+            refresh_statistics(conn, "badges", "cards", "persons")
     return read, rejected
 
 

@@ -28,9 +28,11 @@ from etl.partitions import Partition
 from etl.resources.esse3 import CAREER_TABLES, Esse3Source
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
+from etl.store.bulk import refresh_statistics
 
 OVERLAP = dt.timedelta(minutes=10)  # tolerates Esse3 clock skew and long transactions
 PREVIEW_ROWS = 10
+BULK = 500  # rows written after which the planner statistics are refreshed
 _DATA_MOD_COLUMNS = ("STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD")
 
 
@@ -80,6 +82,8 @@ def ingest_careers(
         store.resolve_quarantine(conn, institution, store.CAREERS_STAGE, "P01_STU", open_keys)
         result.resolved += len(open_keys)
         store.advance_watermarks(conn, partition.key, seen)
+        if result.inserted + result.updated > BULK:
+            refresh_statistics(conn, "careers", "quarantine")
     return result
 
 

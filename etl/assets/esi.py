@@ -23,6 +23,7 @@ from etl.resources.router_errors import RouterConflict, RouterError
 from etl.resources.runtime import Runtime
 from etl.store import careers as quarantine_store
 from etl.store import router_state as store
+from etl.store.bulk import refresh_statistics
 
 STAGE = "esi"
 CHUNK = 1000  # persons per intent/call/confirm round: bounds what a crash can leave pending
@@ -176,6 +177,8 @@ def write_back(engine: Engine, source: Esse3Source, institution: str, year: int,
     source.write_back_esi(pairs)  # Esse3 first: if we crash before the next line, it is redone
     with engine.begin() as conn:
         store.mark_written_back(conn, institution, pairs)
+        if len(pairs) > CHUNK // 2:  # many new persons: keep the next partition's plan fast
+            refresh_statistics(conn, "persons", "careers")
         quarantine_store.quarantine(conn, institution, year, STAGE, "P01_STU", conflicts)
     report.counts.update(written_back=len(pairs), quarantined=len(conflicts))
 

@@ -100,3 +100,11 @@ SELECT format_type(a.atttypid, NULL) FROM pg_attribute a
 JOIN unnest(%s::text[]) WITH ORDINALITY AS u(name, pos) ON a.attname = u.name
 WHERE a.attrelid = %s::regclass ORDER BY u.pos
 """
+
+
+def refresh_statistics(conn: Connection, *tables: str) -> None:
+    """After a bulk load PostgreSQL's planner still believes the tables are empty and picks nested
+    loops that grow quadratically (10 s instead of 20 ms for a 2,000-student partition). ANALYZE is
+    cheap and transactional; SQLite needs nothing."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ANALYZE {', '.join(tables)}")

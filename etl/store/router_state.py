@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, Date, bindparam, text, update
+from sqlalchemy import Boolean, Connection, Date, Integer, bindparam, text, update
 
 from etl.domain.careers import CareerRecord
 from etl.store.bulk import Bulk
@@ -134,7 +134,17 @@ def mark_written_back(conn: Connection, institution: str, pairs: Sequence[tuple[
         text(
             "SELECT " + ", ".join(f for f in CareerRecord._fields) + " FROM careers "
             "WHERE institution = :i AND stu_id IN :ids"
-        ).bindparams(bindparam("ids", expanding=True)),
+        )
+        .bindparams(bindparam("ids", expanding=True))
+        # Typed like the ORM reads them, or SQLite's text dates would change the row hash.
+        .columns(
+            enrolment_date=Date,
+            closing_date=Date,
+            finalised=Boolean,
+            academic_year=Integer,
+            stu_id=Integer,
+            pers_id=Integer,
+        ),
         {"i": institution, "ids": list(esi_of)},
     )
     updates = []
