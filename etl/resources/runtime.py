@@ -5,6 +5,7 @@ environment, which every Dagster process reads the same way when it loads the de
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 
 from sqlalchemy import Engine
@@ -14,6 +15,9 @@ from etl.errors import EscSyncError
 from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
 from etl.store.db import make_engine
+
+# httpx logs every request URL at INFO, and Router URLs carry ESIs (personal identifiers).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class Runtime:
