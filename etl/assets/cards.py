@@ -10,7 +10,7 @@ from typing import Any
 from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
 from sqlalchemy import Engine
 
-from etl.assets.router_calls import CallReport, gather_calls, run_with_client
+from etl.assets.router_calls import CallReport, run_chunks, run_with_client
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
 from etl.domain.escn import EscnMinter
@@ -230,40 +230,31 @@ def sync_cards(
     work, waiting = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), today)
     report.counts.update(waiting_for_person=waiting)
 
+    def record(chunk: list[CardWork]) -> None:  # the intent: minted ESCNs recorded before any call
+        now = utcnow()
+        rows = [
+            {
+                "escn": w.escn, "institution": inst, "academic_year": year, "bdg_id": w.bdg_id,
+                "stu_id": w.stu_id, "esi": w.esi, "card_type": w.card_type, "issued_at": w.issued_at,
+                "expires_at": w.target.expires_at, "desired_status": w.target.status, "state": "pending",
+                "changed_at": now, "created_at": now,
+            }
+            for w in chunk
+            if w.new
+        ]  # fmt: skip
+        with engine.begin() as conn:
+            store.record_card_intents(conn, rows)
+
+    def confirm(outcomes: list[dict[str, Any]]) -> None:
+        with engine.begin() as conn:
+            store.confirm_cards(conn, [o for o in outcomes if not o.get("keep")])
+            store.record_card_errors(conn, [o for o in outcomes if o.get("keep")])
+            bad = [Rejection(o["bdg_id"], (o["reason"],)) for o in outcomes if "reason" in o]
+            common.quarantine(conn, inst, year, STAGE, "P01_BADGE", bad)
+        report.counts.update(o["result"] for o in outcomes)
+
     async def body(client: RouterClient) -> None:
-        for start in range(0, len(work), CHUNK):
-            chunk = work[start : start + CHUNK]
-            now = utcnow()
-            with engine.begin() as conn:  # the intent: minted ESCNs recorded before any call
-                store.record_card_intents(
-                    conn,
-                    [
-                        {
-                            "escn": w.escn,
-                            "institution": inst,
-                            "academic_year": year,
-                            "bdg_id": w.bdg_id,
-                            "stu_id": w.stu_id,
-                            "esi": w.esi,
-                            "card_type": w.card_type,
-                            "issued_at": w.issued_at,
-                            "expires_at": w.target.expires_at,
-                            "desired_status": w.target.status,
-                            "state": "pending",
-                            "changed_at": now,
-                            "created_at": now,
-                        }
-                        for w in chunk
-                        if w.new
-                    ],
-                )
-            outcomes = await gather_calls(client, chunk, sync_card)
-            with engine.begin() as conn:
-                store.confirm_cards(conn, [o for o in outcomes if not o.get("keep")])
-                store.record_card_errors(conn, [o for o in outcomes if o.get("keep")])
-                bad = [Rejection(o["bdg_id"], (o["reason"],)) for o in outcomes if "reason" in o]
-                common.quarantine(conn, inst, year, STAGE, "P01_BADGE", bad)
-            report.counts.update(o["result"] for o in outcomes)
+        await run_chunks(client, work, CHUNK, record, sync_card, confirm)
 
     if work:
         run_with_client(client_factory, body, report)

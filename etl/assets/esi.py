@@ -10,7 +10,7 @@ from typing import Any
 from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
 from sqlalchemy import Engine
 
-from etl.assets.router_calls import CallReport, gather_calls, run_with_client
+from etl.assets.router_calls import CallReport, run_chunks, run_with_client
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
 from etl.domain.esi import InvalidEsi, compose_esi, same_esi
@@ -140,23 +140,23 @@ def assign_esis(
         opted_out=len(plan.opted_out), quarantined=len(plan.rejections), not_eligible=plan.not_eligible
     )
 
+    def record(chunk: list[PersonWork]) -> None:  # the intent: the deterministic ESI, before any call
+        with engine.begin() as conn:
+            store.record_person_intents(
+                conn, ateneo.code, [(w.pers_id, w.person_key, w.esi, "pending") for w in chunk if w.create]
+            )
+
+    def confirm(outcomes: list[dict[str, Any]]) -> None:
+        with engine.begin() as conn:
+            store.confirm_persons(conn, ateneo.code, outcomes)
+            bad = [Rejection(o["stu_id"], (o["reason"],)) for o in outcomes if "reason" in o]
+            quarantine_store.quarantine(conn, ateneo.code, year, STAGE, "P01_STU", bad)
+            ok = [str(o["stu_id"]) for o in outcomes if o["state"] == "registered"]
+            quarantine_store.resolve_quarantine(conn, ateneo.code, STAGE, "P01_STU", ok)
+        report.counts.update(o["result"] for o in outcomes)
+
     async def body(client: RouterClient) -> None:
-        for start in range(0, len(plan.work), CHUNK):
-            chunk = plan.work[start : start + CHUNK]
-            with engine.begin() as conn:  # the intent: the deterministic ESI, before any call
-                store.record_person_intents(
-                    conn,
-                    ateneo.code,
-                    [(w.pers_id, w.person_key, w.esi, "pending") for w in chunk if w.create],
-                )
-            outcomes = await gather_calls(client, chunk, sync_person)
-            with engine.begin() as conn:
-                store.confirm_persons(conn, ateneo.code, outcomes)
-                bad = [Rejection(o["stu_id"], (o["reason"],)) for o in outcomes if "reason" in o]
-                quarantine_store.quarantine(conn, ateneo.code, year, STAGE, "P01_STU", bad)
-                ok = [str(o["stu_id"]) for o in outcomes if o["state"] == "registered"]
-                quarantine_store.resolve_quarantine(conn, ateneo.code, STAGE, "P01_STU", ok)
-            report.counts.update(o["result"] for o in outcomes)
+        await run_chunks(client, plan.work, CHUNK, record, sync_person, confirm)
 
     if plan.work:
         run_with_client(client_factory, body, report)
