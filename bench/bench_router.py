@@ -112,6 +112,7 @@ def backfill(
     latency_ms: float,
     concurrency: int,
     profile: cProfile.Profile | None = None,
+    jitter_ms: float = 0.0,
 ) -> Run:
     """Generate an Esse3 of ``students`` careers and run the chain of every partition of unife, as
     the esc_sync job does, against a fresh emulator at ``latency_ms``."""
@@ -127,7 +128,9 @@ def backfill(
     )
     key = "bench_" + secrets.token_urlsafe(16)
     with start_emulator(
-        {key: "999978433"}, folder / "router.sqlite", FaultConfig(latency_ms=latency_ms)
+        {key: "999978433"},
+        folder / "router.sqlite",
+        FaultConfig(latency_ms=latency_ms, latency_jitter_ms=jitter_ms),
     ) as emu:
         settings = settings_for(folder, emu.url, concurrency)
         ateneo = settings.ateneo(INST)
@@ -201,6 +204,9 @@ def main() -> None:
     ap.add_argument("--students", type=int, default=20_000)
     ap.add_argument("--sequential-students", type=int, default=1_000)
     ap.add_argument("--latency-ms", type=float, default=40.0)
+    # A fixed latency keeps the 16 calls in lock-step: they leave and come back together and queue in
+    # the emulator's single event loop. A uniform ±jitter keeps the mean at --latency-ms.
+    ap.add_argument("--latency-jitter-ms", type=float, default=0.0)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--profile", type=Path, help="cProfile the zero-latency run into this file")
     ap.add_argument("--skip", action="append", default=[], choices=["latency", "sequential", "zero"])
@@ -213,7 +219,7 @@ def main() -> None:
     try:
         if "latency" not in args.skip:
             print(f"\n1. Router work at {lat:g} ms latency, concurrency {conc}", flush=True)
-            a = backfill(work / "latency", n, lat, conc)
+            a = backfill(work / "latency", n, lat, conc, jitter_ms=args.latency_jitter_ms)
             ideal = a.calls * lat / 1000 / conc
             ratio = a.phases.router_s / ideal
             observed = sum(a.exchanges) / conc or float("nan")
@@ -235,7 +241,7 @@ def main() -> None:
         if "sequential" not in args.skip:
             m = args.sequential_students
             print(f"\n2. Sequential client (one call at a time), measured on {m:,} students", flush=True)
-            s = backfill(work / "sequential", m, lat, 1)
+            s = backfill(work / "sequential", m, lat, 1, jitter_ms=args.latency_jitter_ms)
             per_call = s.phases.router_s / s.calls
             per_student = s.phases.router_s / m
             print(
