@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from etl.config import Settings, parse_settings
 from etl.demo.config import demo_config_toml
+from etl.resources.runtime import Runtime
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 
@@ -69,3 +70,26 @@ def demo_settings(home: Path, database_url: str, **overrides: object) -> Setting
     raw = tomllib.loads(demo_config_toml())
     raw.update(overrides)
     return parse_settings(raw, home=home, database_url=database_url, config_path=home / "esc-sync.toml")
+
+
+def make_runtime(url: str, home: Path) -> Runtime:
+    """The demo settings (academic years 2024–2025) on a migrated state DB at ``url``."""
+    rt = Runtime(demo_settings(home, url, academic_years={"first": 2024, "last": 2025}))
+    upgrade(rt.engine)
+    return rt
+
+
+@pytest.fixture
+def runtime(state_url: str, tmp_path: Path) -> Iterator[Runtime]:
+    """SQLite and PostgreSQL: for behaviour that goes through SQL."""
+    rt = make_runtime(state_url, tmp_path)
+    yield rt
+    rt.dispose()
+
+
+@pytest.fixture
+def sqlite_runtime(tmp_path: Path) -> Iterator[Runtime]:
+    """SQLite only: for checks that do not depend on the database (keeps the suite fast)."""
+    rt = make_runtime(f"sqlite:///{tmp_path / 'state.sqlite'}", tmp_path)
+    yield rt
+    rt.dispose()

@@ -8,7 +8,6 @@ import datetime as dt
 import io
 import logging
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -35,26 +34,11 @@ from etl.store import exports as export_store
 from etl.store.exports import ExportInfo
 from etl.store.models import Card, Career, Export, QrImage, utcnow
 from tests.conftest import demo_settings
-from tests.test_qr_asset import BASE, NAMES, PART, PIC, make_runtime, seed_cards
+from tests.test_qr_asset import BASE, NAMES, PART, PIC, seed_cards
 
 N = 8
 KEY = "2024|unife"
 FULL_EVERY_RUN = ExportPolicy(full_every=dt.timedelta(microseconds=1))
-
-
-@pytest.fixture
-def runtime(state_url: str, tmp_path: Path) -> Iterator[Runtime]:
-    rt = make_runtime(state_url, tmp_path)
-    yield rt
-    rt.dispose()
-
-
-@pytest.fixture
-def sqlite_runtime(tmp_path: Path) -> Iterator[Runtime]:
-    """For checks that do not depend on the database (keeps the suite fast)."""
-    rt = make_runtime(f"sqlite:///{tmp_path / 'state.sqlite'}", tmp_path)
-    yield rt
-    rt.dispose()
 
 
 @pytest.fixture

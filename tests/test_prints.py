@@ -4,41 +4,34 @@ only when what would be printed changes."""
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from sqlalchemy import update
 
 from etl.assets.prints import write_badge_sheets
 from etl.partitions import Partition
+from etl.resources.runtime import Runtime
 from etl.store.models import Card
-from tests.test_qr_asset import PART, make_runtime, seed_cards
+from tests.test_qr_asset import PART, seed_cards
 
 TODAY = dt.date(2025, 1, 10)
 
 
-def pages(pdf: bytes) -> int:
-    return pdf.count(b"/Type /Page\n") or pdf.count(b"/Type /Page ") or pdf.count(b"/Type/Page")
-
-
-def test_sheet_holds_active_printed_cards_and_is_rewritten_only_on_change(tmp_path: Path) -> None:
-    rt = make_runtime(f"sqlite:///{tmp_path / 'state.sqlite'}", tmp_path)
-    try:
-        escns = seed_cards(rt.engine, range(12))
-        seed_cards(rt.engine, [50], state="pending")  # not at the Router yet: never printed
-        with rt.engine.begin() as conn:  # 11 printed badges, one virtual, one of them deactivated
-            conn.execute(update(Card).values(card_type="PASSIVE"))
-            conn.execute(update(Card).where(Card.escn == escns[0]).values(card_type="SMART_PASSIVE"))
-            conn.execute(update(Card).where(Card.escn == escns[1]).values(desired_status="INACTIVE"))
-        path, n = write_badge_sheets(rt.engine, rt.settings, PART, today=TODAY)
-        assert n == 10 and path is not None and path.exists()
-        data = path.read_bytes()
-        assert data.startswith(b"%PDF") and b"/MediaBox [0 0 595.28 841.89]" in data
-        same, _ = write_badge_sheets(rt.engine, rt.settings, PART, today=TODAY)
-        assert same == path and same.stat().st_mtime == path.stat().st_mtime
-        with rt.engine.begin() as conn:
-            conn.execute(update(Card).where(Card.escn == escns[1]).values(desired_status="ACTIVE"))
-        changed, n = write_badge_sheets(rt.engine, rt.settings, PART, today=TODAY)
-        assert n == 11 and changed != path and not path.exists()  # only the current sheet is kept
-        assert write_badge_sheets(rt.engine, rt.settings, Partition(2019, "unife"), today=TODAY) == (None, 0)
-    finally:
-        rt.dispose()
+def test_sheet_holds_active_printed_cards_and_is_rewritten_only_on_change(sqlite_runtime: Runtime) -> None:
+    rt = sqlite_runtime
+    escns = seed_cards(rt.engine, range(12))
+    seed_cards(rt.engine, [50], state="pending")  # not at the Router yet: never printed
+    with rt.engine.begin() as conn:  # 11 printed badges, one virtual, one of them deactivated
+        conn.execute(update(Card).values(card_type="PASSIVE"))
+        conn.execute(update(Card).where(Card.escn == escns[0]).values(card_type="SMART_PASSIVE"))
+        conn.execute(update(Card).where(Card.escn == escns[1]).values(desired_status="INACTIVE"))
+    path, n = write_badge_sheets(rt.engine, rt.settings, PART, today=TODAY)
+    assert n == 10 and path is not None and path.exists()
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF") and b"/MediaBox [0 0 595.28 841.89]" in data
+    same, _ = write_badge_sheets(rt.engine, rt.settings, PART, today=TODAY)
+    assert same == path and same.stat().st_mtime == path.stat().st_mtime
+    with rt.engine.begin() as conn:
+        conn.execute(update(Card).where(Card.escn == escns[1]).values(desired_status="ACTIVE"))
+    changed, n = write_badge_sheets(rt.engine, rt.settings, PART, today=TODAY)
+    assert n == 11 and changed != path and not path.exists()  # only the current sheet is kept
+    assert write_badge_sheets(rt.engine, rt.settings, Partition(2019, "unife"), today=TODAY) == (None, 0)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 import zxingcpp
@@ -21,9 +20,7 @@ from etl.errors import ConfigError
 from etl.partitions import Partition, partitions_def
 from etl.resources.runtime import Runtime
 from etl.store.bulk import Bulk
-from etl.store.migrate import upgrade
 from etl.store.models import Card, QrImage
-from tests.conftest import demo_settings
 
 PIC = "999978433"  # unife in the demo configuration
 BASE = "https://s.esc-r.eu/"
@@ -108,28 +105,6 @@ def stored(engine: Engine) -> dict[str, QrImage]:
 def changed_at(engine: Engine) -> dict[str, dt.datetime]:
     with engine.connect() as conn:
         return {escn: at for escn, at in conn.execute(select(Card.escn, Card.changed_at))}
-
-
-def make_runtime(url: str, home: Path) -> Runtime:
-    rt = Runtime(demo_settings(home, url, academic_years={"first": 2024, "last": 2025}))
-    upgrade(rt.engine)
-    return rt
-
-
-@pytest.fixture
-def runtime(state_url: str, tmp_path: Path) -> Iterator[Runtime]:
-    """SQLite and PostgreSQL: for behaviour that goes through SQL."""
-    rt = make_runtime(state_url, tmp_path)
-    yield rt
-    rt.dispose()
-
-
-@pytest.fixture
-def sqlite_runtime(tmp_path: Path) -> Iterator[Runtime]:
-    """SQLite only: for checks that do not depend on the database (keeps the suite fast)."""
-    rt = make_runtime(f"sqlite:///{tmp_path / 'state.sqlite'}", tmp_path)
-    yield rt
-    rt.dispose()
 
 
 def test_renders_registered_cards_once_with_decodable_version_4_symbols(runtime: Runtime) -> None:
