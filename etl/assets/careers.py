@@ -4,7 +4,9 @@ the state DB, incrementally by DATA_MOD watermark. Bad rows go to quarantine; th
 
 import datetime as dt
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dagster import (
     AssetCheckResult,
@@ -19,12 +21,13 @@ from dagster import (
     TableSchema,
     asset,
 )
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import Row
 
 from etl.config import Ateneo
 from etl.domain.careers import CareerRecord, CareerRules, Rejection, map_career
 from etl.partitions import Partition
+from etl.prefetch import prefetch
 from etl.resources.esse3 import CAREER_TABLES, Esse3Source
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
@@ -51,6 +54,36 @@ class CareerSyncResult:
         return self.inserted + self.updated + self.unchanged + self.quarantined
 
 
+class PreparedBatch(NamedTuple):
+    """One source batch validated, without touching the state DB: what can run ahead of the writes."""
+
+    good: list[tuple[CareerRecord, str, dt.datetime]]  # record, row hash, newest DATA_MOD of its rows
+    bad: list[Rejection]
+    newest: dict[str, dt.datetime]  # per source table, the newest DATA_MOD in the batch
+
+
+def prepare_batch(batch: list[Row], rules: CareerRules, today: dt.date) -> PreparedBatch:
+    newest: dict[str, dt.datetime] = {}
+    for table, column in zip(CAREER_TABLES, _DATA_MOD_COLUMNS, strict=True):
+        values = [v for row in batch if (v := getattr(row, column)) is not None]
+        if values:
+            newest[table] = max(values)
+    good: list[tuple[CareerRecord, str, dt.datetime]] = []
+    bad: list[Rejection] = []
+    keys = batch[0]._fields
+    for row in batch:
+        mapped = map_career(dict(zip(keys, row, strict=True)), rules, today)  # plain dict: fastest lookups
+        if isinstance(mapped, Rejection):
+            bad.append(mapped)
+        else:
+            # The career's own DATA_MOD: the newest of its joined rows (person and course may be newer).
+            data_mod = max(
+                v for v in (row.STU_DATA_MOD, row.ANAPER_DATA_MOD, row.CDS_DATA_MOD) if v is not None
+            )
+            good.append((mapped, mapped.row_hash(), data_mod))
+    return PreparedBatch(good, bad, newest)
+
+
 def ingest_careers(
     engine: Engine,
     source: Esse3Source,
@@ -61,23 +94,28 @@ def ingest_careers(
     overlap: dt.timedelta = OVERLAP,
 ) -> CareerSyncResult:
     """Read the partition's changed careers (plus its quarantined ones) and apply them in ONE
-    transaction together with the new watermarks, so a crash never leaves a watermark ahead of rows."""
+    transaction together with the new watermarks, so a crash never leaves a watermark ahead of rows.
+    Reading and validating the next batch runs in a thread while this one is written."""
     today = today or dt.date.today()
     rules = CareerRules(ateneo.finalised, ateneo.closing_reasons)
     result = CareerSyncResult()
     seen: dict[str, dt.datetime] = {}
     institution = partition.institution
+
+    def prepared(batches: Iterable[list[Row]]) -> Iterator[PreparedBatch]:
+        return prefetch(prepare_batch(b, rules, today) for b in batches)
+
     with engine.begin() as conn:
         open_keys = store.open_quarantine_keys(
             conn, institution, partition.academic_year, store.CAREERS_STAGE
         )
         watermarks = store.get_watermarks(conn, partition.key)
-        for batch in source.changed_careers(partition.academic_year, watermarks, overlap):
-            _apply_batch(conn, ateneo, partition, batch, rules, today, result, seen, open_keys)
+        for batch in prepared(source.changed_careers(partition.academic_year, watermarks, overlap)):
+            _apply_batch(conn, partition, batch, result, seen, open_keys)
         # Quarantined rows are re-read even when their DATA_MOD did not move (see careers_by_id.sql).
         retry = sorted(int(k) for k in open_keys)
-        for batch in source.careers_by_id(partition.academic_year, retry):
-            _apply_batch(conn, ateneo, partition, batch, rules, today, result, seen, open_keys)
+        for batch in prepared(source.careers_by_id(partition.academic_year, retry)):
+            _apply_batch(conn, partition, batch, result, seen, open_keys)
         # A quarantined career that vanished from Esse3 (deleted or moved year) is resolved too.
         store.resolve_quarantine(conn, institution, store.CAREERS_STAGE, "P01_STU", open_keys)
         result.resolved += len(open_keys)
@@ -88,47 +126,29 @@ def ingest_careers(
 
 
 def _apply_batch(
-    conn,  # type: ignore[no-untyped-def]
-    ateneo: Ateneo,
+    conn: Connection,
     partition: Partition,
-    batch: list[Row],
-    rules: CareerRules,
-    today: dt.date,
+    batch: PreparedBatch,
     result: CareerSyncResult,
     seen: dict[str, dt.datetime],
     open_keys: set[str],
 ) -> None:
-    good: list[tuple[CareerRecord, dt.datetime]] = []
-    bad: list[Rejection] = []
-    for table, column in zip(CAREER_TABLES, _DATA_MOD_COLUMNS, strict=True):
-        values = [v for row in batch if (v := getattr(row, column)) is not None]
-        if values and (table not in seen or max(values) > seen[table]):
-            seen[table] = max(values)
-    keys = batch[0]._fields
-    for row in batch:
-        mapped = map_career(dict(zip(keys, row, strict=True)), rules, today)  # plain dict: fastest lookups
-        if isinstance(mapped, Rejection):
-            bad.append(mapped)
-        else:
-            # The career's own DATA_MOD: the newest of its joined rows (person and course may be newer).
-            newest = max(
-                v for v in (row.STU_DATA_MOD, row.ANAPER_DATA_MOD, row.CDS_DATA_MOD) if v is not None
-            )
-            good.append((mapped, newest))
-
+    for table, data_mod in batch.newest.items():
+        if table not in seen or data_mod > seen[table]:
+            seen[table] = data_mod
+    bad = list(batch.bad)
     # A matricola already held by another career (here or earlier in the batch) is quarantined.
-    holders = store.matricola_holders(conn, partition.institution, (r.matricola for r, _ in good))
-    kept: list[tuple[CareerRecord, dt.datetime]] = []
-    for record, data_mod in good:
+    holders = store.matricola_holders(conn, partition.institution, (r.matricola for r, _, _ in batch.good))
+    kept: list[tuple[CareerRecord, str, dt.datetime]] = []
+    for record, row_hash, data_mod in batch.good:
         holder = holders.setdefault(record.matricola, record.stu_id)
         if holder != record.stu_id:
             bad.append(Rejection(record.stu_id, (f"duplicate matricola (also on STU_ID {holder})",)))
         else:
-            kept.append((record, data_mod))
+            kept.append((record, row_hash, data_mod))
 
-    existing = store.existing_hashes(conn, partition.institution, [r.stu_id for r, _ in kept])
-    hashed = [(r, r.row_hash(), d) for r, d in kept]
-    changed = [(r, h, d) for r, h, d in hashed if existing.get(r.stu_id) != h]
+    existing = store.existing_hashes(conn, partition.institution, [r.stu_id for r, _, _ in kept])
+    changed = [(r, h, d) for r, h, d in kept if existing.get(r.stu_id) != h]
     result.inserted += sum(1 for r, _, _ in changed if r.stu_id not in existing)
     result.updated += sum(1 for r, _, _ in changed if r.stu_id in existing)
     result.unchanged += len(kept) - len(changed)
@@ -141,7 +161,7 @@ def _apply_batch(
     )
     result.quarantined += len(bad)
     result.reasons.update(reason for rej in bad for reason in rej.reasons)
-    good_keys = {str(r.stu_id) for r, _ in kept}
+    good_keys = {str(r.stu_id) for r, _, _ in kept}
     cleared = good_keys & open_keys
     store.resolve_quarantine(conn, partition.institution, store.CAREERS_STAGE, "P01_STU", cleared)
     result.resolved += len(cleared)

@@ -84,15 +84,22 @@ class Bulk:
         stage = f"_stage_{table}"
         with self.conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
             cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
-            # Binary COPY (≈3× cheaper than text here) needs the column types, in column order.
-            cur.execute(_COLUMN_TYPES, (list(columns), table))
-            types = [r[0] for r in cur.fetchall()]
+            types = self._column_types(cur, table, tuple(columns))
             with cur.copy(f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(types)
                 for r in rows:
                     copy.write_row(r)
             cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {conflict}")
             cur.execute(f"TRUNCATE {stage}")
+
+    def _column_types(self, cur: Any, table: str, columns: tuple[str, ...]) -> list[str]:
+        """Binary COPY (≈3× cheaper than text here) needs the column types, in column order. Kept
+        with the pooled connection: a catalog query per batch cost 5 ms."""
+        cache = self.conn.connection.info.setdefault("copy_types", {})
+        if (table, columns) not in cache:
+            cur.execute(_COLUMN_TYPES, (list(columns), table))
+            cache[table, columns] = [r[0] for r in cur.fetchall()]
+        return cache[table, columns]
 
 
 _COLUMN_TYPES = """
@@ -102,9 +109,18 @@ WHERE a.attrelid = %s::regclass ORDER BY u.pos
 """
 
 
+# Columns whose statistics the planner uses for careers (join keys and filters). Gathering them for
+# the wide text columns too (names, course titles, e-mails) made ANALYZE 5× slower: 0.36 s instead
+# of 0.07 s at 100,000 careers, paid once per partition during a backfill.
+PLANNER_COLUMNS = {
+    "careers": ("institution", "stu_id", "pers_id", "academic_year", "matricola", "finalised", "source_esi"),
+}
+
+
 def refresh_statistics(conn: Connection, *tables: str) -> None:
     """After a bulk load PostgreSQL's planner still believes the tables are empty and picks nested
     loops that grow quadratically (10 s instead of 20 ms for a 2,000-student partition). ANALYZE is
     cheap and transactional; SQLite needs nothing."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"ANALYZE {', '.join(tables)}")
+        targets = (f"{t} ({', '.join(PLANNER_COLUMNS[t])})" if t in PLANNER_COLUMNS else t for t in tables)
+        conn.exec_driver_sql(f"ANALYZE {', '.join(targets)}")
