@@ -126,3 +126,38 @@ def test_provisional_career_is_kept_but_not_finalised() -> None:
 )
 def test_academic_level(tipo, level) -> None:
     assert academic_level(tipo) == level
+
+
+def test_overlong_values_are_rejected_naming_the_field_not_the_value() -> None:
+    r = map_career(row(COGNOME="R" * 101, MATRICOLA="9" * 21), RULES, TODAY)
+    assert isinstance(r, Rejection)
+    assert set(r.reasons) == {"COGNOME longer than 100 characters", "MATRICOLA longer than 20 characters"}
+    assert "RRR" not in r.reason
+    assert isinstance(map_career(row(COGNOME="R" * 100), RULES, TODAY), CareerRecord)
+
+
+def test_length_limits_match_the_state_db_columns() -> None:
+    from etl.domain.careers import EMAIL_MAX_LENGTH, MAX_LENGTHS
+    from etl.store.models import Career
+
+    column_of = {
+        "MATRICOLA": "matricola",
+        "CDS_COD": "course_code",
+        "CDS_DES": "course_name",
+        "TIPO_CORSO_COD": "course_type",
+        "MOT_STASTU_COD": "closing_reason",
+        "NOME": "first_name",
+        "COGNOME": "last_name",
+        "CONSENSO_ESC": "consent",
+        "CODICE_ESI": "source_esi",
+    }
+    assert set(MAX_LENGTHS) == set(column_of)
+    for source, column in column_of.items():
+        assert Career.__table__.c[column].type.length == MAX_LENGTHS[source], source
+    assert Career.__table__.c["email"].type.length == EMAIL_MAX_LENGTH
+
+
+def test_row_hash_is_stable_across_releases() -> None:
+    """Stored hashes decide what is re-written: a changed formula would rewrite every career once."""
+    r = map_career(row(), RULES, TODAY)
+    assert r.row_hash() == "d81e8622a0de293d1a56159db2d509ac"

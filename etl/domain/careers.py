@@ -51,7 +51,8 @@ class CareerRecord(NamedTuple):
 
     def row_hash(self) -> str:
         """Detects unchanged rows (the overlap window re-reads them) without comparing every column."""
-        return hashlib.md5(repr(tuple(self)).encode(), usedforsecurity=False).hexdigest()
+        # tuple.__repr__: the plain tuple's text without copying the record into a tuple first.
+        return hashlib.md5(tuple.__repr__(self).encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -67,44 +68,63 @@ class Rejection:
 def _clean(v: Any) -> str | None:
     if v is None:
         return None
-    s = str(v).strip()
+    s = (v if type(v) is str else str(v)).strip()
     return s or None
 
 
+# The longest text each career column of the state DB holds (etl/store/models.py; a test keeps the two
+# equal), keyed by the Esse3 column it comes from. PostgreSQL refuses a longer value and would fail the
+# whole partition, so such a career is quarantined instead.
+MAX_LENGTHS = {
+    "MATRICOLA": 20,
+    "CDS_COD": 20,
+    "CDS_DES": 255,
+    "TIPO_CORSO_COD": 10,
+    "MOT_STASTU_COD": 10,
+    "NOME": 100,
+    "COGNOME": 100,
+    "CONSENSO_ESC": 1,
+    "CODICE_ESI": 255,
+}
+EMAIL_MAX_LENGTH = 255
+
+
 def map_career(row: Mapping[str, Any], rules: CareerRules, today: dt.date) -> CareerRecord | Rejection:
-    """Validate one joined source row. Every problem is reported, not just the first."""
+    """Validate one joined source row. Every problem is reported, not just the first.
+    Runs for every career read (100,000s in a backfill): the record is built positionally, and
+    only values that are stored are cleaned."""
     reasons: list[str] = []
     stu_id = int(row["STU_ID"])
-    if row.get("ANAPER_PERS_ID") is None:
+    has_person = row["ANAPER_PERS_ID"] is not None
+    if not has_person:
         reasons.append("person missing from P01_ANAPER")
-    first, last = _clean(row.get("NOME")), _clean(row.get("COGNOME"))
-    if row.get("ANAPER_PERS_ID") is not None and not (first and last):
+    first, last = _clean(row["NOME"]), _clean(row["COGNOME"])
+    if has_person and not (first and last):
         reasons.append("missing name (NOME/COGNOME)")
 
-    email = None
-    for field in ("EMAIL_ATE", "EMAIL"):  # the institutional address is preferred
-        value = _clean(row.get(field))
-        if value is None:
-            continue
-        if not _EMAIL.match(value) or len(value) > 255:
-            reasons.append(f"malformed e-mail ({field})")
-        email = email or value
-        break
+    # The institutional address is preferred; only the address used is validated.
+    email, field = _clean(row["EMAIL_ATE"]), "EMAIL_ATE"
+    if email is None:
+        email, field = _clean(row["EMAIL"]), "EMAIL"
+    if email is not None and (len(email) > EMAIL_MAX_LENGTH or not _EMAIL.match(email)):
+        reasons.append(f"malformed e-mail ({field})")
 
-    matricola = _clean(row.get("MATRICOLA"))
+    matricola = _clean(row["MATRICOLA"])
     if matricola is None:
         reasons.append("missing matricola")
-    if row.get("CDS_COD") is None:
-        reasons.append(f"unknown course CDS_ID={row.get('CDS_ID')}")
+    course_code = None if row["CDS_COD"] is None else str(row["CDS_COD"])
+    if course_code is None:
+        reasons.append(f"unknown course CDS_ID={row['CDS_ID']}")
 
-    enrolment_date = row.get("DATA_IMM")
+    enrolment_date = row["DATA_IMM"]
     if enrolment_date is not None and enrolment_date > today:
         reasons.append("enrolment dated in the future (DATA_IMM)")
 
-    status = _clean(row.get("STA_STU_COD")) or ""
-    closing_reason = _clean(row.get("MOT_STASTU_COD"))
-    closing_category = None
+    status = _clean(row["STA_STU_COD"]) or ""
+    closing_reason = closing_category = closing_date = None
     if status == "X":
+        closing_reason = _clean(row["MOT_STASTU_COD"])
+        closing_date = row["DATA_CHIUSURA"]
         if closing_reason is None:
             reasons.append("closed career without a closing reason (MOT_STASTU_COD)")
         elif closing_reason not in rules.closing_reasons:
@@ -114,28 +134,44 @@ def map_career(row: Mapping[str, Any], rules: CareerRules, today: dt.date) -> Ca
     elif status not in ("A", "S", "I"):
         reasons.append(f"unknown status {status!r} (STA_STU_COD)")
 
+    course_name, course_type = str(row["CDS_DES"] or ""), str(row["TIPO_CORSO_COD"] or "")
+    consent, source_esi = _clean(row["CONSENSO_ESC"]), _clean(row["CODICE_ESI"])
+    for column, value in (
+        ("MATRICOLA", matricola),
+        ("NOME", first),
+        ("COGNOME", last),
+        ("CDS_COD", course_code),
+        ("CDS_DES", course_name),
+        ("TIPO_CORSO_COD", course_type),
+        ("MOT_STASTU_COD", closing_reason),
+        ("CONSENSO_ESC", consent),
+        ("CODICE_ESI", source_esi),
+    ):
+        if value is not None and len(value) > MAX_LENGTHS[column]:
+            reasons.append(f"{column} longer than {MAX_LENGTHS[column]} characters")
+
     if reasons:
         return Rejection(stu_id, tuple(reasons))
-    course_type = str(row["TIPO_CORSO_COD"])
+    pers_id = int(row["PERS_ID"])
     return CareerRecord(
-        stu_id=stu_id,
-        pers_id=int(row["PERS_ID"]),
-        person_key=str(row["PERS_ID"]),
-        matricola=matricola,  # type: ignore[arg-type]
-        academic_year=int(row["AA_ID"]),
-        course_code=str(row["CDS_COD"]),
-        course_name=str(row["CDS_DES"]),
-        course_type=course_type,
-        academic_level=academic_level(course_type),
-        status=status,
-        finalised=rules.finalised.is_finalised(status, enrolment_date),
-        closing_reason=closing_reason if status == "X" else None,
-        closing_category=closing_category,
-        enrolment_date=enrolment_date,
-        closing_date=row.get("DATA_CHIUSURA") if status == "X" else None,
-        first_name=first,  # type: ignore[arg-type]
-        last_name=last,  # type: ignore[arg-type]
-        email=email,
-        consent=_clean(row.get("CONSENSO_ESC")),
-        source_esi=_clean(row.get("CODICE_ESI")),
+        stu_id,
+        pers_id,
+        str(pers_id),  # person_key
+        matricola,  # type: ignore[arg-type]
+        int(row["AA_ID"]),
+        course_code,  # type: ignore[arg-type]
+        course_name,
+        course_type,
+        academic_level(course_type),
+        status,
+        rules.finalised.is_finalised(status, enrolment_date),
+        closing_reason,
+        closing_category,
+        enrolment_date,
+        closing_date,
+        first,  # type: ignore[arg-type]
+        last,  # type: ignore[arg-type]
+        email,
+        consent,
+        source_esi,
     )
