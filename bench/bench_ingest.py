@@ -35,7 +35,7 @@ def source_db(n: int, folder: Path) -> str:
 
 
 def child(mode: str, source_url: str, state_url: str) -> dict[str, float]:
-    """Runs in a fresh process so ru_maxrss is this measurement's peak."""
+    """Runs in a fresh process so its peak RSS is this measurement's own."""
     import tomllib
 
     from etl.assets.careers import ingest_careers
@@ -65,7 +65,7 @@ def child(mode: str, source_url: str, state_url: str) -> dict[str, float]:
             r = ingest_careers(engine, source, ateneo, Partition(y, "unife"), today=NOW.date())
             rows += r.read
     seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     # rows per CPU-second of this process: what the machine's load cannot inflate (the DB
     # server's own work is not in it).
     return {
@@ -75,6 +75,16 @@ def child(mode: str, source_url: str, state_url: str) -> dict[str, float]:
         "rows_per_cpu_s": rows / cpu_s,
         "peak_mb": peak_mb,
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Linux's ru_maxrss survives exec, so a child would report its parent's
+    peak at fork time (the generator's, after generating a source); VmHWM starts afresh at exec."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux and BSD
 
 
 def measure(mode: str, source_url: str, state_url: str) -> dict[str, float]:

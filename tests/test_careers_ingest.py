@@ -13,6 +13,7 @@ from etl.assets.careers import ingest_careers
 from etl.changes import changed_partitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_ANAPER, P01_STU
+from etl.domain.careers import CareerRecord
 from etl.errors import EscSyncError
 from etl.partitions import Partition
 from etl.resources.esse3 import CAREER_TABLES, Esse3Source
@@ -197,3 +198,38 @@ def test_batch_size_does_not_change_the_result(state_engine, esse3, tmp_path) ->
     with big.engine.connect() as conn:
         n = conn.execute(text('SELECT COUNT(*) FROM "P01_STU" WHERE "AA_ID" = 2024')).scalar_one()
     assert len(rows_big) == n
+
+
+def test_a_career_inserted_by_another_run_meanwhile_is_merged(state_engine, esse3, tmp_path) -> None:
+    """The backfill's fast path COPYs careers it did not find; one that another run inserted in between
+    makes that COPY fail, and the batch is merged instead."""
+    _, _, source = esse3
+    sync_all(state_engine, source, tmp_path, years=(2024,))
+    with state_engine.connect() as conn:
+        columns = [Career.__table__.c[f] for f in CareerRecord._fields]
+        record = CareerRecord(*conn.execute(select(*columns).limit(1)).one())
+    fresh = record._replace(stu_id=10**8, matricola="X-NEW")
+    changed = record._replace(first_name="Altro")
+    with state_engine.begin() as conn:
+        store.upsert_careers(conn, "unife", [(changed, "h" * 32, NOW), (fresh, "n" * 32, NOW)], new=True)
+    with state_engine.connect() as conn:
+        ids = [record.stu_id, fresh.stu_id]
+        names = dict(
+            conn.execute(select(Career.stu_id, Career.first_name).where(Career.stu_id.in_(ids))).all()
+        )
+    assert names == {record.stu_id: "Altro", fresh.stu_id: record.first_name}
+
+
+def test_overlong_source_values_are_quarantined_not_fatal(state_engine, esse3, tmp_path) -> None:
+    """PostgreSQL refuses a value longer than its column: such a career is quarantined with the field
+    named, and the rest of the partition goes on."""
+    _, _, source = esse3
+    with source.engine.begin() as conn:
+        stu_id, pers_id = conn.execute(
+            select(P01_STU.c.STU_ID, P01_STU.c.PERS_ID).where(P01_STU.c.AA_ID == 2024).limit(1)
+        ).one()
+        conn.execute(update(P01_ANAPER).where(P01_ANAPER.c.PERS_ID == pers_id).values(NOME="N" * 101))
+    results = sync_all(state_engine, source, tmp_path, years=(2024,))
+    assert results[2024].inserted > 0
+    assert "NOME longer than 100 characters" in open_quarantine(state_engine)[stu_id]
+    assert stu_id not in _career_ids(state_engine)

@@ -28,7 +28,7 @@ from etl.config import Ateneo
 from etl.domain.careers import CareerRecord, CareerRules, Rejection, map_career
 from etl.partitions import Partition
 from etl.prefetch import prefetch
-from etl.resources.esse3 import CAREER_TABLES, Esse3Source
+from etl.resources.esse3 import CAREER_TABLES, EPOCH, Esse3Source
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
 from etl.store.bulk import refresh_statistics
@@ -63,24 +63,23 @@ class PreparedBatch(NamedTuple):
 
 
 def prepare_batch(batch: list[Row], rules: CareerRules, today: dt.date) -> PreparedBatch:
+    keys = batch[0]._fields
+    stu, anaper, cds = (keys.index(c) for c in _DATA_MOD_COLUMNS)
     newest: dict[str, dt.datetime] = {}
-    for table, column in zip(CAREER_TABLES, _DATA_MOD_COLUMNS, strict=True):
-        values = [v for row in batch if (v := getattr(row, column)) is not None]
+    for table, i in zip(CAREER_TABLES, (stu, anaper, cds), strict=True):
+        values = [v for row in batch if (v := row[i]) is not None]
         if values:
             newest[table] = max(values)
     good: list[tuple[CareerRecord, str, dt.datetime]] = []
     bad: list[Rejection] = []
-    keys = batch[0]._fields
     for row in batch:
         mapped = map_career(dict(zip(keys, row, strict=True)), rules, today)  # plain dict: fastest lookups
-        if isinstance(mapped, Rejection):
-            bad.append(mapped)
-        else:
-            # The career's own DATA_MOD: the newest of its joined rows (person and course may be newer).
-            data_mod = max(
-                v for v in (row.STU_DATA_MOD, row.ANAPER_DATA_MOD, row.CDS_DATA_MOD) if v is not None
-            )
-            good.append((mapped, mapped.row_hash(), data_mod))
+        if mapped.__class__ is Rejection:
+            bad.append(mapped)  # type: ignore[arg-type]
+            continue
+        # The career's own DATA_MOD: the newest of its joined rows (person and course may be newer).
+        data_mod = max(row[stu] or EPOCH, row[anaper] or EPOCH, row[cds] or EPOCH)
+        good.append((mapped, mapped.row_hash(), data_mod))  # type: ignore[union-attr]
     return PreparedBatch(good, bad, newest)
 
 
@@ -148,11 +147,14 @@ def _apply_batch(
             kept.append((record, row_hash, data_mod))
 
     existing = store.existing_hashes(conn, partition.institution, [r.stu_id for r, _, _ in kept])
-    changed = [(r, h, d) for r, h, d in kept if existing.get(r.stu_id) != h]
-    result.inserted += sum(1 for r, _, _ in changed if r.stu_id not in existing)
-    result.updated += sum(1 for r, _, _ in changed if r.stu_id in existing)
-    result.unchanged += len(kept) - len(changed)
-    store.upsert_careers(conn, partition.institution, changed)
+    inserted = [k for k in kept if k[0].stu_id not in existing]
+    updated = [k for k in kept if k[0].stu_id in existing and existing[k[0].stu_id] != k[1]]
+    result.inserted += len(inserted)
+    result.updated += len(updated)
+    result.unchanged += len(kept) - len(inserted) - len(updated)
+    store.upsert_careers(conn, partition.institution, inserted, new=True)
+    store.upsert_careers(conn, partition.institution, updated)
+    changed = inserted + updated
     if len(result.preview) < PREVIEW_ROWS:
         result.preview.extend(r for r, _, _ in changed[: PREVIEW_ROWS - len(result.preview)])
 

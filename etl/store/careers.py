@@ -54,10 +54,14 @@ CAREER_COLUMNS = (
 
 
 def upsert_careers(
-    conn: Connection, institution: str, records: Sequence[tuple[CareerRecord, str, dt.datetime]]
+    conn: Connection,
+    institution: str,
+    records: Sequence[tuple[CareerRecord, str, dt.datetime]],
+    *,
+    new: bool = False,
 ) -> None:
     """Insert or update careers; each comes with its row hash and source DATA_MOD (newest of the
-    joined rows)."""
+    joined rows). ``new``: none of them was found in the state DB (the backfill's fast path)."""
     now = utcnow()
     Bulk(conn).upsert(
         "careers",
@@ -66,6 +70,7 @@ def upsert_careers(
         ((*r, institution, row_hash, data_mod, now, now) for r, row_hash, data_mod in records),
         keep=("created_at",),
         temporal=("enrolment_date", "closing_date", "source_data_mod", "created_at", "updated_at"),
+        new=new,
     )
 
 
