@@ -4,16 +4,18 @@ quarantine with precise reasons, idempotence, per-partition watermarks, atomicit
 from __future__ import annotations
 
 import datetime as dt
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select, text, update
 
-from etl.assets.careers import ingest_careers
+from etl.assets.careers import ingest_careers, prepare_batch
 from etl.changes import changed_partitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_ANAPER, P01_STU
-from etl.domain.careers import CareerRecord
+from etl.domain.careers import SOURCE_COLUMNS, CareerRecord, CareerRules
+from etl.domain.enrolment import FinalisedRule
 from etl.errors import EscSyncError
 from etl.partitions import Partition
 from etl.resources.esse3 import CAREER_TABLES, Esse3Source
@@ -233,3 +235,12 @@ def test_overlong_source_values_are_quarantined_not_fatal(state_engine, esse3, t
     assert results[2024].inserted > 0
     assert "NOME longer than 100 characters" in open_quarantine(state_engine)[stu_id]
     assert stu_id not in _career_ids(state_engine)
+
+
+def test_a_source_query_missing_a_column_stops_with_one_line() -> None:
+    """Sites adapt sql/esse3/; a column lost there stops the run naming it, not with a KeyError."""
+    columns = [*SOURCE_COLUMNS, "STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD"]
+    rules = CareerRules(FinalisedRule(), {})
+    Row = namedtuple("Row", [c for c in columns if c != "CONSENSO_ESC"])
+    with pytest.raises(EscSyncError, match=r"^Esse3 careers query returns no CONSENSO_ESC \(sql/esse3/\)$"):
+        prepare_batch([Row(*([None] * len(Row._fields)))], rules, TODAY)

@@ -25,7 +25,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import Row
 
 from etl.config import Ateneo
-from etl.domain.careers import CareerRecord, CareerRules, Rejection, map_career
+from etl.domain.careers import SOURCE_COLUMNS, CareerRecord, CareerRules, Rejection, map_career
+from etl.errors import EscSyncError
 from etl.partitions import Partition
 from etl.prefetch import prefetch
 from etl.resources.esse3 import CAREER_TABLES, EPOCH, Esse3Source
@@ -64,6 +65,9 @@ class PreparedBatch(NamedTuple):
 
 def prepare_batch(batch: list[Row], rules: CareerRules, today: dt.date) -> PreparedBatch:
     keys = batch[0]._fields
+    missing = SOURCE_COLUMNS.union(_DATA_MOD_COLUMNS).difference(keys)
+    if missing:  # a site's edit of the SQL lost a column: no career can be validated
+        raise EscSyncError(f"Esse3 careers query returns no {', '.join(sorted(missing))} (sql/esse3/)")
     stu, anaper, cds = (keys.index(c) for c in _DATA_MOD_COLUMNS)
     newest: dict[str, dt.datetime] = {}
     for table, i in zip(CAREER_TABLES, (stu, anaper, cds), strict=True):

@@ -88,6 +88,15 @@ MAX_LENGTHS = {
 }
 EMAIL_MAX_LENGTH = 255
 
+# The columns map_career reads: what sql/esse3/careers_*.sql must return, whatever a site adapts there.
+SOURCE_COLUMNS = frozenset(
+    (
+        *("STU_ID", "PERS_ID", "MATRICOLA", "CDS_ID", "AA_ID", "DATA_IMM", "STA_STU_COD"),
+        *("MOT_STASTU_COD", "DATA_CHIUSURA", "CODICE_ESI", "ANAPER_PERS_ID", "COGNOME", "NOME"),
+        *("EMAIL", "EMAIL_ATE", "CONSENSO_ESC", "CDS_COD", "CDS_DES", "TIPO_CORSO_COD"),
+    )
+)
+
 
 def map_career(row: Mapping[str, Any], rules: CareerRules, today: dt.date) -> CareerRecord | Rejection:
     """Validate one joined source row. Every problem is reported, not just the first.
