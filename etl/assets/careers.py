@@ -78,12 +78,12 @@ def prepare_batch(batch: list[Row], rules: CareerRules, today: dt.date) -> Prepa
     bad: list[Rejection] = []
     for row in batch:
         mapped = map_career(dict(zip(keys, row, strict=True)), rules, today)  # plain dict: fastest lookups
-        if mapped.__class__ is Rejection:
-            bad.append(mapped)  # type: ignore[arg-type]
+        if isinstance(mapped, Rejection):
+            bad.append(mapped)
             continue
         # The career's own DATA_MOD: the newest of its joined rows (person and course may be newer).
         data_mod = max(row[stu] or EPOCH, row[anaper] or EPOCH, row[cds] or EPOCH)
-        good.append((mapped, mapped.row_hash(), data_mod))  # type: ignore[union-attr]
+        good.append((mapped, mapped.row_hash(), data_mod))
     return PreparedBatch(good, bad, newest)
 
 

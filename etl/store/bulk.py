@@ -107,9 +107,10 @@ class Bulk:
         self.conn.exec_driver_sql(f"TRUNCATE {stage}")
 
     def _copy(
-        self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], types_of: str = ""
+        self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], types_of: str | None = None
     ) -> None:
-        """Binary COPY (≈3× cheaper than text here) of ``rows`` into ``table``."""
+        """Binary COPY (≈3× cheaper than text here) of ``rows`` into ``table``, whose column types are
+        those of ``types_of`` (a staging table's are its model's)."""
         with self.conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
             types = self._column_types(cur, types_of or table, tuple(columns))
             with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
