@@ -43,6 +43,7 @@ class Ateneo:
     closing_reasons: dict[str, str]
     consent: str = "automatic"
     prints_physical_badges: bool = False
+    escn_prefix: int = 1  # the 3-digit server prefix in the node of the ESCNs esc-sync mints
 
     def router_api_key(self) -> str | None:
         return os.environ.get(self.router_api_key_env) or None
@@ -203,6 +204,14 @@ def _parse_ateneo(a: dict[str, Any], index: int, home: Path) -> Ateneo:
     if consent not in CONSENT_MODES:
         raise ConfigError(f"{who}: field consent: {consent!r} must be one of {CONSENT_MODES}")
 
+    escn_prefix = a.get("escn_prefix", 1)
+    if isinstance(escn_prefix, str) and escn_prefix.isdigit() and len(escn_prefix) <= 3:
+        escn_prefix = int(escn_prefix)  # "001" as written in the ESCN
+    if isinstance(escn_prefix, bool) or not isinstance(escn_prefix, int) or not 0 <= escn_prefix <= 999:
+        raise ConfigError(
+            f'{who}: field escn_prefix: {escn_prefix!r} must be a number 0-999 (e.g. 1 or "001")'
+        )
+
     fin = a.get("finalised", {})
     statuses = fin.get("statuses", ["A", "S", "X"])
     if not isinstance(statuses, list) or not statuses or not all(isinstance(s, str) for s in statuses):
@@ -234,6 +243,7 @@ def _parse_ateneo(a: dict[str, Any], index: int, home: Path) -> Ateneo:
         closing_reasons=dict(reasons),
         consent=consent,
         prints_physical_badges=bool(a.get("prints_physical_badges", False)),
+        escn_prefix=escn_prefix,
     )
 
 

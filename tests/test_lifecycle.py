@@ -53,12 +53,32 @@ def test_reactivated_career_gets_a_new_future_expiry() -> None:
 
 def test_card_actions() -> None:
     active, inactive = CardTarget(ACTIVE, TO), CardTarget(INACTIVE, TO)
-    assert card_action(active, exists=False, synced=None) is Action.REGISTER
-    assert card_action(inactive, exists=False, synced=None) is Action.SKIP  # never register a dead card
-    assert card_action(active, exists=True, synced=None) is Action.REGISTER  # recorded, never confirmed
-    assert card_action(active, exists=True, synced=active) is Action.NONE
-    assert card_action(inactive, exists=True, synced=active) is Action.UPDATE  # closure → PUT INACTIVE
-    assert card_action(CardTarget(ACTIVE, dt.date(2028, 1, 1)), exists=True, synced=active) is Action.UPDATE
+
+    def action(target: CardTarget, exists: bool, synced: CardTarget | None) -> Action:
+        return card_action(target, exists=exists, synced=synced, today=TODAY)
+
+    assert action(active, False, None) is Action.REGISTER
+    assert action(inactive, False, None) is Action.SKIP  # never register a dead card
+    assert action(active, True, None) is Action.REGISTER  # recorded, never confirmed
+    assert action(active, True, active) is Action.NONE
+    assert action(inactive, True, active) is Action.UPDATE  # closure → PUT INACTIVE
+    assert action(CardTarget(ACTIVE, dt.date(2028, 1, 1)), True, active) is Action.UPDATE
+
+
+def test_an_expired_card_is_only_touched_to_revive_it() -> None:
+    """The Router refuses a PUT on an EXPIRED card without a future expiry."""
+    ran_out = dt.date(2025, 10, 31)
+    expired_active = CardTarget(ACTIVE, ran_out)
+    closed_after = card_target(facts(career_status="X", valid_to=ran_out), TODAY)
+    assert closed_after == CardTarget(INACTIVE, ran_out)
+    assert card_action(closed_after, exists=True, synced=expired_active, today=TODAY) is Action.NONE
+    # reactivated: a new future expiry, so the PUT revives it
+    revived = card_target(facts(valid_to=ran_out), TODAY)
+    assert revived.expires_at > TODAY
+    assert card_action(revived, exists=True, synced=expired_active, today=TODAY) is Action.UPDATE
+    # still valid at the Router: a closure with a past expiry is a plain PUT
+    live = CardTarget(ACTIVE, TO)
+    assert card_action(closed_after, exists=True, synced=live, today=TODAY) is Action.UPDATE
 
 
 def test_consent_modes() -> None:

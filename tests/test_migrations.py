@@ -21,6 +21,7 @@ TABLES = {
     "exports",
     "api_tokens",
     "api_audit",
+    "escn_clock",
 }
 
 

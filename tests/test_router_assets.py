@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text, update
 
-from etl.assets.cards import ingest_badges, plan_cards, sync_cards
+from etl.assets.cards import CardWork, ingest_badges, plan_cards, sync_cards
 from etl.assets.careers import ingest_careers
 from etl.assets.esi import assign_esis
 from etl.assets.router_calls import CallReport
@@ -25,7 +25,7 @@ from etl.resources.router_bodies import person_body
 from etl.resources.runtime import Runtime
 from etl.store import router_state
 from etl.store.migrate import upgrade
-from etl.store.models import Card, Person
+from etl.store.models import Card, Person, Quarantine
 from tests.conftest import NOW, demo_settings
 
 TODAY = NOW.date()
@@ -77,7 +77,8 @@ def sync(rt: Runtime, code: str = "unife", year: int = YEAR, today: dt.date = TO
 
 async def _router_cards(rt: Runtime, code: str) -> dict[str, dict]:
     async with rt.router_client(code) as c:
-        return {card["cardNumber"]: card async for card in c.iter_cards()}
+        # Lists hold CardLiteViews (no status): read each full CardView.
+        return {card["cardNumber"]: await c.get_card(card["cardNumber"]) async for card in c.iter_cards()}
 
 
 def router_cards(rt: Runtime, code: str = "unife") -> dict[str, dict]:
@@ -209,27 +210,7 @@ def test_existing_person_is_adopted_and_a_recorded_card_reconciled(rt: Runtime) 
         rows = router_state.card_candidates(conn, "unife", YEAR)
     work, _ = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), TODAY)
     w = work[0]
-    with rt.engine.begin() as conn:
-        router_state.record_card_intents(
-            conn,
-            [
-                {
-                    "escn": w.escn,
-                    "institution": "unife",
-                    "academic_year": YEAR,
-                    "bdg_id": w.bdg_id,
-                    "stu_id": w.stu_id,
-                    "esi": w.esi,
-                    "card_type": w.card_type,
-                    "issued_at": w.issued_at,
-                    "expires_at": w.target.expires_at,
-                    "desired_status": w.target.status,
-                    "state": "pending",
-                    "changed_at": NOW,
-                    "created_at": NOW,
-                }
-            ],
-        )
+    record_intent(rt, w)
 
     async def post_card() -> None:
         async with rt.router_client("unife") as c:
@@ -245,6 +226,102 @@ def test_existing_person_is_adopted_and_a_recorded_card_reconciled(rt: Runtime) 
     assert cards[w.escn].state == "registered"  # same number: no second card for that badge
     assert sum(1 for c in router_cards(rt).values() if c["cardNumber"] == w.escn) == 1
     assert len([c for c in cards.values() if c.bdg_id == w.bdg_id]) == 1
+
+
+def record_intent(rt: Runtime, w: CardWork) -> None:
+    """What sync_cards commits before its POST: the badge's minted number, state pending."""
+    row = {
+        "escn": w.escn, "institution": "unife", "academic_year": YEAR, "bdg_id": w.bdg_id,
+        "stu_id": w.stu_id, "esi": w.esi, "card_type": w.card_type, "issued_at": w.issued_at,
+        "expires_at": w.target.expires_at, "desired_status": w.target.status, "state": "pending",
+        "changed_at": NOW, "created_at": NOW,
+    }  # fmt: skip
+    with rt.engine.begin() as conn:
+        router_state.record_card_intents(conn, [row])
+
+
+def open_quarantine(rt: Runtime, stage: str = "cards") -> dict[str, str]:
+    with rt.engine.connect() as conn:
+        rows = conn.execute(
+            select(Quarantine.source_key, Quarantine.reason).where(
+                Quarantine.stage == stage, Quarantine.resolved_at.is_(None)
+            )
+        )
+        return dict(rows.all())
+
+
+def test_a_card_left_failed_by_an_earlier_client_is_recovered_by_the_next_run(rt: Runtime) -> None:
+    """Earlier clients read flat fields from the CardView on 409 ER-0002, found no match and marked
+    the card failed for good. The next run retries it, reads the nested issuer and person, and
+    adopts the card: registered, quarantine resolved, no second card."""
+    sync(rt)
+    card = next(c for c in local_cards(rt).values() if c.state == "registered")
+    with rt.engine.begin() as conn:
+        conn.execute(
+            update(Card)
+            .where(Card.escn == card.escn)
+            .values(state="failed", router_status=None, synced_hash=None, last_error="old")
+        )
+        conn.execute(
+            Quarantine.__table__.insert().values(
+                institution="unife", academic_year=YEAR, stage="cards", source_table="P01_BADGE",
+                source_key=str(card.bdg_id),
+                reason="ER-0002 but the Router holds the number for another person or issuer",
+                first_seen=NOW, last_seen=NOW,
+            )
+        )  # fmt: skip
+    report = sync(rt)
+    assert report.counts["reconciled"] == 1 and report.counts["failed"] == 0
+    assert local_cards(rt)[card.escn].state == "registered"
+    assert str(card.bdg_id) not in open_quarantine(rt)
+    assert len(router_cards(rt)) == sum(1 for c in local_cards(rt).values() if c.state == "registered")
+
+
+def test_a_number_someone_else_holds_is_replaced_by_a_fresh_one(rt: Runtime) -> None:
+    """A 409 ER-0002 on a number that is not ours (another person's card) never quarantines the
+    badge: the recorded number is dropped and the badge registered under a freshly minted one."""
+    ateneo, p = rt.settings.ateneo("unife"), Partition(YEAR, "unife")
+    ingest_careers(rt.engine, rt.esse3("unife"), ateneo, p, today=TODAY)
+    assign_esis(rt.engine, rt.esse3("unife"), lambda: rt.router_client("unife"), ateneo, p, CallReport())
+    ingest_badges(rt.engine, rt.esse3("unife"), p)
+    with rt.engine.connect() as conn:
+        rows = router_state.card_candidates(conn, "unife", YEAR)
+    w = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), TODAY)[0][0]
+    record_intent(rt, w)
+    stranger = compose_esi("unife.it", "stranger-1")
+
+    async def take_the_number() -> None:
+        async with rt.router_client("unife") as c:
+            await c.create_person(person_body(stranger, ateneo.pic, "A Stranger", None, "BACHELOR"))
+            await c.create_card(w.body | {"personIdentifier": stranger})
+
+    asyncio.run(take_the_number())
+    report = CallReport()
+    sync_cards(rt.engine, lambda: rt.router_client("unife"), ateneo, p, report, today=TODAY)
+    assert report.counts["reminted"] == 1 and report.counts["failed"] == 0
+    [mine] = [c for c in local_cards(rt).values() if c.bdg_id == w.bdg_id]
+    assert mine.escn != w.escn and mine.state == "registered"
+    remote = router_cards(rt)
+    assert remote[mine.escn]["person"]["identifier"] == w.esi
+    assert remote[w.escn]["person"]["identifier"] == stranger  # theirs, untouched
+    assert open_quarantine(rt) == {}
+
+
+def test_escn_prefix_is_configurable_and_minters_never_share_a_clock_sequence(rt: Runtime) -> None:
+    atenei = tuple(replace(a, escn_prefix=7) if a.code == "unife" else a for a in rt.settings.atenei)
+    rt.settings = replace(rt.settings, atenei=atenei)
+    sync(rt)
+    numbers = [c.escn for c in local_cards(rt).values()]
+    assert numbers and all(n.endswith("007999978433") for n in numbers)
+    with rt.engine.begin() as conn:
+        taken = [router_state.take_clock_sequence(conn, "999978433") for _ in range(5)]
+        other = router_state.take_clock_sequence(conn, "999912345")
+    assert len(set(taken)) == 5 and other == 0
+    # two minters in the same millisecond with their own sequences never mint the same number
+    frozen = lambda: 1_767_225_600_000  # noqa: E731
+    a = EscnMinter("999978433", 7, clock=frozen, clock_seq=taken[0])
+    b = EscnMinter("999978433", 7, clock=frozen, clock_seq=taken[1])
+    assert not {a.mint() for _ in range(1000)} & {b.mint() for _ in range(1000)}
 
 
 def test_opt_in_university_registers_only_consenting_students(rt: Runtime, emulator) -> None:

@@ -14,7 +14,6 @@ from etl.assets.router_calls import CallReport, run_chunks, run_with_client
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
 from etl.domain.escn import EscnMinter
-from etl.domain.esi import same_esi
 from etl.domain.lifecycle import (
     CARD_TYPE_OF_BADGE,
     Action,
@@ -28,8 +27,9 @@ from etl.domain.lifecycle import (
 from etl.partitions import Partition
 from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
-from etl.resources.router_bodies import card_body
-from etl.resources.router_errors import RouterConflict, RouterError
+from etl.resources.router_bodies import card_body, card_update_body
+from etl.resources.router_errors import RouterAccessDenied, RouterConflict, RouterError, RouterNotFound
+from etl.resources.router_views import read_card
 from etl.resources.runtime import Runtime
 from etl.store import careers as common
 from etl.store import router_state as store
@@ -105,9 +105,20 @@ class CardWork:
     card_type: str
     issued_at: dt.date
     target: CardTarget
-    body: dict[str, Any]
+    body: dict[str, Any]  # the POST body (CardUpdateView with cardNumber)
     create: bool
     new: bool  # no card row yet: record the intent (a freshly minted ESCN)
+    pic: str
+    today: dt.date
+
+    @property
+    def put_body(self) -> dict[str, Any]:
+        return card_update_body(self.body)
+
+    @property
+    def target_expired(self) -> bool:
+        """The wanted expiry is already past: the card reads EXPIRED whatever we send."""
+        return self.target.expires_at < self.today
 
 
 def plan_cards(
@@ -138,7 +149,7 @@ def plan_cards(
         synced = (
             CardTarget(router_status, synced_expiry) if card_state == "registered" and router_status else None
         )
-        action = card_action(target, exists=escn is not None, synced=synced)
+        action = card_action(target, exists=escn is not None, synced=synced, today=today)
         if action in (Action.NONE, Action.SKIP):
             continue
         if action is Action.REGISTER and person_state != "registered":
@@ -159,12 +170,16 @@ def plan_cards(
                 body,
                 create=action is Action.REGISTER,
                 new=escn is None,
+                pic=ateneo.pic,
+                today=today,
             )
         )
     return work, waiting
 
 
 async def sync_card(client: RouterClient, w: CardWork) -> dict[str, Any]:
+    """Create (POST; on ``409 ER-0002`` read the number back: ours → reconcile, anyone else's → a
+    fresh number) or update (PUT) one card. Never raises but for auth errors."""
     ok = {
         "escn": w.escn,
         "bdg_id": w.bdg_id,
@@ -176,7 +191,7 @@ async def sync_card(client: RouterClient, w: CardWork) -> dict[str, Any]:
     }
     try:
         if not w.create:
-            await client.update_card(w.escn, w.body)
+            await client.update_card(w.escn, w.put_body)
             return ok | {"result": "updated"}
         try:
             await client.create_card(w.body)
@@ -184,13 +199,19 @@ async def sync_card(client: RouterClient, w: CardWork) -> dict[str, Any]:
         except RouterConflict as e:
             if e.code != "ER-0002":
                 raise
-        # Our number already exists: an earlier try whose answer was lost. Reconcile if it is ours.
-        existing = await client.get_card(w.escn)
-        if str(existing.get("issuerIdentifier")) != w.body["issuerIdentifier"] or not same_esi(
-            str(existing.get("personIdentifier", "")), w.esi
-        ):
-            return _failed(w, "ER-0002 but the Router holds the number for another person or issuer")
-        await client.update_card(w.escn, w.body)
+        # The number exists: ours from an earlier try whose answer was lost, or (by a clash of
+        # numbers, or a card deleted at the Router) not ours: then this badge needs a new number.
+        try:
+            existing = read_card(await client.get_card(w.escn))
+        except (RouterNotFound, RouterAccessDenied):
+            return _remint(w)
+        if not existing.is_ours(w.pic, w.esi):
+            return _remint(w)
+        if w.target_expired and existing.expired(w.today):
+            # The Router revives an expired card only with a future expiry, and we want none:
+            # it already reads EXPIRED, which is all a verifier needs to know.
+            return ok | {"result": "reconciled"}
+        await client.update_card(w.escn, w.put_body)
         return ok | {"result": "reconciled"}
     except RouterError as e:
         if e.is_auth:
@@ -198,6 +219,11 @@ async def sync_card(client: RouterClient, w: CardWork) -> dict[str, Any]:
         if e.is_permanent:
             return _failed(w, f"Router refused the card: HTTP {e.status} {e.code or ''}".strip())
         return _failed(w, None, last_error=f"Router unavailable: HTTP {e.status}")
+
+
+def _remint(w: CardWork) -> dict[str, Any]:
+    """The recorded number is not (or no longer) ours to use: forget it; the badge gets a fresh one."""
+    return {"escn": w.escn, "bdg_id": w.bdg_id, "result": "reminted", "remint": True, "keep": True}
 
 
 def _failed(w: CardWork, reason: str | None, last_error: str | None = None) -> dict[str, Any]:
@@ -215,6 +241,9 @@ def _failed(w: CardWork, reason: str | None, last_error: str | None = None) -> d
     return out
 
 
+REMINT_ROUNDS = 4  # rounds of calls; a number clash is rare, four in a row means something else
+
+
 def sync_cards(
     engine: Engine,
     client_factory,
@@ -225,10 +254,9 @@ def sync_cards(
 ) -> None:  # type: ignore[no-untyped-def]
     today = today or dt.date.today()
     inst, year = ateneo.code, partition.academic_year
-    with engine.connect() as conn:
-        rows = store.card_candidates(conn, inst, year)
-    work, waiting = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), today)
-    report.counts.update(waiting_for_person=waiting)
+    with engine.begin() as conn:
+        clock_seq = store.take_clock_sequence(conn, ateneo.pic)
+    minter = EscnMinter(ateneo.pic, ateneo.escn_prefix, clock_seq=clock_seq)
 
     def record(chunk: list[CardWork]) -> None:  # the intent: minted ESCNs recorded before any call
         now = utcnow()
@@ -245,18 +273,39 @@ def sync_cards(
         with engine.begin() as conn:
             store.record_card_intents(conn, rows)
 
+    reminted = 0
+
     def confirm(outcomes: list[dict[str, Any]]) -> None:
+        nonlocal reminted
+        done = [o for o in outcomes if not o.get("keep")]
         with engine.begin() as conn:
-            store.confirm_cards(conn, [o for o in outcomes if not o.get("keep")])
-            store.record_card_errors(conn, [o for o in outcomes if o.get("keep")])
+            store.confirm_cards(conn, done)
+            store.record_card_errors(conn, [o for o in outcomes if o.get("keep") and not o.get("remint")])
+            store.forget_card_intents(conn, [o["escn"] for o in outcomes if o.get("remint")])
             bad = [Rejection(o["bdg_id"], (o["reason"],)) for o in outcomes if "reason" in o]
             common.quarantine(conn, inst, year, STAGE, "P01_BADGE", bad)
+            common.resolve_quarantine(conn, inst, STAGE, "P01_BADGE", (str(o["bdg_id"]) for o in done))
+        reminted += sum(1 for o in outcomes if o.get("remint"))
         report.counts.update(o["result"] for o in outcomes)
 
-    async def body(client: RouterClient) -> None:
-        await run_chunks(client, work, CHUNK, record, sync_card, confirm)
+    def plan() -> list[CardWork]:
+        with engine.connect() as conn:
+            rows = store.card_candidates(conn, inst, year)
+        work, waiting = plan_cards(rows, ateneo, minter, today)
+        report.counts["waiting_for_person"] = waiting
+        return work
 
-    if work:
+    async def body(client: RouterClient) -> None:
+        nonlocal reminted
+        work = first
+        for _ in range(REMINT_ROUNDS):
+            reminted = 0
+            await run_chunks(client, work, CHUNK, record, sync_card, confirm)
+            if not reminted:
+                return
+            work = plan()  # those badges now need a fresh number
+
+    if first := plan():
         run_with_client(client_factory, body, report)
 
 

@@ -20,6 +20,7 @@ from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
 from etl.resources.router_bodies import person_body
 from etl.resources.router_errors import RouterConflict, RouterError
+from etl.resources.router_views import person_identifier
 from etl.resources.runtime import Runtime
 from etl.store import careers as quarantine_store
 from etl.store import router_state as store
@@ -96,8 +97,8 @@ async def sync_person(client: RouterClient, w: PersonWork) -> dict[str, Any]:
                 raise
         # Already there for our organisation (an earlier try whose answer was lost): adopt it
         # if it is the same identifier, then make our relation match what we would have sent.
-        existing = await client.get_person(w.esi)
-        if not same_esi(str(existing.get("identifier", "")), w.esi):
+        held = person_identifier(await client.get_person(w.esi))
+        if held is None or not same_esi(held, w.esi):
             return outcome | {
                 "state": "failed",
                 "result": "failed",

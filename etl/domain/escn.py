@@ -96,16 +96,21 @@ class EscnMinter:
         prefix: int = 1,
         clock: Callable[[], int] = _now_millis,
         rng: RandBits = secrets,
+        clock_seq: int | None = None,
     ) -> None:
+        """``clock_seq``: one no other running minter of this PIC holds (esc-sync takes it from the
+        state DB); without it a random one, which keeps minters apart only by luck."""
         _check_pic(pic)
         _check_int("prefix", prefix, 0, 999)
         self.pic = pic
         self.prefix = prefix
         self._clock = clock
-        # A random clock sequence per minter keeps separate processes (same PIC) apart.
-        # ``secrets`` offers randbits, ``random.Random`` getrandbits: accept both.
-        draw = getattr(rng, "randbits", None) or rng.getrandbits  # type: ignore[attr-defined]
-        self.clock_seq = (draw(14) & 0x3FFF) | 0x8000
+        if clock_seq is None:
+            # ``secrets`` offers randbits, ``random.Random`` getrandbits: accept both.
+            draw = getattr(rng, "randbits", None) or rng.getrandbits  # type: ignore[attr-defined]
+            clock_seq = draw(14)
+        _check_int("clock_seq", clock_seq, 0, 0x3FFF)
+        self.clock_seq = (clock_seq & 0x3FFF) | 0x8000
         self._key = (pic, prefix, self.clock_seq)
 
     def mint(self) -> str:

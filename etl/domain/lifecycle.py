@@ -56,13 +56,21 @@ def card_target(f: BadgeFacts, today: dt.date) -> CardTarget:
     return CardTarget(INACTIVE, max(f.valid_to, f.valid_from))
 
 
-def card_action(target: CardTarget, *, exists: bool, synced: CardTarget | None) -> Action:
-    """``exists``: a card row (ESCN recorded) exists; ``synced``: what the Router last confirmed."""
+def card_action(target: CardTarget, *, exists: bool, synced: CardTarget | None, today: dt.date) -> Action:
+    """``exists``: a card row (ESCN recorded) exists; ``synced``: what the Router last confirmed.
+
+    The Router revives an EXPIRED card only together with a future expiry: a card it holds as expired
+    that should stay expired (say a career closed after the card ran out) is left alone, since any
+    PUT without a future expiry is refused and it already reads EXPIRED to every verifier."""
     if not exists:
         return Action.REGISTER if target.status == ACTIVE else Action.SKIP
     if synced is None:
         return Action.REGISTER  # recorded but never confirmed: (re-)POST, 409 is handled
-    return Action.NONE if synced == target else Action.UPDATE
+    if synced == target:
+        return Action.NONE
+    if synced.expires_at < today and target.expires_at < today:
+        return Action.NONE
+    return Action.UPDATE
 
 
 def body_hash(body: dict[str, Any]) -> str:

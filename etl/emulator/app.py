@@ -1,18 +1,24 @@
 """aiohttp application of the ESC Router emulator: API routes, auth, fault injection, admin routes.
 
+Every operation of the Router's OpenAPI document (``esc-router-v2.openapi.json`` beside this module,
+served at ``/esc-rest/v3/api-docs/V2``) is served with the document's shapes (``views.py``).
 Decisions where the Router's behaviour is undocumented (see docs/esc-router-v2.md):
 - a card for a person not registered with the caller's organisation answers 400 ``ER-0003``;
 - a deleted card answers 404 everywhere (read, update, status, QR) but its number stays taken:
   POSTing it again answers 409 ``ER-0002``; deleting a person deletes our cards of that person;
 - reading someone else's card or a person related only to other organisations answers 403 ``SE-0000``;
-- an ESI percent-encoded in the path answers 400 (the Router wants it raw);
-- a PUT on a person with no relation to us answers 403 (POST adds the relation).
+- a PUT on a person with no relation to us answers 403 (POST adds the relation);
+- a PUT that carries ``cardNumber`` answers 400 (the document: POST only); a PUT on an EXPIRED card
+  without a future ``expiresAt`` answers 400 (an expired card is revived only with a new expiry);
+- ``csv-config`` maps the CSV columns ``validate-csv`` reads to their 0-based positions;
+- a picture must be a 200×300 image unless ``resize=true`` (then it is resized); others answer 400.
 No access log: request paths carry ESIs (personal data).
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime as dt
 import io
 import json
@@ -21,10 +27,13 @@ import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import segno
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from PIL import Image, UnidentifiedImageError
 
 from etl.domain.escn import EscnMinter
 from etl.domain.esi import same_esi
@@ -34,7 +43,10 @@ from etl.emulator.contract import (
     PERSON_UNKNOWN,
     SERVER_ERROR,
     ApiError,
+    CsvProblem,
     access_denied,
+    address_not_allowed,
+    csv_columns,
     esi_key,
     invalid,
     not_found,
@@ -45,15 +57,27 @@ from etl.emulator.contract import (
     parse_person,
     raw_query_param,
     unauthorized,
+    validate_csv_rows,
 )
 from etl.emulator.faults import Fault, FaultConfig, FaultPlan
 from etl.emulator.store import CARD_SORTS, PERSON_SORTS, Card, Conflict, Relation, Store
-from etl.emulator.views import card_view, page_view, person_view, qr_url, status_view
+from etl.emulator.views import (
+    card_lite_view,
+    card_view,
+    page_view,
+    person_lite_view,
+    person_view,
+    qr_url,
+    status_view,
+)
 
 log = logging.getLogger(__name__)
 
 API = "/esc-rest/api/v2"
+API_DOCS = "/esc-rest/v3/api-docs/V2"  # where the Router publishes its document
 ADMIN = "/_emulator"
+OPENAPI_DOCUMENT = Path(__file__).with_name("esc-router-v2.openapi.json")
+PICTURE_SIZE = (200, 300)
 _HTML_502 = (
     "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
     "<body><h1>502 Bad Gateway</h1><p>The proxy server received an invalid response.</p></body></html>"
@@ -103,8 +127,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def _error(e: ApiError) -> web.Response:
+def _error(e: ApiError, content_type: str = "application/json") -> web.Response:
+    # Spring renders an error in the media type the operation produces (the picture download's
+    # errors are ApiErrorMessage JSON sent as application/octet-stream, as its document says).
     resp = _json(e.body(), e.status)
+    resp.content_type = content_type
     if e.status == 401:
         resp.headers["WWW-Authenticate"] = "Bearer"
     return resp
@@ -133,14 +160,16 @@ async def _inject(request: web.Request, state: EmulatorState, fault: Fault) -> w
     if kind == "html":
         return web.Response(status=502, text=_HTML_502, content_type="text/html")
     if kind == "429":
-        resp = _json({"code": "ER-0429", "message": "Too Many Requests"}, 429)
+        resp = _json({"code": "EMU-429", "message": "Too Many Requests"}, 429)
         resp.headers["Retry-After"] = str(cfg.retry_after_s)
         return resp
     messages = {"500": "Internal Server Error", "502": "Bad Gateway", "503": "Service Unavailable"}
-    return _json({"code": f"ER-0{kind}", "message": messages[kind]}, int(kind))
+    return _json({"code": f"EMU-{kind}", "message": messages[kind]}, int(kind))
 
 
-def api(handler: Handler, *, write: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def api(
+    handler: Handler, *, write: bool = False, error_type: str = "application/json"
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An authenticated API route: auth first, then latency and faults (never on a 401)."""
 
     async def route(request: web.Request) -> web.StreamResponse:
@@ -150,8 +179,11 @@ def api(handler: Handler, *, write: bool = False) -> Callable[[web.Request], Awa
             pic = state.authenticate(request.headers.get("Authorization"))
         except ApiError as e:
             state.responses[e.status] += 1
-            return _error(e)
+            return _error(e, error_type)
         plan = state.plan
+        if plan.denies(pic):  # the gateway refuses before anything runs
+            state.responses[403] += 1
+            return _error(address_not_allowed(), error_type)
         fault: Fault | None = None
         if not plan.idle:
             delay = plan.latency_s()
@@ -163,7 +195,7 @@ def api(handler: Handler, *, write: bool = False) -> Callable[[web.Request], Awa
         try:
             resp = await handler(request, state, pic)
         except ApiError as e:
-            resp = _error(e)
+            resp = _error(e, error_type)
         except Exception as e:
             resp = _internal_error(handler.__name__, e)
         if fault is not None:  # the work is done (committed), the answer is lost
@@ -185,9 +217,7 @@ async def _body(request: web.Request) -> Any:
 
 
 def _path_esi(request: web.Request) -> str:
-    if "%" in request.raw_path.partition("?")[0]:
-        raise invalid("the ESI in the path must be raw, not percent-encoded")
-    return request.match_info["esi"]
+    return request.match_info["esi"]  # decoded: a client may send the ESI raw or percent-encoded
 
 
 def _our_relation(state: EmulatorState, esi: str, pic: str) -> Relation:
@@ -251,7 +281,7 @@ async def list_persons(request: web.Request, state: EmulatorState, pic: str) -> 
     total, rows = state.store.list_relations(
         pic, page.number * page.size, page.size, page.sort, page.descending
     )
-    content = [person_view(r) for r in rows]
+    content = [person_lite_view(r) for r in rows]
     return _json(page_view(content, total, page, str(request.url.with_query(None)), dict(request.query)))
 
 
@@ -278,14 +308,13 @@ async def get_card(request: web.Request, state: EmulatorState, pic: str) -> web.
 async def put_card(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
     number = request.match_info["escn"]
     current = _our_card(state, number, pic)
-    card = parse_card(await _body(request), pic)
-    if card.card_number is not None and card.card_number != number:
-        raise invalid("cardNumber: differs from the card in the path")
+    card = parse_card(await _body(request), pic, create=False)
     if not same_esi(card.person_identifier, current.person_identifier):
         raise invalid("personIdentifier: a card cannot move to another person")
-    # No special case for EXPIRED: the read status is derived from expiresAt, so only a PUT that also
-    # carries a future expiresAt revives an expired card.
-    return _json(card_view(state.store.replace_card(number, card, _now()), state.today()))
+    today = state.today()
+    if current.expires_at < today and card.expires_at < today:
+        raise invalid("expiresAt: an EXPIRED card is revived only together with a future expiresAt")
+    return _json(card_view(state.store.replace_card(number, card, _now()), today))
 
 
 async def delete_card(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
@@ -303,8 +332,7 @@ async def list_cards(request: web.Request, state: EmulatorState, pic: str) -> we
         total, rows = state.store.list_cards(
             pic, person_id, page.number * page.size, page.size, page.sort, page.descending
         )
-    today = state.today()
-    content = [card_view(c, today) for c in rows]
+    content = [card_lite_view(c) for c in rows]
     return _json(page_view(content, total, page, str(request.url.with_query(None)), dict(request.query)))
 
 
@@ -314,14 +342,116 @@ async def generate_escn(request: web.Request, state: EmulatorState, pic: str) ->
     return _json([minter.mint() for _ in range(count)])
 
 
-async def card_qr(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    card = _our_card(state, request.match_info["escn"], pic)
+async def card_qr(request: web.Request) -> web.Response:
+    """Public like the status (the document lists no Authorization for it): the artwork of what is
+    printed on the card. The document lists no 404 here: an unknown card answers 400."""
+    state = request.app[STATE]
+    state.requests += 1
+    card = state.store.card(request.match_info["escn"])
+    svg = "image/svg+xml" in request.headers.get("Accept", "")
+    if card is None or card.deleted:
+        state.responses[400] += 1
+        return _error(invalid("escn: no such card"), "image/svg+xml" if svg else "text/plain")
+    state.responses[200] += 1
     url = qr_url(card.card_number)
-    if "image/svg+xml" in request.headers.get("Accept", ""):
+    if svg:
         buf = io.BytesIO()
         segno.make(url, error="m", version=4, boost_error=False).save(buf, kind="svg", border=4)
         return web.Response(body=buf.getvalue(), content_type="image/svg+xml")
     return web.Response(text=url, content_type="text/plain")
+
+
+async def csv_config(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
+    return _json(csv_columns())
+
+
+async def validate_csv(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
+    """``CsvValidationError`` items, one per problem; an empty list when the file is valid."""
+    operation = request.query.get("operation")
+    if operation not in ("CREATE", "UPDATE", "DELETE"):
+        return _json([CsvProblem(0, "operation", "must be CREATE, UPDATE or DELETE").view()], 400)
+    data = await _multipart_file(request)
+    if data is None:
+        return _json([CsvProblem(0, "file", "a multipart file field is required").view()], 400)
+    try:
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error):
+        return _json([CsvProblem(0, "file", "not a UTF-8 CSV file").view()], 400)
+
+    def known(number: str) -> bool:
+        card = state.store.card(number)
+        return card is not None and not card.deleted and card.pic == pic
+
+    problems = validate_csv_rows(rows, operation, pic, known)
+    return _json([p.view() for p in problems])
+
+
+async def _multipart_file(request: web.Request) -> bytes | None:
+    if not request.content_type.startswith("multipart/"):
+        return None
+    try:
+        form = await request.post()
+    except (ValueError, web.HTTPException, HttpProcessingError):  # a malformed multipart body
+        return None
+    field = form.get("file")
+    if isinstance(field, web.FileField):
+        return field.file.read()
+    if isinstance(field, str | bytes):
+        return field.encode() if isinstance(field, str) else field
+    return None
+
+
+def _picture_owner(request: web.Request, state: EmulatorState, pic: str) -> Relation:
+    if request.match_info["id"] != pic:
+        raise access_denied()  # another organisation's pictures
+    return _our_relation(state, _path_esi(request), pic)
+
+
+async def get_picture(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
+    rel = _picture_owner(request, state, pic)
+    image = state.store.picture(rel.person_id, pic)
+    if image is None:
+        raise not_found("picture")
+    return web.Response(body=image, content_type="application/octet-stream")
+
+
+async def upload_picture(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
+    rel = _picture_owner(request, state, pic)
+    resize = request.query.get("resize", "false").lower()
+    if resize not in ("true", "false"):
+        raise invalid("resize: true or false")
+    data = await _multipart_file(request)
+    if data is None:
+        raise invalid("file: a multipart file field is required")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.size != PICTURE_SIZE:
+                if resize != "true":
+                    raise invalid("file: must be a 200x300 image (or resize=true)")
+                img = img.resize(PICTURE_SIZE)
+            out = io.BytesIO()
+            img.convert("RGB").save(out, format="JPEG", quality=85)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise invalid("file: not an image") from None
+    state.store.put_picture(rel.person_id, pic, out.getvalue())
+    return _json("picture stored", 201)
+
+
+async def delete_picture(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
+    """Idempotent: 204 whether or not a picture was there. The document lists no 404 here, so a
+    person who is not ours answers 403."""
+    try:
+        rel = _picture_owner(request, state, pic)
+    except ApiError as e:
+        raise access_denied() if e.status == 404 else e from None
+    state.store.delete_picture(rel.person_id, pic)
+    return web.Response(status=204)
+
+
+async def api_docs(request: web.Request) -> web.Response:
+    """The Router's own OpenAPI document: the contract this emulator answers by."""
+    return web.Response(body=OPENAPI_DOCUMENT.read_bytes(), content_type="application/json")
 
 
 async def card_status(request: web.Request) -> web.Response:
@@ -401,13 +531,20 @@ def create_app(
     r.add_delete(f"{API}/persons/{{esi}}", api(delete_person, write=True))
     # The fixed path first, so "generate-escn" is never read as a card number.
     r.add_get(f"{API}/cards/generate-escn", api(generate_escn))
+    r.add_get(f"{API}/cards/csv-config", api(csv_config))
+    r.add_post(f"{API}/cards/validate-csv", api(validate_csv))
     r.add_post(f"{API}/cards", api(post_card, write=True))
     r.add_get(f"{API}/cards", api(list_cards))
     r.add_get(f"{API}/cards/{{escn}}", api(get_card))
     r.add_put(f"{API}/cards/{{escn}}", api(put_card, write=True))
     r.add_delete(f"{API}/cards/{{escn}}", api(delete_card, write=True))
     r.add_get(f"{API}/cards/{{escn}}/status", card_status)
-    r.add_get(f"{API}/cards/{{escn}}/qr", api(card_qr))
+    r.add_get(f"{API}/cards/{{escn}}/qr", card_qr)
+    picture = f"{API}/organisations/{{id}}/person/{{esi}}/picture"
+    r.add_get(picture, api(get_picture, error_type="application/octet-stream"))
+    r.add_post(picture, api(upload_picture, write=True))
+    r.add_delete(picture, api(delete_picture, write=True))
+    r.add_get(API_DOCS, api_docs)
     r.add_get(f"{ADMIN}/health", admin_health)
     r.add_get(f"{ADMIN}/stats", admin_stats)
     r.add_get(f"{ADMIN}/faults", admin_get_faults)

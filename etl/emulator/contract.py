@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -38,16 +39,19 @@ WRITABLE_CARD_STATUSES = ("ACTIVE", "INACTIVE")
 CARD_STATUSES = {"ACTIVE": "Active", "INACTIVE": "Inactive", "EXPIRED": "Expired"}
 IDENTIFIER_CODES = {"ESI": "European Student Identifier"}
 
-# Error codes. ER-0019, ER-0002 and SE-0000 are the Router's documented ones; the rest are the
-# emulator's own (clients should branch on the HTTP status and the documented codes only).
-INVALID_INPUT = "ER-0001"
+# Error codes. ER-0002, ER-0019 and SE-0000 are the Router's documented ones. The rest are the
+# emulator's own, in an "EMU-" namespace of their own so they can never clash with a Router code:
+# clients branch on the HTTP status and the documented codes only.
 CARD_EXISTS = "ER-0002"
-PERSON_UNKNOWN = "ER-0003"
 PERSON_EXISTS = "ER-0019"
-NOT_FOUND = "ER-0404"
-SERVER_ERROR = "ER-0500"
 ACCESS_DENIED = "SE-0000"
-UNAUTHORIZED = "SE-0001"
+INVALID_INPUT = "EMU-INVALID-INPUT"
+PERSON_UNKNOWN = "EMU-PERSON-UNKNOWN"
+NOT_FOUND = "EMU-NOT-FOUND"
+SERVER_ERROR = "EMU-SERVER-ERROR"
+UNAUTHORIZED = "EMU-UNAUTHORIZED"
+ADDRESS_NOT_ALLOWED = "EMU-ADDRESS-NOT-ALLOWED"
+INT32_MAX = 2**31 - 1  # paging and count parameters are int32 in the Router's document
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _PIC_RE = re.compile(r"^[0-9]{9}$")
@@ -84,6 +88,10 @@ def access_denied() -> ApiError:
     return ApiError(403, ACCESS_DENIED, "access denied")
 
 
+def address_not_allowed() -> ApiError:
+    return ApiError(403, ADDRESS_NOT_ALLOWED, "source address not in the organisation's allow-list")
+
+
 def esi_key(esi: str) -> str:
     """The lookup key of an ESI: the prefix is case-insensitive, the rest exact."""
     if esi[: len(ESI_PREFIX)].lower() == ESI_PREFIX.lower():
@@ -94,7 +102,7 @@ def esi_key(esi: str) -> str:
 @dataclass(frozen=True)
 class PersonInput:
     identifier: str
-    full_name: str
+    full_name: str | None
     email: str | None
     academic_level: str | None
 
@@ -139,17 +147,23 @@ def parse_person(body: Any, key_pic: str) -> PersonInput:
     email = _optional_str(rel, "email")
     if email is not None and not _EMAIL_RE.match(email):
         raise invalid("email: not an e-mail address")
+    full_name = _optional_str(rel, "fullName")
+    if full_name is not None and not full_name.strip():
+        raise invalid("fullName: empty (omit the field instead)")
     return PersonInput(
         identifier=identifier,
-        full_name=_required_str(rel, "fullName"),
+        full_name=full_name,
         email=email,
         academic_level=level,
     )
 
 
-def parse_card(body: Any, key_pic: str) -> CardInput:
-    """A CardUpdateView issued by the caller's organisation (401 when it names another issuer)."""
+def parse_card(body: Any, key_pic: str, *, create: bool = True) -> CardInput:
+    """A CardUpdateView issued by the caller's organisation (401 when it names another issuer).
+    ``cardNumber`` is POST only (the document: "(POST ONLY)"); a PUT names the card in its path."""
     obj = _object(body, "body")
+    if not create and "cardNumber" in obj:
+        raise invalid("cardNumber: only on POST; a PUT names the card in its path")
     issuer = _required_str(obj, "issuerIdentifier")
     if issuer != key_pic:
         raise unauthorized("issuerIdentifier does not match the organisation of the API key")
@@ -255,6 +269,8 @@ def parse_generate(query: dict[str, str], key_pic: str) -> tuple[int, int]:
         raise invalid("pic: exactly 9 digits required")
     if pic != key_pic:
         raise unauthorized("pic does not match the organisation of the API key")
+    if not query.get("prefix"):
+        raise invalid("prefix: required")
     prefix = _query_int(query, "prefix", 1, minimum=0)
     if prefix > 999:
         raise invalid("prefix: at most 3 digits")
@@ -268,12 +284,16 @@ def _query_int(query: dict[str, str], name: str, default: int, *, minimum: int) 
     raw = query.get(name)
     if raw is None or raw == "":
         return default
+    if len(raw) > 12:  # int() of thousands of digits is slow; nothing that long fits an int32
+        raise invalid(f"{name}: not an int32")
     try:
         value = int(raw)
     except ValueError:
-        raise invalid(f"{name}: {raw!r} is not an integer") from None
+        raise invalid(f"{name}: not an integer") from None
     if value < minimum:
         raise invalid(f"{name}: must be at least {minimum}")
+    if value > INT32_MAX:
+        raise invalid(f"{name}: at most {INT32_MAX} (int32)")
     return value
 
 
@@ -311,3 +331,64 @@ def _date(obj: dict[str, Any], name: str) -> dt.date:
         return dt.date.fromisoformat(raw)
     except ValueError:
         raise invalid(f"{name}: {raw!r} is not a valid date") from None
+
+
+# --- CSV validation (``csv-config`` / ``validate-csv``) ----------------------------------------------
+
+CSV_COLUMNS = (
+    "cardNumber",
+    "personIdentifier",
+    "cardType",
+    "cardStatusType",
+    "issuedAt",
+    "expiresAt",
+    "issuerIdentifier",
+    "displayName",
+    "processorIdentifier",
+)
+
+
+def csv_columns() -> dict[str, int]:
+    """The answer of ``csv-config``: column name → 0-based position in a ``validate-csv`` file."""
+    return {name: i for i, name in enumerate(CSV_COLUMNS)}
+
+
+@dataclass(frozen=True)
+class CsvProblem:
+    row: int  # 1-based data row; 0 for the file as a whole
+    field: str
+    message: str
+
+    def view(self) -> dict[str, Any]:
+        """A ``CsvValidationError``."""
+        return {"rowNumber": self.row, "fieldName": self.field, "errorMessage": self.message, "params": {}}
+
+
+def validate_csv_rows(
+    rows: list[list[str]], operation: str, key_pic: str, known_card: Callable[[str], bool]
+) -> list[CsvProblem]:
+    """Each data row checked as the card operation it stands for; a first row of column names is a
+    header. Messages name fields, never values (rows carry personal identifiers)."""
+    if rows and rows[0][:1] == [CSV_COLUMNS[0]]:
+        rows = rows[1:]
+    problems: list[CsvProblem] = []
+    for n, row in enumerate(rows, 1):
+        if len(row) > len(CSV_COLUMNS):
+            problems.append(CsvProblem(n, "row", f"at most {len(CSV_COLUMNS)} columns"))
+            continue
+        fields = {name: value for name, value in zip(CSV_COLUMNS, row, strict=False) if value != ""}
+        number = fields.pop("cardNumber", None)
+        try:
+            if operation != "CREATE":
+                if number is None:
+                    raise invalid("cardNumber: required")
+                if not known_card(number):
+                    raise ApiError(404, NOT_FOUND, "cardNumber: card not found")
+            if operation == "CREATE":
+                parse_card(fields | ({"cardNumber": number} if number else {}), key_pic)
+            elif operation == "UPDATE":
+                parse_card(fields, key_pic)
+        except ApiError as e:
+            name, sep, _ = e.message.partition(":")
+            problems.append(CsvProblem(n, name if sep else "row", e.message))
+    return problems

@@ -4,18 +4,22 @@ Kinds: ``500``, ``502``, ``503`` (JSON bodies), ``429`` (with ``Retry-After`` se
 (sleep ``timeout_s`` then drop the connection), ``drop`` (close the connection without a response),
 ``html`` (a gateway's 502 HTML page). On writes, a ``post_commit_share`` of faults strike after the
 change is committed: the client sees a failure, retries, and must cope with 409 (idempotency).
-``429`` always strikes before: a rate limiter rejects work, it does not do it.
+``429`` always strikes before: a rate limiter rejects work, it does not do it. ``deny_pics``
+simulates the production Router's address allow-list: every authenticated call with the key of a
+listed PIC answers 403, as for a source address the Commission has not allow-listed for it.
 
 Environment variables (command-line flags of the same name win): ESC_EMULATOR_LATENCY_MS,
 ESC_EMULATOR_LATENCY_JITTER_MS, ESC_EMULATOR_LATENCY_SIGMA, ESC_EMULATOR_FAIL_RATE,
 ESC_EMULATOR_FAULT_KINDS (e.g. ``500,503=2,drop``), ESC_EMULATOR_POST_COMMIT_SHARE,
-ESC_EMULATOR_TIMEOUT_S, ESC_EMULATOR_RETRY_AFTER_S, ESC_EMULATOR_SEED.
+ESC_EMULATOR_TIMEOUT_S, ESC_EMULATOR_RETRY_AFTER_S, ESC_EMULATOR_SEED, ESC_EMULATOR_DENY_PICS
+(``PIC,PIC``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +28,7 @@ FAULT_KINDS = ("500", "502", "503", "429", "timeout", "drop", "html")
 # Timeouts are opt-in: each one stalls a client worker for its whole timeout.
 DEFAULT_FAULT_KINDS = ("500", "502", "503", "429", "drop", "html")
 ENV_PREFIX = "ESC_EMULATOR_"
+_PIC_RE = re.compile(r"^[0-9]{9}$")
 
 
 def _default_kinds() -> dict[str, float]:
@@ -45,8 +50,13 @@ class FaultConfig:
     timeout_s: float = 30.0
     retry_after_s: int = 1
     seed: int | None = None
+    deny_pics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "deny_pics", tuple(self.deny_pics))
+        for pic in self.deny_pics:
+            if not isinstance(pic, str) or not _PIC_RE.match(pic):
+                raise ValueError(f"deny_pics: {pic!r} is not a 9-digit PIC")
         for name in ("latency_ms", "latency_jitter_ms", "latency_sigma", "timeout_s"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
@@ -76,6 +86,7 @@ class FaultConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["fault_kinds"] = dict(self.fault_kinds)
+        d["deny_pics"] = list(self.deny_pics)
         return d
 
     @classmethod
@@ -95,6 +106,11 @@ class FaultConfig:
             values["fault_kinds"] = dict.fromkeys(kinds, 1.0)
         elif isinstance(kinds, Mapping):
             values["fault_kinds"] = dict(kinds)
+        pics = values.get("deny_pics")
+        if isinstance(pics, str):
+            values["deny_pics"] = parse_pics(pics)
+        elif pics is not None and not isinstance(pics, list | tuple):
+            raise ValueError("deny_pics: a list of PICs")
         return cls(**values)
 
     @classmethod
@@ -108,6 +124,8 @@ class FaultConfig:
             try:
                 if f.name == "fault_kinds":
                     values[f.name] = parse_kinds(text)
+                elif f.name == "deny_pics":
+                    values[f.name] = parse_pics(text)
                 elif f.name in ("seed", "retry_after_s"):
                     values[f.name] = int(text)
                 else:
@@ -141,6 +159,10 @@ def parse_kinds(text: str) -> dict[str, float]:
     return kinds
 
 
+def parse_pics(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
 @dataclass(frozen=True)
 class Fault:
     kind: str
@@ -160,6 +182,9 @@ class FaultPlan:
     def idle(self) -> bool:
         c = self.config
         return c.fail_rate == 0 and c.latency_ms == 0 and c.latency_jitter_ms == 0
+
+    def denies(self, pic: str) -> bool:
+        return pic in self.config.deny_pics
 
     def latency_s(self) -> float:
         c = self.config

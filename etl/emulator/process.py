@@ -29,7 +29,7 @@ class EmulatorProcess:
     def __init__(
         self,
         api_keys: Mapping[str, str],
-        db_path: Path,
+        db_path: Path | None = None,
         faults: FaultConfig | None = None,
         port: int | None = None,
         startup_timeout_s: float = 20.0,
@@ -38,7 +38,7 @@ class EmulatorProcess:
             if not key or "," in key or any(c.isspace() for c in key):
                 raise ValueError("API keys must be non-empty, without commas or spaces")
         self._api_keys = dict(api_keys)
-        self.db_path = Path(db_path)
+        self.db_path = None if db_path is None else Path(db_path)  # None: in memory
         self._faults = faults or FaultConfig()
         self.port = port or 0
         self._startup_timeout_s = startup_timeout_s
@@ -68,6 +68,8 @@ class EmulatorProcess:
                 continue
             if name == "fault_kinds":
                 value = ",".join(f"{k}={w}" for k, w in value.items())
+            elif name == "deny_pics":
+                value = ",".join(value)
             env[env_name(name)] = str(value)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_SOURCE_ROOT), env.get("PYTHONPATH")) if p)
         with tempfile.TemporaryDirectory(prefix="esc-emulator-") as tmp:
@@ -79,8 +81,7 @@ class EmulatorProcess:
                     "etl.emulator",
                     "--port",
                     str(self.port),
-                    "--db",
-                    str(self.db_path),
+                    *(["--db", str(self.db_path)] if self.db_path else []),
                     "--port-file",
                     str(port_file),
                 ],
@@ -159,7 +160,7 @@ class EmulatorProcess:
 
 def start_emulator(
     api_keys: Mapping[str, str],
-    db_path: Path,
+    db_path: Path | None = None,
     faults: FaultConfig | Mapping[str, Any] | None = None,
     port: int | None = None,
 ) -> EmulatorProcess:

@@ -1,6 +1,7 @@
 """Running the emulator: ``serve`` (blocking) and the command line ``main``.
 
-``python -m etl.emulator --port P --api-key KEY:PIC [--api-key ...] --db PATH [fault flags]``.
+``python -m etl.emulator --port P --api-key KEY:PIC [--api-key ...] [--db PATH] [fault flags]``;
+without ``--db`` the state lives in memory and is gone when the emulator stops.
 Every flag has an environment variable (ESC_EMULATOR_PORT, ESC_EMULATOR_HOST, ESC_EMULATOR_DB,
 ESC_EMULATOR_API_KEYS as ``KEY:PIC,KEY:PIC``, and the fault variables of ``faults.py``); flags win.
 Prefer ESC_EMULATOR_API_KEYS: command lines are visible to every local user. Keys are never logged.
@@ -33,18 +34,23 @@ def serve(
     host: str = "127.0.0.1",
     port: int,
     api_keys: dict[str, str],
-    db_path: Path,
+    db_path: Path | None,
     faults: FaultConfig,
     port_file: Path | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. ``port=0`` picks a free port, written to ``port_file`` when given."""
     if not api_keys:
         raise ValueError("at least one API key is required")
-    asyncio.run(_serve(host, port, api_keys, Path(db_path), faults, port_file))
+    asyncio.run(_serve(host, port, api_keys, db_path, faults, port_file))
 
 
 async def _serve(
-    host: str, port: int, api_keys: dict[str, str], db_path: Path, faults: FaultConfig, port_file: Path | None
+    host: str,
+    port: int,
+    api_keys: dict[str, str],
+    db_path: Path | None,
+    faults: FaultConfig,
+    port_file: Path | None,
 ) -> None:
     store = Store(db_path)
     # Short shutdown: a "timeout" fault may be sleeping in a handler; it must not delay the exit.
@@ -65,7 +71,7 @@ async def _serve(
             API.removesuffix("/api/v2"),
             len(api_keys),
             ", ".join(sorted(set(api_keys.values()))),
-            db_path,
+            db_path or "in memory",
             faults.to_dict(),
         )
         if port_file is not None:
@@ -96,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="listen address (default 127.0.0.1) [ESC_EMULATOR_HOST]")
     p.add_argument("--port", type=int, help="listen port, 0 for any free one [ESC_EMULATOR_PORT]")
-    p.add_argument("--db", help="SQLite file of the emulator's state [ESC_EMULATOR_DB]")
+    p.add_argument("--db", help="SQLite file of the emulator's state (default: in memory) [ESC_EMULATOR_DB]")
     p.add_argument(
         "--api-key",
         action="append",
@@ -118,6 +124,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--timeout-s", help="how long a 'timeout' fault stalls before dropping the connection")
     f.add_argument("--retry-after-s", help="Retry-After seconds of a 429")
     f.add_argument("--seed", help="random seed of latency and faults")
+    f.add_argument(
+        "--deny-pics",
+        help="PICs whose calls answer 403 as from an address outside their allow-list (PIC,PIC)",
+    )
     return p
 
 
@@ -142,8 +152,6 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} out of range")
         db = args.db or env.get("ESC_EMULATOR_DB")
-        if not db:
-            raise ValueError("--db is required (or ESC_EMULATOR_DB)")
         raw = {name: env.get(env_name(name)) for name in field_names()}
         raw.update({name: getattr(args, name) for name in field_names() if getattr(args, name) is not None})
         faults = FaultConfig.from_strings(raw)
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         host=args.host or env.get("ESC_EMULATOR_HOST") or "127.0.0.1",
         port=port,
         api_keys=api_keys,
-        db_path=Path(db),
+        db_path=Path(db) if db else None,
         faults=faults,
         port_file=Path(args.port_file) if args.port_file else None,
     )

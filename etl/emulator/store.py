@@ -1,4 +1,5 @@
-"""SQLite persistence of the emulator's persons and cards, so state survives a restart.
+"""SQLite persistence of the emulator's persons, cards and pictures, so state survives a restart
+(or, without a file, in memory for the life of the process).
 
 Called directly from the event loop: each statement takes microseconds on a local file (WAL,
 synchronous=NORMAL), far less than handing work to a thread would cost. Card numbers are never
@@ -52,6 +53,12 @@ CREATE TABLE IF NOT EXISTS cards (
 );
 CREATE INDEX IF NOT EXISTS cards_by_pic ON cards (pic, deleted, id);
 CREATE INDEX IF NOT EXISTS cards_by_person ON cards (person_id, pic, deleted, id);
+CREATE TABLE IF NOT EXISTS pictures (
+    person_id INTEGER NOT NULL REFERENCES persons(id),
+    pic TEXT NOT NULL,
+    image BLOB NOT NULL,
+    PRIMARY KEY (person_id, pic)
+);
 """
 
 
@@ -69,6 +76,7 @@ class Relation:
     created_at: str
     modified_at: str
     organisation_count: int
+    has_picture: bool
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,8 @@ class Card:
 
 _RELATION_SELECT = """
 SELECT r.id, p.id, p.identifier, r.pic, r.full_name, r.email, r.academic_level, r.created_at,
-       r.modified_at, (SELECT COUNT(*) FROM person_orgs o WHERE o.person_id = p.id)
+       r.modified_at, (SELECT COUNT(*) FROM person_orgs o WHERE o.person_id = p.id),
+       EXISTS (SELECT 1 FROM pictures x WHERE x.person_id = p.id AND x.pic = r.pic)
 FROM person_orgs r JOIN persons p ON p.id = r.person_id
 """
 _CARD_SELECT = """
@@ -112,9 +121,12 @@ class Conflict(Exception):
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    def __init__(self, path: Path | None = None) -> None:
+        """``path=None``: in memory, gone with the process."""
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        target = ":memory:" if path is None else str(path)
+        self._db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -145,6 +157,7 @@ class Store:
 
     def reset(self) -> None:
         with self._tx() as db:
+            db.execute("DELETE FROM pictures")
             db.execute("DELETE FROM cards")
             db.execute("DELETE FROM person_orgs")
             db.execute("DELETE FROM persons")
@@ -163,13 +176,13 @@ class Store:
     def relation_by_esi(self, esi_key: str, pic: str) -> Relation | None:
         sql = _RELATION_SELECT + " WHERE p.esi_key = ? AND r.pic = ?"
         row = self._db.execute(sql, (esi_key, pic)).fetchone()
-        return Relation(*row) if row else None
+        return _relation(row) if row else None
 
     def relation(self, person_id: int, pic: str) -> Relation | None:
         row = self._db.execute(
             _RELATION_SELECT + " WHERE r.person_id = ? AND r.pic = ?", (person_id, pic)
         ).fetchone()
-        return Relation(*row) if row else None
+        return _relation(row) if row else None
 
     def add_relation(self, esi_key: str, person: PersonInput, pic: str, now: str) -> Relation:
         """Register the person (first organisation) or add our relation; Conflict when it exists."""
@@ -183,7 +196,7 @@ class Store:
                 db.execute(
                     "INSERT INTO person_orgs (person_id, pic, full_name, email, academic_level, created_at,"
                     " modified_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (person_id, pic, person.full_name, person.email, person.academic_level, now, now),
+                    (person_id, pic, person.full_name or "", person.email, person.academic_level, now, now),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict from None
@@ -196,13 +209,14 @@ class Store:
             db.execute(
                 "UPDATE person_orgs SET full_name = ?, email = ?, academic_level = ?, modified_at = ?"
                 " WHERE person_id = ? AND pic = ?",
-                (person.full_name, person.email, person.academic_level, now, person_id, pic),
+                (person.full_name or "", person.email, person.academic_level, now, person_id, pic),
             )
         return self.relation(person_id, pic)
 
     def delete_relation(self, person_id: int, pic: str, now: str) -> bool:
         """Remove our relation and mark our cards of that person deleted."""
         with self._tx() as db:
+            db.execute("DELETE FROM pictures WHERE person_id = ? AND pic = ?", (person_id, pic))
             gone = db.execute(
                 "DELETE FROM person_orgs WHERE person_id = ? AND pic = ?", (person_id, pic)
             ).rowcount
@@ -224,7 +238,30 @@ class Store:
         rows = self._db.execute(
             _RELATION_SELECT + f" WHERE r.id IN ({page}) ORDER BY {order}", (pic, limit, offset)
         ).fetchall()
-        return total, [Relation(*r) for r in rows]
+        return total, [_relation(r) for r in rows]
+
+    # --- pictures --------------------------------------------------------------------------------
+
+    def picture(self, person_id: int, pic: str) -> bytes | None:
+        row = self._db.execute(
+            "SELECT image FROM pictures WHERE person_id = ? AND pic = ?", (person_id, pic)
+        ).fetchone()
+        return row[0] if row else None
+
+    def put_picture(self, person_id: int, pic: str, image: bytes) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO pictures (person_id, pic, image) VALUES (?, ?, ?)"
+                " ON CONFLICT (person_id, pic) DO UPDATE SET image = excluded.image",
+                (person_id, pic, image),
+            )
+
+    def delete_picture(self, person_id: int, pic: str) -> bool:
+        with self._tx() as db:
+            return (
+                db.execute("DELETE FROM pictures WHERE person_id = ? AND pic = ?", (person_id, pic)).rowcount
+                > 0
+            )
 
     # --- cards -----------------------------------------------------------------------------------
 
@@ -331,6 +368,10 @@ def _order(columns: dict[str, str], sort: str | None, desc: bool, tie: str) -> s
     direction = "DESC" if desc else "ASC"
     column = columns.get(sort or "", tie)
     return f"{column} {direction}, {tie} {direction}" if column != tie else f"{tie} {direction}"
+
+
+def _relation(row: tuple) -> Relation:  # type: ignore[type-arg]
+    return Relation(*row[:-1], has_picture=bool(row[-1]))
 
 
 def _card(row: tuple) -> Card:  # type: ignore[type-arg]

@@ -86,6 +86,12 @@ def card_body(
     return body
 
 
+def card_update_body(create_body: dict[str, Any]) -> dict[str, Any]:
+    """The PUT body of a card: its POST body without ``cardNumber`` ("POST ONLY" in the Router's
+    document; a PUT names the card in its path)."""
+    return {k: v for k, v in create_body.items() if k != "cardNumber"}
+
+
 def _check_esi(esi: str) -> None:
     if not isinstance(esi, str):
         raise TypeError(f"esi: expected str, got {type(esi).__name__}")

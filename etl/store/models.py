@@ -199,6 +199,16 @@ class Card(Base):
     )
 
 
+class EscnClock(Base):
+    """The next ESCN clock sequence per issuer PIC: every minter (run, process, machine) takes its own
+    from here, so two minters running at once never share one and cannot mint the same number."""
+
+    __tablename__ = "escn_clock"
+
+    pic: Mapped[str] = mapped_column(String(9), primary_key=True)
+    next_seq: Mapped[int] = mapped_column(Integer)
+
+
 class QrImage(Base):
     """The card's QR symbol (PNG and SVG), kept in the state DB: see docs/architecture.md."""
 

@@ -227,6 +227,20 @@ def confirm_cards(conn: Connection, outcomes: Iterable[dict[str, Any]]) -> None:
     )
 
 
+_TAKE_CLOCK = text(
+    "INSERT INTO escn_clock (pic, next_seq) VALUES (:pic, 1) "
+    "ON CONFLICT (pic) DO UPDATE SET next_seq = escn_clock.next_seq + 1 RETURNING next_seq"
+)
+
+
+def take_clock_sequence(conn: Connection, pic: str) -> int:
+    """A 14-bit ESCN clock sequence no other minter of ``pic`` holds now: a counter in the state DB,
+    taken under its row lock (PostgreSQL) or the write lock (SQLite), shared by every process and
+    machine on that DB. 16,384 minters apart would be needed to meet one again, and then only on the
+    same millisecond."""
+    return (conn.execute(_TAKE_CLOCK, {"pic": pic}).scalar_one() - 1) % (1 << 14)
+
+
 def count_persons(conn: Connection, institution: str, year: int) -> int:
     """Registered persons with a career in the partition."""
     return conn.execute(
@@ -275,6 +289,15 @@ def upsert_badges(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         rows,
         temporal=("valid_from", "valid_to", "printed_on", "source_data_mod", "updated_at"),
     )
+
+
+def forget_card_intents(conn: Connection, escns: Sequence[str]) -> None:
+    """Drop recorded numbers that turned out not to be ours to use (never a confirmed card)."""
+    if escns:
+        conn.execute(
+            text("DELETE FROM cards WHERE escn = :escn AND state <> 'registered'"),
+            [{"escn": e} for e in escns],
+        )
 
 
 def record_card_errors(conn: Connection, outcomes: Sequence[dict[str, Any]]) -> None:

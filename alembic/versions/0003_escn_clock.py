@@ -1,0 +1,28 @@
+"""escn clock sequences
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "escn_clock",
+        sa.Column("pic", sa.String(length=9), nullable=False),
+        sa.Column("next_seq", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("pic", name=op.f("pk_escn_clock")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("escn_clock")
