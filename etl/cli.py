@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # every file esc-sync (and the Dagster it starts) writes is private: 0600 / 0700
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["emulator"]:
         from etl.emulator import main as emulator_main

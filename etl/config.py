@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.domain.enrolment import FinalisedRule
+from etl.domain.export_policy import EXPORT_KEYS, ExportPolicy
 from etl.errors import ConfigError
 
 CLOSING_CATEGORIES = ("graduated", "withdrawn", "lapsed", "transferred", "deceased", "other")
@@ -70,6 +71,10 @@ class Settings:
     quarantine_warn_share: float = 0.05
     qr_base_url: str = DEFAULT_QR_BASE
     logo_path: Path | None = None
+    exports: ExportPolicy = field(default_factory=ExportPolicy)
+    # How far ahead of ours Esse3's clock may believably run: a later DATA_MOD is quarantined and never
+    # moves a watermark (run esc-sync in Esse3's time zone, or widen this by the difference).
+    esse3_future_skew: dt.timedelta = dt.timedelta(minutes=15)
 
     @property
     def academic_years(self) -> list[int]:
@@ -113,7 +118,43 @@ def load_settings(config_path: Path | str | None = None) -> Settings:
     return parse_settings(raw, home=home, database_url=database_url, config_path=path)
 
 
+# Every key the configuration knows: anything else is a typo that would otherwise be ignored silently.
+KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {
+    "academic_years": frozenset(("first", "last")),
+    "router": frozenset(("url", "concurrency", "requests_per_second", "timeout_s", "max_retries")),
+    "qr": frozenset(("base_url", "logo_path")),
+    "quarantine": frozenset(("warn_share",)),
+    "exports": EXPORT_KEYS,
+    "esse3": frozenset(("max_future_skew_minutes",)),
+    "atenei": None,  # checked per university
+}
+ATENEO_KEYS = frozenset(
+    (
+        *("code", "name", "pic", "schac_home_organization", "person_key", "esse3_url"),
+        *("router_api_key_env", "consent", "prints_physical_badges", "finalised", "closing_reasons"),
+        "escn_prefix",
+    )
+)
+FINALISED_KEYS = frozenset(("statuses", "require_enrolment_date"))
+
+
+def _check_keys(where: str, table: Any, known: frozenset[str]) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+
 def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config_path: Path) -> Settings:
+    unknown = sorted(set(raw) - set(KNOWN_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{config_path}: unknown section(s) {', '.join(unknown)} (known: {', '.join(KNOWN_SECTIONS)})"
+        )
+    for section, keys in KNOWN_SECTIONS.items():
+        if keys is not None and section in raw:
+            _check_keys(section, raw[section], keys)
     atenei_raw = raw.get("atenei")
     if not isinstance(atenei_raw, list) or not atenei_raw:
         raise ConfigError(f"{config_path}: at least one [[atenei]] table is required")
@@ -150,6 +191,11 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         raise ConfigError(f"qr: field base_url: {qr_base!r} is not an http(s) URL")
     logo = qr.get("logo_path")
     share = raw.get("quarantine", {}).get("warn_share", 0.05)
+    skew = raw.get("esse3", {}).get("max_future_skew_minutes", 15)
+    if isinstance(skew, bool) or not isinstance(skew, int | float) or not 0 <= skew <= 24 * 60:
+        raise ConfigError(
+            f"esse3: field max_future_skew_minutes: {skew!r} must be a number of minutes 0-1440"
+        )
     return Settings(
         home=home,
         database_url=database_url,
@@ -161,11 +207,16 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         quarantine_warn_share=float(share),
         qr_base_url=qr_base if qr_base.endswith("/") else qr_base + "/",
         logo_path=Path(logo.replace("{home}", str(home))) if logo else None,
+        exports=ExportPolicy.from_mapping(raw.get("exports", {})),
+        esse3_future_skew=dt.timedelta(minutes=skew),
     )
 
 
 def _parse_ateneo(a: dict[str, Any], index: int, home: Path) -> Ateneo:
-    who = f"university {a.get('code', f'#{index + 1}')}"
+    who = f"university {a.get('code', f'#{index + 1}') if isinstance(a, dict) else f'#{index + 1}'}"
+    _check_keys(who, a, ATENEO_KEYS)
+    if "finalised" in a:
+        _check_keys(f"{who}: finalised", a["finalised"], FINALISED_KEYS)
 
     def need(name: str) -> Any:
         if name not in a or a[name] in ("", None):

@@ -4,6 +4,8 @@
 ESC_SYNC_HOME like every other command."""
 
 # No `from __future__ import annotations`: Dagster reads the ResourceParam annotation at runtime.
+import os
+
 from dagster import (
     AssetSelection,
     Definitions,
@@ -68,6 +70,7 @@ def __getattr__(name: str) -> Definitions:
     # Loaded lazily so importing this module (tests, tools) does not need a config file.
     if name == "defs":
         global defs
+        os.umask(0o077)  # loaded by `dagster dev` / the daemon: what they write stays private too
         defs = build_definitions(load_settings())
         return defs
     raise AttributeError(name)

@@ -88,3 +88,42 @@ def test_demo_twice_then_mutate(tmp_path: Path) -> None:
     touched = re.findall(r"mutated demo Esse3 of \w+: years touched \[([\d, ]*)\]", mutated.stdout)
     assert n == sum(len(t.split(",")) for t in touched if t)  # exactly the partitions that changed
     assert " upd" in mutated.stdout
+
+
+def test_demo_leaves_no_personal_data_in_dagster_storage_and_only_private_files(tmp_path: Path) -> None:
+    """Issue 11: Dagster's run and event storage hold counts, reasons and keys, never a name, an
+    e-mail or a matricola; every file esc-sync writes is 0600 and every folder 0700."""
+    import sqlite3
+
+    p = run(tmp_path, "demo", "--students", "300")
+    assert p.returncode == 0, p.stderr[-3000:]
+    # private files: the umask is set before anything is written
+    loose = [
+        (str(f.relative_to(tmp_path)), oct(f.stat().st_mode & 0o777))
+        for f in [tmp_path, *tmp_path.rglob("*")]
+        if f.stat().st_mode & 0o077
+    ]
+    assert not loose, loose[:10]
+    needles: set[str] = set()
+    for esse3 in tmp_path.glob("esse3-*.sqlite"):
+        with sqlite3.connect(esse3) as db:
+            for nome, cognome, email, ate in db.execute(
+                'SELECT "NOME", "COGNOME", "EMAIL", "EMAIL_ATE" FROM "P01_ANAPER"'
+            ):
+                needles |= {v for v in (email, ate) if v}
+                if nome and cognome:
+                    needles.add(f"{nome} {cognome}")
+            needles |= {m for (m,) in db.execute('SELECT "MATRICOLA" FROM "P01_STU"') if m and len(m) >= 5}
+    assert len(needles) > 500
+    dagster = tmp_path / "dagster"
+    stored = [f for f in dagster.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".db" for f in stored)
+    # A matricola is digits: count it only as a whole token (not inside a number, a hash or a time).
+    numbers = {n for n in needles if n.isdigit()}
+    words = [n.encode() for n in needles - numbers]
+    leaks = set()
+    for f in stored:
+        data = f.read_bytes()
+        tokens = {t.decode() for t in re.findall(rb"(?<![\w.])\d{5,}(?![\w.])", data)}
+        leaks |= {(f.name, n) for n in tokens & numbers} | {(f.name, w.decode()) for w in words if w in data}
+    assert not leaks, sorted(leaks)[:5]

@@ -93,3 +93,42 @@ def test_load_settings_errors_and_env(tmp_path: Path, monkeypatch: pytest.Monkey
     assert s.database_url == f"sqlite:///{tmp_path / 'state.sqlite'}"
     monkeypatch.setenv("ESC_SYNC_DATABASE_URL", "postgresql+psycopg://u@h/db")
     assert load_settings().database_url == "postgresql+psycopg://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda r: r.update(export={"retention_full": 2}), "unknown section(s) export"),
+        (lambda r: r["router"].update(timeout=3), "router: unknown key(s) timeout"),
+        (lambda r: r["atenei"][0].update(consenso="automatic"), "university unife: unknown key(s) consenso"),
+        (lambda r: r["atenei"][0]["finalised"].update(status=["A"]), "university unife: finalised: unknown"),
+        (lambda r: r.update(exports={"retention": 2}), "exports: unknown key(s) retention"),
+        (lambda r: r.update(exports={"retention_full": 0}), "exports: field retention_full"),
+        (lambda r: r.update(esse3={"max_future_skew_minutes": -1}), "esse3: field max_future_skew_minutes"),
+        (lambda r: r["atenei"][0].update(escn_prefix=1000), "university unife: field escn_prefix"),
+    ],
+)
+def test_unknown_keys_and_bad_sections_stop_with_one_line(tmp_path: Path, edit, expected: str) -> None:
+    raw = _raw()
+    raw.setdefault("router", {})
+    raw["atenei"][0].setdefault("finalised", {})
+    edit(raw)
+    with pytest.raises(ConfigError) as e:
+        _parse(raw, tmp_path)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_exports_esse3_and_escn_prefix_sections_are_honoured(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from etl.domain.export_policy import ExportPolicy
+
+    raw = _raw()
+    raw["exports"] = {"retention_full": 5, "full_every_hours": 6, "full_changed_share": 0.5}
+    raw["esse3"] = {"max_future_skew_minutes": 90}
+    raw["atenei"][0]["escn_prefix"] = "007"
+    s = _parse(raw, tmp_path)
+    assert s.exports == ExportPolicy(5, dt.timedelta(hours=6), 0.5)
+    assert ExportPolicy.from_settings(s) == s.exports
+    assert s.esse3_future_skew == dt.timedelta(minutes=90)
+    assert s.ateneo("unife").escn_prefix == 7 and s.ateneo("unipa").escn_prefix == 1

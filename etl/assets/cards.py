@@ -4,6 +4,7 @@ reconcile). Lifecycle changes from career and badge data are pushed with PUT."""
 # No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from etl.domain.lifecycle import (
     card_target,
     consented,
 )
+from etl.domain.source_values import future_cutoff, in_the_future, key_problem, quarantine_key
 from etl.partitions import Partition
 from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
@@ -39,6 +41,7 @@ from etl.store.models import utcnow
 STAGE = "cards"
 CHUNK = 1000
 OVERLAP = dt.timedelta(minutes=10)
+FUTURE_SKEW = dt.timedelta(minutes=15)
 
 
 def validate_badge(kind: str | None, valid_from: dt.date | None, valid_to: dt.date | None) -> list[str]:
@@ -52,21 +55,40 @@ def validate_badge(kind: str | None, valid_from: dt.date | None, valid_to: dt.da
     return reasons
 
 
-def ingest_badges(engine: Engine, source: Esse3Source, partition: Partition) -> tuple[int, int]:
+def ingest_badges(
+    engine: Engine,
+    source: Esse3Source,
+    partition: Partition,
+    future_skew: dt.timedelta = FUTURE_SKEW,
+    now: dt.datetime | None = None,
+) -> tuple[int, int]:
     """Badges of the partition changed since its P01_BADGE watermark, in one transaction with it.
-    Returns (read, quarantined). Quarantine keys are BDG_IDs."""
+    Returns (read, quarantined). Quarantine keys are BDG_IDs (their text when not an integer). A badge
+    whose keys are not exact integers, whose BDG_ID appears twice, or whose DATA_MOD lies in the
+    future is quarantined; a future DATA_MOD never reaches the watermark."""
     read = rejected = 0
     newest: dt.datetime | None = None
     inst, year = partition.institution, partition.academic_year
+    cutoff = future_cutoff(now or dt.datetime.now(), future_skew)
     with engine.begin() as conn:
         since = common.get_watermarks(conn, partition.key).get("P01_BADGE")
         for batch in source.changed_badges(year, since, OVERLAP):
             good, bad = [], []
-            now = utcnow()
+            now_utc = utcnow()
+            counts = Counter(quarantine_key(row[0]) for row in batch)
             for bdg_id, stu_id, pers_id, ini, fin, ann, printed, kind, data_mod in batch:
-                newest = data_mod if newest is None or data_mod > newest else newest
-                if reasons := validate_badge(kind, ini, fin):
-                    bad.append(Rejection(bdg_id, tuple(reasons)))
+                future = in_the_future(data_mod, cutoff)
+                if data_mod is not None and not future:
+                    newest = data_mod if newest is None or data_mod > newest else newest
+                reasons = [p for c, v in (("BDG_ID", bdg_id), ("STU_ID", stu_id), ("PERS_ID", pers_id))
+                           if (p := key_problem(c, v))]  # fmt: skip
+                if counts[quarantine_key(bdg_id)] > 1:
+                    reasons.append("duplicate BDG_ID (more than one badge row with this key)")
+                if future:
+                    reasons.append("DATA_MOD in the future (P01_BADGE)")
+                reasons += validate_badge(kind, ini, fin)
+                if reasons:
+                    bad.append(Rejection(quarantine_key(bdg_id), tuple(reasons)))
                 else:
                     good.append(
                         (
@@ -81,7 +103,7 @@ def ingest_badges(engine: Engine, source: Esse3Source, partition: Partition) -> 
                             printed,
                             kind,
                             data_mod,
-                            now,
+                            now_utc,
                         )
                     )
             store.upsert_badges(conn, good)
@@ -325,7 +347,9 @@ def build_cards_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
         report = CallReport()
-        read, rejected = ingest_badges(runtime.engine, runtime.esse3(ateneo.code), partition)
+        read, rejected = ingest_badges(
+            runtime.engine, runtime.esse3(ateneo.code), partition, runtime.settings.esse3_future_skew
+        )
         report.counts.update(badges_read=read, badges_quarantined=rejected)
         sync_cards(runtime.engine, lambda: runtime.router_client(ateneo.code), ateneo, partition, report)
         context.log.info(f"{partition.key}: {dict(report.counts)}")

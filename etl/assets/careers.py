@@ -16,9 +16,6 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     MultiPartitionsDefinition,
-    TableColumn,
-    TableRecord,
-    TableSchema,
     asset,
 )
 from sqlalchemy import Connection, Engine
@@ -26,6 +23,7 @@ from sqlalchemy.engine import Row
 
 from etl.config import Ateneo
 from etl.domain.careers import SOURCE_COLUMNS, CareerRecord, CareerRules, Rejection, map_career
+from etl.domain.source_values import future_cutoff, in_the_future
 from etl.errors import EscSyncError
 from etl.partitions import Partition
 from etl.prefetch import prefetch
@@ -35,7 +33,7 @@ from etl.store import careers as store
 from etl.store.bulk import refresh_statistics
 
 OVERLAP = dt.timedelta(minutes=10)  # tolerates Esse3 clock skew and long transactions
-PREVIEW_ROWS = 10
+FUTURE_SKEW = dt.timedelta(minutes=15)  # how far ahead of ours Esse3's clock may believably run
 BULK = 500  # rows written after which the planner statistics are refreshed
 _DATA_MOD_COLUMNS = ("STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD")
 
@@ -48,7 +46,6 @@ class CareerSyncResult:
     quarantined: int = 0
     resolved: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
-    preview: list[CareerRecord] = field(default_factory=list)
 
     @property
     def read(self) -> int:
@@ -63,21 +60,31 @@ class PreparedBatch(NamedTuple):
     newest: dict[str, dt.datetime]  # per source table, the newest DATA_MOD in the batch
 
 
-def prepare_batch(batch: list[Row], rules: CareerRules, today: dt.date) -> PreparedBatch:
+def prepare_batch(
+    batch: list[Row], rules: CareerRules, today: dt.date, cutoff: dt.datetime = dt.datetime.max
+) -> PreparedBatch:
+    """``cutoff``: the latest believable DATA_MOD. A row changed "after" it is quarantined and its
+    DATA_MOD never reaches a watermark, so it cannot hide later changes of its academic year."""
     keys = batch[0]._fields
     missing = SOURCE_COLUMNS.union(_DATA_MOD_COLUMNS).difference(keys)
     if missing:  # a site's edit of the SQL lost a column: no career can be validated
         raise EscSyncError(f"Esse3 careers query returns no {', '.join(sorted(missing))} (sql/esse3/)")
     stu, anaper, cds = (keys.index(c) for c in _DATA_MOD_COLUMNS)
+    columns = tuple(zip(CAREER_TABLES, (stu, anaper, cds), strict=True))
     newest: dict[str, dt.datetime] = {}
-    for table, i in zip(CAREER_TABLES, (stu, anaper, cds), strict=True):
-        values = [v for row in batch if (v := row[i]) is not None]
+    for table, i in columns:
+        values = [v for row in batch if (v := row[i]) is not None and v <= cutoff]
         if values:
             newest[table] = max(values)
     good: list[tuple[CareerRecord, str, dt.datetime]] = []
     bad: list[Rejection] = []
     for row in batch:
         mapped = map_career(dict(zip(keys, row, strict=True)), rules, today)  # plain dict: fastest lookups
+        if future := [t for t, i in columns if in_the_future(row[i], cutoff)]:
+            earlier = mapped.reasons if isinstance(mapped, Rejection) else ()
+            reason = f"DATA_MOD in the future ({', '.join(future)})"
+            bad.append(Rejection(mapped.stu_id, (*earlier, reason)))
+            continue
         if isinstance(mapped, Rejection):
             bad.append(mapped)
             continue
@@ -95,18 +102,21 @@ def ingest_careers(
     *,
     today: dt.date | None = None,
     overlap: dt.timedelta = OVERLAP,
+    future_skew: dt.timedelta = FUTURE_SKEW,
+    now: dt.datetime | None = None,
 ) -> CareerSyncResult:
     """Read the partition's changed careers (plus its quarantined ones) and apply them in ONE
     transaction together with the new watermarks, so a crash never leaves a watermark ahead of rows.
     Reading and validating the next batch runs in a thread while this one is written."""
     today = today or dt.date.today()
+    cutoff = future_cutoff(now or dt.datetime.now(), future_skew)
     rules = CareerRules(ateneo.finalised, ateneo.closing_reasons)
     result = CareerSyncResult()
     seen: dict[str, dt.datetime] = {}
     institution = partition.institution
 
     def prepared(batches: Iterable[list[Row]]) -> Iterator[PreparedBatch]:
-        return prefetch(prepare_batch(b, rules, today) for b in batches)
+        return prefetch(prepare_batch(b, rules, today, cutoff) for b in batches)
 
     with engine.begin() as conn:
         open_keys = store.open_quarantine_keys(
@@ -115,13 +125,15 @@ def ingest_careers(
         watermarks = store.get_watermarks(conn, partition.key)
         for batch in prepared(source.changed_careers(partition.academic_year, watermarks, overlap)):
             _apply_batch(conn, partition, batch, result, seen, open_keys)
-        # Quarantined rows are re-read even when their DATA_MOD did not move (see careers_by_id.sql).
-        retry = sorted(int(k) for k in open_keys)
+        # Quarantined rows are re-read even when their DATA_MOD did not move (see careers_by_id.sql);
+        # a row whose key is not an integer can only come back when it changes.
+        retry = sorted(int(k) for k in open_keys if k.isdigit())
         for batch in prepared(source.careers_by_id(partition.academic_year, retry)):
             _apply_batch(conn, partition, batch, result, seen, open_keys)
         # A quarantined career that vanished from Esse3 (deleted or moved year) is resolved too.
-        store.resolve_quarantine(conn, institution, store.CAREERS_STAGE, "P01_STU", open_keys)
-        result.resolved += len(open_keys)
+        vanished = {k for k in open_keys if k.isdigit()}
+        store.resolve_quarantine(conn, institution, store.CAREERS_STAGE, "P01_STU", vanished)
+        result.resolved += len(vanished)
         store.advance_watermarks(conn, partition.key, seen)
         if result.inserted + result.updated > BULK:
             refresh_statistics(conn, "careers", "quarantine")
@@ -158,9 +170,6 @@ def _apply_batch(
     result.unchanged += len(kept) - len(inserted) - len(updated)
     store.upsert_careers(conn, partition.institution, inserted, new=True)
     store.upsert_careers(conn, partition.institution, updated)
-    changed = inserted + updated
-    if len(result.preview) < PREVIEW_ROWS:
-        result.preview.extend(r for r, _, _ in changed[: PREVIEW_ROWS - len(result.preview)])
 
     store.quarantine(
         conn, partition.institution, partition.academic_year, store.CAREERS_STAGE, "P01_STU", bad
@@ -173,29 +182,6 @@ def _apply_batch(
     result.resolved += len(cleared)
     # Rows seen in this run are settled: either processed or (re)quarantined.
     open_keys.difference_update(good_keys | {str(r.stu_id) for r in bad})
-
-
-def _preview_table(records: list[CareerRecord]) -> MetadataValue:
-    columns = ["stu_id", "matricola", "name", "course", "level", "status", "finalised"]
-    return MetadataValue.table(
-        records=[
-            TableRecord(
-                {
-                    "stu_id": r.stu_id,
-                    "matricola": r.matricola,
-                    "name": f"{r.first_name} {r.last_name}",
-                    "course": r.course_code,
-                    "level": r.academic_level or "",
-                    "status": r.status,
-                    "finalised": r.finalised,
-                }
-            )
-            for r in records
-        ],
-        schema=TableSchema(
-            columns=[TableColumn(c, "bool" if c == "finalised" else "string") for c in columns]
-        ),
-    )
 
 
 NO_DUPLICATES = "no_duplicate_careers"
@@ -221,7 +207,13 @@ def build_careers_asset(partitions: MultiPartitionsDefinition):  # type: ignore[
         runtime: Runtime = context.resources.esc
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
-        result = ingest_careers(runtime.engine, runtime.esse3(partition.institution), ateneo, partition)
+        result = ingest_careers(
+            runtime.engine,
+            runtime.esse3(partition.institution),
+            ateneo,
+            partition,
+            future_skew=runtime.settings.esse3_future_skew,
+        )
         with runtime.engine.connect() as conn:
             counts = store.partition_counts(conn, partition.institution, partition.academic_year)
             dupes = store.duplicate_matricole(conn, partition.institution)
@@ -242,8 +234,8 @@ def build_careers_asset(partitions: MultiPartitionsDefinition):  # type: ignore[
                 "quarantine_resolved": result.resolved,
                 "finalised_total": counts["finalised"],
                 "quarantined_open": counts["quarantined"],
+                # Counts and reasons only: names and matricole never reach Dagster's storage.
                 "quarantine_reasons": MetadataValue.json(dict(result.reasons.most_common(10))),
-                "preview": _preview_table(result.preview),
             },
             check_results=[
                 AssetCheckResult(

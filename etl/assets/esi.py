@@ -4,6 +4,7 @@ confirmation: a crash anywhere is recovered by re-running (409 ER-0019 → read 
 # No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,14 @@ class PersonPlan:
     not_eligible: int  # careers whose course has no ESC academic level
 
 
-def plan_persons(rows: list[Any], ateneo: Ateneo) -> PersonPlan:
-    """Pure decision per candidate row (see router_state.PERSON_CANDIDATES)."""
+ESI_CONFLICT = "career already carries a different ESI (CODICE_ESI)"
+
+
+def plan_persons(
+    rows: list[Any], ateneo: Ateneo, source_esis: Mapping[int, set[str]] | None = None
+) -> PersonPlan:
+    """Pure decision per candidate row (see router_state.PERSON_CANDIDATES). ``source_esis``: the ESIs
+    already on the person's Esse3 careers; another one than ours stops the person before any call."""
     work, opted_out, rejections, fine, not_eligible = [], [], [], [], []
     for r in rows:
         (pers_id, person_key, stu_id, first, last, email, level, consent, _course, esi, state, synced) = r
@@ -61,6 +68,9 @@ def plan_persons(rows: list[Any], ateneo: Ateneo) -> PersonPlan:
             except InvalidEsi as e:
                 rejections.append(Rejection(stu_id, (f"cannot compose ESI: {e}",)))
                 continue
+        if any(not same_esi(s, esi) for s in (source_esis or {}).get(pers_id, ())):
+            rejections.append(Rejection(stu_id, (ESI_CONFLICT,)))
+            continue
         if not consented(ateneo.consent, consent):
             if state is None:
                 opted_out.append((pers_id, person_key, esi, "opted_out"))
@@ -131,7 +141,8 @@ def assign_esis(
     report: CallReport,
 ) -> None:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
-        plan = plan_persons(store.person_candidates(conn, ateneo.code, partition.academic_year), ateneo)
+        rows = store.person_candidates(conn, ateneo.code, partition.academic_year)
+        plan = plan_persons(rows, ateneo, store.source_esis(conn, ateneo.code, partition.academic_year))
     year = partition.academic_year
     with engine.begin() as conn:
         store.record_person_intents(conn, ateneo.code, plan.opted_out)
@@ -169,12 +180,8 @@ def write_back(engine: Engine, source: Esse3Source, institution: str, year: int,
     quarantined, never overwritten."""
     with engine.connect() as conn:
         rows = store.write_back_candidates(conn, institution, year)
-    conflicts = [
-        Rejection(stu, ("career already carries a different ESI (CODICE_ESI)",))
-        for stu, esi, src in rows
-        if src is not None and not same_esi(src, esi)
-    ]
-    pairs = [(stu, esi) for stu, esi, src in rows if src is None or same_esi(src, esi)]
+    conflicts = [Rejection(stu, (ESI_CONFLICT,)) for stu, esi, src in rows if src is not None]
+    pairs = [(stu, esi) for stu, esi, src in rows if src is None]
     source.write_back_esi(pairs)  # Esse3 first: if we crash before the next line, it is redone
     with engine.begin() as conn:
         store.mark_written_back(conn, institution, pairs)

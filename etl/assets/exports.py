@@ -22,6 +22,7 @@ import fcntl
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,8 +33,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, Mul
 from sqlalchemy import Engine
 from sqlalchemy.engine import Row
 
-from etl.config import Settings
-from etl.errors import ConfigError
+from etl.domain.export_policy import ExportPolicy
 from etl.exports import ExportFiles, ExportRow, InvalidRowError, validate_row, write_export
 from etl.partitions import Partition
 from etl.resources.runtime import Runtime
@@ -44,49 +44,10 @@ from etl.store.models import utcnow
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".export.lock"
-SKIPPED_SHOWN = 20
 _KIND_TAG = {FULL: "full", INCREMENTAL: "incr"}
 
 
 # --- policy (settings) ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExportPolicy:
-    retention_full: int = 3
-    full_every: dt.timedelta = dt.timedelta(hours=24)
-    full_changed_share: float = 0.25
-
-    def __post_init__(self) -> None:
-        if isinstance(self.retention_full, bool) or not isinstance(self.retention_full, int):
-            raise ConfigError(f"exports: field retention_full: {self.retention_full!r} must be an integer")
-        if self.retention_full < 1:
-            raise ConfigError(f"exports: field retention_full: {self.retention_full} must be at least 1")
-        if self.full_every <= dt.timedelta(0):
-            raise ConfigError("exports: field full_every_hours: must be positive")
-        if not 0 < self.full_changed_share <= 1:
-            raise ConfigError(
-                f"exports: field full_changed_share: {self.full_changed_share!r} must be in (0, 1]"
-            )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "ExportPolicy":
-        """``settings.exports`` (``[exports]`` in the TOML) when the configuration has it, else defaults."""
-        raw = getattr(settings, "exports", None)
-        if raw is None:
-            return cls()
-        get = raw.get if isinstance(raw, dict) else lambda k, d: getattr(raw, k, d)
-        hours = get("full_every_hours", 24)
-        if isinstance(hours, bool) or not isinstance(hours, int | float):
-            raise ConfigError(f"exports: field full_every_hours: {hours!r} must be a number")
-        share = get("full_changed_share", cls.full_changed_share)
-        if isinstance(share, bool) or not isinstance(share, int | float):
-            raise ConfigError(f"exports: field full_changed_share: {share!r} must be a number")
-        return cls(
-            retention_full=get("retention_full", cls.retention_full),
-            full_every=dt.timedelta(hours=hours),
-            full_changed_share=float(share),
-        )
 
 
 # --- pure rules ----------------------------------------------------------------------------------------
@@ -436,7 +397,8 @@ def build_export_asset(partitions: MultiPartitionsDefinition):  # type: ignore[n
                 "not_exportable": result.registered - result.exportable,  # no QR or no career yet
                 "changed_cards": result.changed,
                 "skipped_invalid": len(result.skipped),
-                "skipped_escns": MetadataValue.json(dict(list(result.skipped.items())[:SKIPPED_SHOWN])),
+                # Reasons and counts only: an ESCN leads to a name through the Router's public status.
+                "skipped_reasons": MetadataValue.json(dict(Counter(result.skipped.values()).most_common(10))),
                 "parquet_bytes": result.parquet_bytes,
                 "zip_bytes": result.zip_bytes,
                 "seconds": round(result.seconds, 3),

@@ -4,6 +4,7 @@ payload (``<base URL><ESCN>``) differs from the stored one, so a second run rend
 # No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -39,7 +40,6 @@ from etl.store.models import utcnow
 # Rendered images are held one chunk at a time (~4.5 KB each): memory stays flat for any partition,
 # and each chunk is committed on its own, so a crash loses at most one chunk of work.
 CHUNK = 4000
-FAILED_SHOWN = 20
 _PROBE_ESCN = "c3ddd400-d3ef-103e-9234-001999978433"  # every ESCN has this length: a payload probe
 POOL_MIN = 2000  # below this a pool's start costs more than it saves (as in render_many)
 _TASK = 250  # payloads per task sent to a worker
@@ -153,7 +153,8 @@ def build_qr_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-un
             f"{partition.key}: {result.rendered} QR rendered, {result.unchanged} unchanged, "
             f"{len(result.failed)} failed, {result.removed} removed in {result.seconds:.1f} s"
         )
-        failed = dict(list(result.failed.items())[:FAILED_SHOWN])
+        # Reasons and counts only: an ESCN leads to a name through the Router's public status.
+        failed = dict(Counter(result.failed.values()).most_common(10))
         return MaterializeResult(
             metadata={
                 "dagster/row_count": current,
@@ -164,7 +165,7 @@ def build_qr_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-un
                 "seconds": round(result.seconds, 3),
                 "per_second": round(result.per_second, 1),
                 "base_url": base_url,
-                "failed_escns": MetadataValue.json(failed),
+                "failed_reasons": MetadataValue.json(failed),
             },
             check_results=[
                 AssetCheckResult(

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from etl.domain.enrolment import FinalisedRule
 from etl.domain.levels import academic_level
+from etl.domain.source_values import key_problem, quarantine_key, text_problem
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 
@@ -57,7 +58,7 @@ class CareerRecord(NamedTuple):
 
 @dataclass(frozen=True)
 class Rejection:
-    stu_id: int
+    stu_id: int | str  # the row's key; its text when the key itself is unusable (say "3.7")
     reasons: tuple[str, ...]
 
     @property
@@ -102,8 +103,11 @@ def map_career(row: Mapping[str, Any], rules: CareerRules, today: dt.date) -> Ca
     """Validate one joined source row. Every problem is reported, not just the first.
     Runs for every career read (100,000s in a backfill): the record is built positionally, and
     only values that are stored are cleaned."""
-    reasons: list[str] = []
-    stu_id = int(row["STU_ID"])
+    reasons: list[str] = [
+        problem for column in ("STU_ID", "PERS_ID", "AA_ID") if (problem := key_problem(column, row[column]))
+    ]
+    raw_stu_id = row["STU_ID"]
+    stu_id: int | str = quarantine_key(raw_stu_id) if key_problem("STU_ID", raw_stu_id) else int(raw_stu_id)
     has_person = row["ANAPER_PERS_ID"] is not None
     if not has_person:
         reasons.append("person missing from P01_ANAPER")
@@ -121,6 +125,9 @@ def map_career(row: Mapping[str, Any], rules: CareerRules, today: dt.date) -> Ca
     matricola = _clean(row["MATRICOLA"])
     if matricola is None:
         reasons.append("missing matricola")
+    for column, text in (("NOME", first), ("COGNOME", last), (field, email), ("MATRICOLA", matricola)):
+        if problem := text_problem(column, text):
+            reasons.append(problem)
     course_code = None if row["CDS_COD"] is None else str(row["CDS_COD"])
     if course_code is None:
         reasons.append(f"unknown course CDS_ID={row['CDS_ID']}")

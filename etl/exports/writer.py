@@ -269,10 +269,25 @@ def _deflate_all(blobs: list[bytes]) -> list[bytes]:
     return [zlib.compress(blob, _SVG_DEFLATE_LEVEL, wbits=-15) for blob in blobs]
 
 
+# A cell starting with one of these is read as a formula by spreadsheets (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula, prefixed with an apostrophe (OWASP's rule).
+    Numbers and dates are left alone: a negative number is a number, not a formula."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv_lines(records: Iterable[Iterable[object]]) -> bytes:
-    """RFC 4180 CSV (minimal quoting, CRLF), UTF-8 without BOM; dates print as ISO 8601."""
+    """RFC 4180 CSV (minimal quoting, CRLF), UTF-8 without BOM; dates print as ISO 8601; text cells
+    that would start a formula are neutralised (the Parquet manifest keeps the values as they are)."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerows(records)
+    csv.writer(buffer, lineterminator="\r\n").writerows(
+        [neutralise_cell(v) for v in record] for record in records
+    )
     return buffer.getvalue().encode("utf-8")
 
 

@@ -4,7 +4,7 @@ through ``oracledb``; SQLite or PostgreSQL in the demo and tests). The only code
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -70,7 +70,7 @@ class Esse3Source:
         overlap: dt.timedelta,
     ) -> Iterator[list[Row]]:
         """Batches of careers of a year changed after ``since[table] - overlap``, ordered by STU_ID
-        and de-duplicated on it (the overlap re-reads rows; the key makes that harmless)."""
+        (rows of one key together: duplicates are quarantined by the caller, never dropped)."""
         params = {
             "aa_id": academic_year,
             **{
@@ -116,29 +116,32 @@ class Esse3Source:
         return [ChangeMarker(int(r[0]), str(r[1]), _as_datetime(r[2])) for r in rows if r[2] is not None]
 
     def _stream(self, stmt: object, params: dict[str, object]) -> Iterator[list[Row]]:
-        last_key: object = None
+        """Batches of rows ordered by key. Rows sharing a key (a broken view, a duplicated badge)
+        are never split across batches, so the caller sees every duplicate together and
+        quarantines it: none is dropped silently."""
+        held: list[Row] = []
         try:
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=self.batch_size).execute(
                     stmt, params
                 )
                 for batch in result.partitions():
-                    rows = list(_dedupe_sorted(batch, last_key))
-                    if rows:
-                        last_key = rows[-1][0]
-                        yield rows
+                    rows = held + list(batch)
+                    cut = len(rows)
+                    while cut > 0 and rows[cut - 1][0] == rows[-1][0]:
+                        cut -= 1
+                    if cut == 0:  # one key so far: keep reading
+                        held = rows
+                        continue
+                    held = rows[cut:]
+                    yield rows[:cut]
+                if held:
+                    yield held
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def _dedupe_sorted(rows: Iterable[Row], last_key: object) -> Iterator[Row]:
-    for r in rows:
-        if r[0] != last_key:
-            last_key = r[0]
-            yield r
 
 
 def _as_datetime(v: object) -> dt.datetime:

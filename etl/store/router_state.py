@@ -41,12 +41,24 @@ WHERE r.rn = 1
 ORDER BY r.pers_id
 """)
 
+# The ESI prefix (37 characters) compares case-insensitively: "URN:SCHAC:..." on a career is the same
+# ESI, and must not be selected (and rewritten) on every run.
+_SAME_ESI = """(LOWER(SUBSTR(c.source_esi, 1, 37)) = LOWER(SUBSTR(p.esi, 1, 37))
+     AND SUBSTR(c.source_esi, 38) = SUBSTR(p.esi, 38))"""
 WRITE_BACK_CANDIDATES = text(f"""
 SELECT c.stu_id, p.esi, c.source_esi
 FROM careers c JOIN persons p ON p.institution = c.institution AND p.pers_id = c.pers_id
 WHERE {_USABLE} AND c.academic_year = :y AND p.state = 'registered'
-  AND (c.source_esi IS NULL OR c.source_esi <> p.esi)
+  AND (c.source_esi IS NULL OR NOT {_SAME_ESI})
 ORDER BY c.stu_id
+""")
+
+# Every ESI already written on any career of the candidate persons (any year): a person whose careers
+# carry an ESI other than the one we would register is refused before any Router call.
+SOURCE_ESIS = text("""
+SELECT DISTINCT c.pers_id, c.source_esi FROM careers c
+WHERE c.institution = :i AND c.source_esi IS NOT NULL
+  AND c.pers_id IN (SELECT pers_id FROM careers WHERE institution = :i AND academic_year = :y)
 """)
 
 CARD_CANDIDATES = text("""
@@ -64,6 +76,13 @@ ORDER BY b.bdg_id
 
 def person_candidates(conn: Connection, institution: str, year: int) -> list[Any]:
     return list(conn.execute(PERSON_CANDIDATES, {"i": institution, "y": year, "true": True}))
+
+
+def source_esis(conn: Connection, institution: str, year: int) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for pers_id, esi in conn.execute(SOURCE_ESIS, {"i": institution, "y": year}):
+        out.setdefault(pers_id, set()).add(esi)
+    return out
 
 
 def write_back_candidates(conn: Connection, institution: str, year: int) -> list[Any]:
