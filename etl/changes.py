@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from etl.config import Settings
+from etl.domain.source_values import future_cutoff
 from etl.partitions import Partition
 from etl.resources.esse3 import CAREER_TABLES, ChangeMarker
 from etl.resources.runtime import Runtime
@@ -51,10 +52,11 @@ def pending_partitions(settings: Settings, runtime: Runtime) -> list[PartitionCh
     """Every partition of every university with Esse3 changes beyond our watermarks."""
     with runtime.engine.connect() as conn:
         marks = all_watermarks(conn)
+    cutoff = future_cutoff(dt.datetime.now(), settings.esse3_future_skew)
     return [
         change
         for code in settings.codes
         for change in changed_partitions(
-            code, runtime.esse3(code).change_markers(), marks, settings.academic_years, WATCHED_TABLES
+            code, runtime.esse3(code).change_markers(cutoff), marks, settings.academic_years, WATCHED_TABLES
         )
     ]

@@ -23,11 +23,14 @@ from etl.assets.cards import ingest_badges, sync_cards
 from etl.assets.careers import ingest_careers
 from etl.assets.esi import assign_esis
 from etl.assets.router_calls import CallReport
+from etl.changes import WATCHED_TABLES, changed_partitions
 from etl.demo.generate import generate
 from etl.domain.esi import compose_esi
+from etl.domain.source_values import future_cutoff
 from etl.emulator import EmulatorProcess, start_emulator
 from etl.partitions import Partition
 from etl.resources.runtime import Runtime
+from etl.store.careers import all_watermarks
 from etl.store.migrate import upgrade
 from etl.store.models import Card, Career, Person, Quarantine, Watermark
 from tests.conftest import demo_settings
@@ -245,6 +248,12 @@ def test_hostile_rows_are_quarantined_precisely_and_the_rest_goes_on(
     assert counts["cards"] == sum(1 for c in cards if c.state == "registered")
     limit = dt.datetime.now() + dt.timedelta(minutes=15)
     assert watermarks and all(w.data_mod <= limit for w in watermarks)
+    # ... and the rows dated 2100 do not make the year look changed forever (sensor, `esc-sync sync`)
+    with rt.engine.connect() as conn:
+        marks = all_watermarks(conn)
+    markers = rt.esse3("unife").change_markers(future_cutoff(dt.datetime.now(), dt.timedelta(minutes=15)))
+    assert changed_partitions("unife", markers, marks, [YEAR], WATCHED_TABLES) == []
+    assert changed_partitions("unife", rt.esse3("unife").change_markers(), marks, [YEAR], WATCHED_TABLES)
 
     # incremental sync is not frozen: a later change of a good row is seen
     with rt.engine.connect() as conn:

@@ -107,10 +107,12 @@ class Esse3Source:
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
 
-    def change_markers(self) -> list[ChangeMarker]:
+    def change_markers(self, cutoff: dt.datetime = dt.datetime.max) -> list[ChangeMarker]:
+        """Newest DATA_MOD per academic year and table, ignoring rows dated after ``cutoff``."""
+        stmt = text(sql("change_markers")).bindparams(bindparam("cutoff", type_=DateTime))
         try:
             with self.engine.connect() as conn:
-                rows = conn.execute(text(sql("change_markers"))).all()
+                rows = conn.execute(stmt, {"cutoff": cutoff}).all()
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
         return [ChangeMarker(int(r[0]), str(r[1]), _as_datetime(r[2])) for r in rows if r[2] is not None]
