@@ -75,6 +75,7 @@ class Settings:
     # How far ahead of ours Esse3's clock may believably run: a later DATA_MOD is quarantined and never
     # moves a watermark (run esc-sync in Esse3's time zone, or widen this by the difference).
     esse3_future_skew: dt.timedelta = dt.timedelta(minutes=15)
+    api_public_url: str | None = None  # where vendors reach the REST service: links are built on it
 
     @property
     def academic_years(self) -> list[int]:
@@ -126,6 +127,7 @@ KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {
     "quarantine": frozenset(("warn_share",)),
     "exports": EXPORT_KEYS,
     "esse3": frozenset(("max_future_skew_minutes",)),
+    "api": frozenset(("public_url",)),
     "atenei": None,  # checked per university
 }
 ATENEO_KEYS = frozenset(
@@ -191,6 +193,9 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         raise ConfigError(f"qr: field base_url: {qr_base!r} is not an http(s) URL")
     logo = qr.get("logo_path")
     share = raw.get("quarantine", {}).get("warn_share", 0.05)
+    public = raw.get("api", {}).get("public_url")
+    if public is not None and (not isinstance(public, str) or not public.startswith(("http://", "https://"))):
+        raise ConfigError(f"api: field public_url: {public!r} is not an http(s) URL")
     skew = raw.get("esse3", {}).get("max_future_skew_minutes", 15)
     if isinstance(skew, bool) or not isinstance(skew, int | float) or not 0 <= skew <= 24 * 60:
         raise ConfigError(
@@ -209,6 +214,7 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         logo_path=Path(logo.replace("{home}", str(home))) if logo else None,
         exports=ExportPolicy.from_mapping(raw.get("exports", {})),
         esse3_future_skew=dt.timedelta(minutes=skew),
+        api_public_url=public,
     )
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
 from etl.api import routes_badges, routes_exports, routes_feed, routes_health
@@ -22,6 +27,8 @@ from etl.render.logo import load_logo
 from etl.store.db import make_engine
 
 PUBLIC_PATHS = frozenset({"/v1/health"})
+# Swagger UI's own files, shipped by a package: the docs page loads nothing from a CDN.
+SWAGGER_FILES = Path(fastapi_offline.__file__).parent / "static"
 DESCRIPTION = """\
 European Student Card data of the universities served by this esc-sync deployment.
 
@@ -42,11 +49,13 @@ def create_app(
     token_cache_seconds: float = 5.0,
     feed_settle_seconds: float = 60.0,
     today: Callable[[], dt.date] = dt.date.today,
+    public_url: str | None = None,
 ) -> FastAPI:
     """The API over ``settings``' state DB (or ``engine``; an engine made here is disposed at shutdown).
 
     ``token_cache_seconds``: how long a token lookup is trusted (a revocation takes effect within it).
     ``feed_settle_seconds``: cards changed more recently are held back from the feed (see routes_feed).
+    ``public_url``: where clients reach this service (links in answers); default ``[api] public_url``.
     """
     own_engine = engine is None
     engine = engine if engine is not None else make_engine(settings.database_url)
@@ -66,6 +75,8 @@ def create_app(
         feed_settle=dt.timedelta(seconds=feed_settle_seconds),
         today=today,
     )
+    if public_url or settings.api_public_url:
+        ctx.public_url = _with_slash(public_url or settings.api_public_url or "")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -78,7 +89,7 @@ def create_app(
         title="esc-sync API",
         version=routes_health.VERSION,
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # served below from local files
         redoc_url=None,
         openapi_url="/openapi.json",
         lifespan=lifespan,
@@ -88,11 +99,27 @@ def create_app(
     )
     app.state.ctx = ctx
     install_error_handlers(app)
+    app.mount("/docs/static", StaticFiles(directory=SWAGGER_FILES), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="esc-sync API",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon.png",
+        )
+
     # Routes are matched in order: the hot badge and QR routes first.
     for module in (routes_badges, routes_health, routes_exports, routes_feed):
         app.include_router(module.router)
     app.openapi = lambda: _openapi_with_bearer(app)  # type: ignore[method-assign]
     return app
+
+
+def _with_slash(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
 
 
 def _openapi_with_bearer(app: FastAPI) -> dict[str, Any]:

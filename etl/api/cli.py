@@ -70,8 +70,14 @@ def run_api(settings: Settings, host: str, port: int, log_level: str = "info") -
         raise EscSyncError(f"api: --port {port} is not a TCP port")
     engine = _state_engine(settings)
     try:
-        app = create_app(settings, engine)
-        print(f"esc-sync API on http://{host}:{port} (docs: http://{host}:{port}/docs)", flush=True)
+        # Links in answers: [api] public_url (the address vendors use, e.g. behind a TLS proxy), else
+        # the address served here.
+        public = settings.api_public_url or f"http://{host}:{port}/"
+        app = create_app(settings, engine, public_url=public)
+        print(
+            f"esc-sync API on http://{host}:{port} (docs: http://{host}:{port}/docs; links: {public})",
+            flush=True,
+        )
         # No access log: paths carry matricole and ESCNs. Downloads are audited in api_audit instead.
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False)
     finally:

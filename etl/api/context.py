@@ -27,6 +27,9 @@ class ApiContext:
     logo_png: bytes | None  # the same when it is a PNG (the PDF can only embed PNG); None: placeholder
     feed_settle: dt.timedelta
     today: Callable[[], dt.date]
+    # Links in answers start with this, never with the request's Host header (a client could make
+    # the service hand out links to its own host).
+    public_url: str = "http://127.0.0.1:8000/"
 
 
 def ctx_of(request: Request) -> ApiContext:

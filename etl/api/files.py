@@ -114,6 +114,8 @@ class FileRangeResponse(Response):
                 {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             )
             position, remaining = self._offset, self._length
+            if scope.get("method") == "HEAD":  # the headers (length, ETag) without the bytes
+                remaining = 0
             if remaining == 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             while remaining > 0:

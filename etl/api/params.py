@@ -13,10 +13,14 @@ EXPORT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"  # file-name safe, as t
 
 
 def naive_utc(value: dt.datetime) -> dt.datetime:
-    """The state DB keeps naive UTC; a client may send an offset (or none, meaning UTC)."""
+    """The state DB keeps naive UTC; a client may send an offset (or none, meaning UTC). An instant
+    outside the years 1–9999 in UTC (0001-01-01T00:00:00+01:00) is a bad value, not a crash."""
     if value.tzinfo is None:
         return value
-    return value.astimezone(dt.UTC).replace(tzinfo=None)
+    try:
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+    except OverflowError:
+        raise ValueError("out of the representable range once converted to UTC") from None
 
 
 _ISO_DATE_START = re.compile(r"^\d{4}-\d{2}-\d{2}")

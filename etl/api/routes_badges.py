@@ -8,6 +8,7 @@ Vendors may fetch card QR images too: the feed's ``qr=link`` points at them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from enum import StrEnum
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from etl.api.auth import Principal, require
 from etl.api.context import ApiContext, ctx_of
 from etl.api.errors import not_found
 from etl.api.params import ESCN_PATTERN, MATRICOLA_PATTERN, UNIVERSITY_PATTERN
+from etl.api.ranges import etag_matches
 from etl.api.schemas import BadgeOut, error_responses
 from etl.api.tokens import BADGES_READ, EXPORTS_READ
 from etl.render.badge_html import render_badge_html
@@ -35,7 +37,9 @@ BadgeReader = Annotated[Principal, Depends(require(BADGES_READ))]
 QrReader = Annotated[Principal, Depends(require(BADGES_READ, EXPORTS_READ))]
 
 PERSONAL = {"Cache-Control": "no-store"}  # badge data is personal: never kept by shared caches
-IMAGE_CACHE = {"Cache-Control": "private, max-age=3600"}  # a QR only changes with the card number
+# A QR image only changes with the card number, but the card behind it can be deactivated or deleted:
+# clients keep it and revalidate (ETag) rather than show it for an hour after the card is gone.
+IMAGE_CACHE = {"Cache-Control": "private, no-cache"}
 # The HTML badge is self-contained: forbid scripts and fetches, as its own <meta> CSP does.
 HTML_HEADERS = {
     **PERSONAL,
@@ -92,10 +96,13 @@ async def _badge_response(ctx: ApiContext, row: Any, fmt: BadgeFormat) -> Respon
     return Response(pdf, media_type="application/pdf", headers=headers)
 
 
-def _qr_response(images: QrImages, fmt: QrFormat) -> Response:
-    if fmt is QrFormat.png:
-        return Response(images.png, media_type="image/png", headers=IMAGE_CACHE)
-    return Response(images.svg, media_type="image/svg+xml", headers=IMAGE_CACHE)
+def _qr_response(request: Request, images: QrImages, fmt: QrFormat) -> Response:
+    body, media = (images.png, "image/png") if fmt is QrFormat.png else (images.svg, "image/svg+xml")
+    etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+    headers = {**IMAGE_CACHE, "ETag": etag}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media, headers=headers)
 
 
 async def student_badge(
@@ -130,7 +137,9 @@ async def card_qr_route(request: Request, principal: QrReader, escn: Escn, image
     row = await ctx.reader.qr_by_escn(escn)
     if row is None or not principal.sees(row.institution):
         raise not_found("card")
-    return _qr_response(qr_images(escn, ctx.settings.qr_base_url, row.payload, row.png, row.svg), image)
+    return _qr_response(
+        request, qr_images(escn, ctx.settings.qr_base_url, row.payload, row.png, row.svg), image
+    )
 
 
 @router.get(
@@ -210,4 +219,6 @@ async def student_qr_route(
     row = await ctx.reader.qr_by_matricola(university, matricola)
     if row is None:
         raise not_found("student")
-    return _qr_response(qr_images(row.escn, ctx.settings.qr_base_url, row.payload, row.png, row.svg), image)
+    return _qr_response(
+        request, qr_images(row.escn, ctx.settings.qr_base_url, row.payload, row.png, row.svg), image
+    )

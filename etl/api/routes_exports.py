@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
 from etl.api.auth import Principal, require
@@ -83,6 +83,7 @@ async def list_exports_route(
     since: Annotated[
         dt.datetime | None,
         BeforeValidator(iso_datetime_only),
+        AfterValidator(naive_utc),
         Query(description="only exports created after this instant (ISO 8601; UTC if naive)"),
     ] = None,
     kind: Annotated[Literal["full", "incremental"] | None, Query()] = None,
@@ -102,11 +103,11 @@ async def list_exports_route(
         ctx.engine,
         universities,
         academic_year,
-        naive_utc(since) if since else None,
+        since,
         kind,
         limit,
     )
-    base = str(request.base_url)
+    base = ctx.public_url
     body = {"exports": [export_json(r, base) for r in rows]}
     return Response(json.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"})
 
@@ -230,7 +231,7 @@ def _download_route(which: str) -> None:
     router.add_api_route(
         f"/v1/exports/{{export_id}}/{which}",
         route,
-        methods=["GET"],
+        methods=["GET", "HEAD"],
         name=f"download_{which}",
         summary=f"Download an export's {which.upper()} file (Range, If-None-Match)",
         response_class=Response,

@@ -97,7 +97,7 @@ async def feed(
     rows = await run_in_threadpool(feed_page, ctx.engine, university, after, until, limit + 1, qr == "inline")
     has_more = len(rows) > limit
     rows = rows[:limit]
-    base_url, api_base, today = ctx.settings.qr_base_url, str(request.base_url), ctx.today()
+    base_url, api_base, today = ctx.settings.qr_base_url, ctx.public_url, ctx.today()
     items = [feed_item(r, university, base_url, qr, api_base, today) for r in rows]
     if rows:
         position = FeedPosition(university, rows[-1].changed_at, rows[-1].escn)

@@ -37,6 +37,7 @@ class LiveServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, 0))
         self.url = f"http://{host}:{self._sock.getsockname()[1]}"
+        self._app = app
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -44,6 +45,9 @@ class LiveServer:
         )
 
     def __enter__(self) -> LiveServer:
+        ctx = getattr(self._app.state, "ctx", None)
+        if ctx is not None and not ctx.settings.api_public_url:
+            ctx.public_url = self.url + "/"  # links point at this test server
         self._thread.start()
         for _ in range(500):
             if self._server.started:
