@@ -6,24 +6,27 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
 import httpx
 import pytest
+from sqlalchemy import Engine, select
 
 from etl.api.app import create_app
-from etl.api.testing import LiveServer, export_rows, seed_cards, seed_export
+from etl.api.testing import LiveServer, SeededCard, export_rows, seed_cards, seed_export
 from etl.api.tokens import create_token
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
+from etl.store.models import ApiAudit
 from tests.conftest import demo_settings
 
 PUBLIC = "https://esc.unife.example/api/"
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, str]]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, SeededCard, Engine, int]]:
     home = tmp_path_factory.mktemp("hardening")
     db_url = f"sqlite:///{home / 'state.sqlite'}"
     settings = replace(demo_settings(home, db_url), api_public_url=PUBLIC)
@@ -31,17 +34,23 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client
     upgrade(engine)
     cards = seed_cards(engine, settings, "unife", 3)
     seed_export(engine, home / "exports", "unife-2025-full", "unife", 2025, export_rows(settings, cards))
-    token = create_token(
+    created = create_token(
         engine, name="t", scopes=["exports:read", "badges:read"], institutions=["unife"],
         known_institutions=settings.codes,
-    ).token  # fmt: skip
+    )  # fmt: skip
+    token = created.token
     with LiveServer(
         create_app(settings, engine, feed_settle_seconds=0, today=lambda: dt.date(2026, 1, 15))
     ) as server:
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=server.url, headers=headers, trust_env=False, timeout=10) as http:
-            yield http, cards[0].escn
+            yield http, cards[0], engine, created.id
     engine.dispose()
+
+
+@pytest.fixture
+def api(world: tuple[httpx.Client, SeededCard, Engine, int]) -> tuple[httpx.Client, str]:
+    return world[0], world[1].escn
 
 
 @pytest.mark.parametrize(
@@ -100,3 +109,34 @@ def test_qr_images_are_revalidated_not_cached_blindly(api: tuple[httpx.Client, s
     assert "max-age=3600" not in r.headers["cache-control"]
     again = http.get(f"/v1/cards/{escn}/qr.png", headers={"If-None-Match": r.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
+
+
+def test_every_read_is_audited_in_batches(world: tuple[httpx.Client, SeededCard, Engine, int]) -> None:
+    """Badges (JSON, HTML, PDF), QR images, the feed, lists and downloads: each read leaves a row with
+    the token, the university, what was read and when (issue 11, item 7)."""
+    http, card, engine, token_id = world
+    student = f"/v1/universities/unife/students/{card.matricola}"
+    reads = {
+        f"/v1/cards/{card.escn}/badge.json": 200, f"/v1/cards/{card.escn}/badge.html": 200,
+        f"/v1/cards/{card.escn}/badge.pdf": 200, f"/v1/cards/{card.escn}/qr.png": 200,
+        f"/v1/cards/{card.escn}/qr.svg": 200, f"{student}/badge": 200, f"{student}/qr.png": 200,
+        "/v1/feed?university=unife": 200, "/v1/exports?university=unife": 200,
+        "/v1/exports/unife-2025-full/zip": 200, "/v1/universities/unipa/students/1/badge": 404,
+    }  # fmt: skip
+    started = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=1)
+    for path, status in reads.items():
+        assert http.get(path).status_code == status, path
+    deadline = time.monotonic() + 5
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(select(ApiAudit.__table__).where(ApiAudit.at >= started)).all()
+        if len(rows) >= len(reads) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    by_path = {r.resource: r for r in rows}
+    for path, status in reads.items():
+        resource = path.split("?")[0].removeprefix("/v1/exports/").removesuffix("/zip")
+        row = by_path.get(resource) or by_path.get(path.split("?")[0])
+        assert row is not None, path
+        assert (row.token_id, row.status) == (token_id, status), path
+        assert row.institution == ("unipa" if "unipa" in path else "unife"), path

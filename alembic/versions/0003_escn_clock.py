@@ -1,4 +1,4 @@
-"""escn clock sequences
+"""escn clock sequences, api_audit.institution
 
 Revision ID: 0003
 Revises: 0002
@@ -22,7 +22,11 @@ def upgrade() -> None:
         sa.Column("next_seq", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("pic", name=op.f("pk_escn_clock")),
     )
+    with op.batch_alter_table("api_audit", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("institution", sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("api_audit", schema=None) as batch_op:
+        batch_op.drop_column("institution")
     op.drop_table("escn_clock")

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
 from etl.api import routes_badges, routes_exports, routes_feed, routes_health
+from etl.api.audit import AuditMiddleware, AuditTrail
 from etl.api.auth import BEARER_SCHEME, Authenticator
 from etl.api.context import ApiContext
 from etl.api.errors import install_error_handlers
@@ -74,6 +75,7 @@ def create_app(
         logo_png=logo.data if logo.kind == "png" else None,
         feed_settle=dt.timedelta(seconds=feed_settle_seconds),
         today=today,
+        audit=AuditTrail(engine),
     )
     if public_url or settings.api_public_url:
         ctx.public_url = _with_slash(public_url or settings.api_public_url or "")
@@ -81,6 +83,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        ctx.audit.close()
         ctx.reader.close()
         if own_engine:
             engine.dispose()
@@ -98,6 +101,9 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.ctx = ctx
+    app.add_middleware(
+        AuditMiddleware, trail=ctx.audit, university_of_pic={a.pic: a.code for a in settings.atenei}
+    )
     install_error_handlers(app)
     app.mount("/docs/static", StaticFiles(directory=SWAGGER_FILES), name="docs-static")
 

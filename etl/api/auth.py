@@ -137,6 +137,7 @@ def require(*any_of: str) -> Callable[[Request], Awaitable[Principal]]:
     async def dependency(request: Request) -> Principal:
         auth: Authenticator = request.app.state.ctx.auth
         principal = await auth.authenticate(bearer_token(request.headers.get("authorization")))
+        request.state.principal = principal  # every read of a known token is audited (etl.api.audit)
         wait = auth.limiter.acquire(principal.token_id, principal.rate_per_minute)
         if wait > 0:
             raise ApiError(

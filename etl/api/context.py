@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from sqlalchemy import Engine
 
+from etl.api.audit import AuditTrail
 from etl.api.auth import Authenticator
 from etl.api.files import FileVerifier
 from etl.api.hot_reads import HotReader
@@ -27,6 +28,7 @@ class ApiContext:
     logo_png: bytes | None  # the same when it is a PNG (the PDF can only embed PNG); None: placeholder
     feed_settle: dt.timedelta
     today: Callable[[], dt.date]
+    audit: AuditTrail
     # Links in answers start with this, never with the request's Host header (a client could make
     # the service hand out links to its own host).
     public_url: str = "http://127.0.0.1:8000/"

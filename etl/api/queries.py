@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, bindparam, select, tuple_, update
 
-from etl.store.models import ApiAudit, Card, Career, Export, QrImage, utcnow
+from etl.store.models import Card, Career, Export, QrImage
 
 _cards = Card.__table__.c
 _careers = Career.__table__.c
@@ -56,23 +56,6 @@ def mark_export_for_rebuild(engine: Engine, export_id: str) -> None:
             update(Export.__table__)
             .where(_exports.id == export_id, _exports.status == "ready")
             .values(status="rebuild")
-        )
-
-
-def record_audit(
-    engine: Engine, token_id: int, action: str, resource: str, status: int, nbytes: int, client: str | None
-) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            ApiAudit.__table__.insert().values(
-                token_id=token_id,
-                at=utcnow(),
-                action=action,
-                resource=resource[:200],
-                status=status,
-                bytes=nbytes,
-                client=client[:64] if client else None,
-            )
         )
 
 

@@ -24,7 +24,7 @@ from etl.api.context import ApiContext, ctx_of
 from etl.api.errors import ApiError, not_found
 from etl.api.files import FileProblem, FileRangeResponse
 from etl.api.params import EXPORT_ID_PATTERN, UNIVERSITY_PATTERN, iso_datetime_only, naive_utc
-from etl.api.queries import get_export, list_exports, mark_export_for_rebuild, record_audit
+from etl.api.queries import get_export, list_exports, mark_export_for_rebuild
 from etl.api.ranges import RangeNotSatisfiable, etag_matches, if_range_allows, parse_range, quoted_etag
 from etl.api.schemas import ExportListOut, error_responses
 from etl.api.tokens import EXPORTS_READ
@@ -125,19 +125,14 @@ async def download(request: Request, principal: Principal, export_id: str, which
     ctx = ctx_of(request)
     client = request.client.host if request.client else None
 
+    request.state.audited = True  # here, with the bytes actually streamed
+    institution: str | None = None
+
     async def audit(status: int, nbytes: int = 0) -> None:
-        await run_in_threadpool(
-            record_audit,
-            ctx.engine,
-            principal.token_id,
-            f"download.{which}",
-            export_id,
-            status,
-            nbytes,
-            client,
-        )
+        ctx.audit.add(principal.token_id, f"download.{which}", export_id, status, nbytes, client, institution)
 
     row = await run_in_threadpool(get_export, ctx.engine, export_id)
+    institution = row.institution if row is not None and principal.sees(row.institution) else None
     if row is None or not principal.sees(row.institution):
         await audit(404)
         raise not_found("export")

@@ -268,7 +268,8 @@ class ApiToken(Base):
 
 
 class ApiAudit(Base):
-    """One row per download (and other audited calls): who fetched what, when, how much."""
+    """One row per authenticated read (downloads, badges, QR images, feed, lists): who fetched what of
+    which university, when, how much. Written in batches (etl.api.audit)."""
 
     __tablename__ = "api_audit"
 
@@ -280,5 +281,6 @@ class ApiAudit(Base):
     status: Mapped[int] = mapped_column(Integer)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     client: Mapped[str | None] = mapped_column(String(64))
+    institution: Mapped[str | None] = mapped_column(String(32))  # the university read, when one is
 
     __table_args__ = (Index("ix_api_audit_token", "token_id", "at"),)
