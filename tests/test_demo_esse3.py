@@ -309,7 +309,7 @@ def test_mutate_touches_only_what_it_reports(base, tmp_path):
     assert len(changed["P01_STU"]) == len(new_careers) + updated
     assert len(changed["P01_ANAPER"]) == len(new_persons) + stats.email_changes + stats.fixed
     assert len(new_badges) == stats.new_badges + stats.annulled_badges
-    assert len(changed["P01_BADGE"]) == len(new_badges) + stats.annulled_badges
+    assert len(changed["P01_BADGE"]) == len(new_badges) + stats.annulled_badges + stats.renewed_badges
     assert min(stats.finalisations, stats.closures, stats.reactivations, stats.new_badges) > 0
     assert min(stats.annulled_badges, stats.email_changes) > 0 and stats.fixed == 1
 
@@ -337,9 +337,14 @@ def test_mutate_touches_only_what_it_reports(base, tmp_path):
         ("X", "A"): stats.reactivations,
     }
 
-    annulled = [b for b in changed["P01_BADGE"] - new_badges]
+    updated_badges = changed["P01_BADGE"] - new_badges
+    annulled = [b for b in updated_badges if after["P01_BADGE"][b]["ANN_FLG"] == 1]
+    renewed = [b for b in updated_badges if after["P01_BADGE"][b]["ANN_FLG"] == 0]
+    assert (len(annulled), len(renewed)) == (stats.annulled_badges, stats.renewed_badges)
     for b in annulled:
-        assert (before["P01_BADGE"][b]["ANN_FLG"], after["P01_BADGE"][b]["ANN_FLG"]) == (0, 1)
+        assert before["P01_BADGE"][b]["ANN_FLG"] == 0
+    for b in renewed:  # a reactivated career's badge that had run out, renewed to the end of the year
+        assert before["P01_BADGE"][b]["DATA_FIN"] < LATER.date() < after["P01_BADGE"][b]["DATA_FIN"]
     replaced = {after["P01_BADGE"][b]["STU_ID"] for b in annulled}
     for b in new_badges:
         row = after["P01_BADGE"][b]

@@ -21,7 +21,6 @@ from etl.domain.lifecycle import (
     card_action,
     card_target,
     consented,
-    end_of_academic_year,
 )
 
 TODAY = dt.date(2026, 11, 2)
@@ -43,12 +42,16 @@ def test_closure_annulment_or_no_consent_deactivate(over) -> None:
     assert card_target(facts(**over), TODAY) == CardTarget(INACTIVE, TO)
 
 
-def test_reactivated_career_gets_a_new_future_expiry() -> None:
+def test_an_expired_badge_is_never_extended_and_is_reported() -> None:
     old_end = dt.date(2025, 10, 31)
     target = card_target(facts(valid_to=old_end), TODAY)
-    assert target == CardTarget(ACTIVE, dt.date(2027, 10, 31))
-    assert target.expires_at > TODAY
-    assert end_of_academic_year(dt.date(2026, 3, 1)) == dt.date(2026, 10, 31)
+    assert target == CardTarget(ACTIVE, old_end)  # the badge's own validity, not a new one
+    assert card_action(target, exists=False, synced=None, today=TODAY) is Action.BADGE_EXPIRED
+    # the university renews the badge (DATA_FIN): the card comes back with the new validity
+    renewed = card_target(facts(valid_to=dt.date(2027, 10, 31)), TODAY)
+    assert (
+        card_action(renewed, exists=True, synced=CardTarget(INACTIVE, old_end), today=TODAY) is Action.UPDATE
+    )
 
 
 def test_card_actions() -> None:
@@ -72,8 +75,8 @@ def test_an_expired_card_is_only_touched_to_revive_it() -> None:
     closed_after = card_target(facts(career_status="X", valid_to=ran_out), TODAY)
     assert closed_after == CardTarget(INACTIVE, ran_out)
     assert card_action(closed_after, exists=True, synced=expired_active, today=TODAY) is Action.NONE
-    # reactivated: a new future expiry, so the PUT revives it
-    revived = card_target(facts(valid_to=ran_out), TODAY)
+    # reactivated and the badge renewed: a new future expiry, so the PUT revives it
+    revived = card_target(facts(valid_to=TO), TODAY)
     assert revived.expires_at > TODAY
     assert card_action(revived, exists=True, synced=expired_active, today=TODAY) is Action.UPDATE
     # still valid at the Router: a closure with a past expiry is a plain PUT

@@ -155,10 +155,21 @@ def test_lifecycle_closure_reactivation_and_annulled_badge(rt: Runtime) -> None:
             )
         )
     much_later = card.expires_at + dt.timedelta(days=30)
+    report = sync(rt, today=much_later)
+    # the badge ran out: never extended by esc-sync, reported; the card stays as it was
+    assert report.counts["badge_expired"] >= 1
+    assert router_cards(rt)[card.escn]["cardStatusType"]["key"] == "INACTIVE"
+    renewed = much_later + dt.timedelta(days=300)
+    with src.begin() as conn:  # Esse3 renews the badge of the reactivated career
+        conn.execute(
+            update(P01_BADGE)
+            .where(card.bdg_id == P01_BADGE.c.BDG_ID)
+            .values(DATA_FIN=renewed, DATA_MOD=later + dt.timedelta(hours=1, minutes=30))
+        )
     sync(rt, today=much_later)
     remote = router_cards(rt)[card.escn]
     assert remote["cardStatusType"]["key"] == "ACTIVE"
-    assert dt.date.fromisoformat(remote["expiresAt"]) > much_later
+    assert dt.date.fromisoformat(remote["expiresAt"]) == renewed
 
     with src.begin() as conn:  # the badge is annulled and replaced
         conn.execute(
@@ -208,7 +219,7 @@ def test_existing_person_is_adopted_and_a_recorded_card_reconciled(rt: Runtime) 
     ingest_badges(rt.engine, rt.esse3("unife"), Partition(YEAR, "unife"))
     with rt.engine.connect() as conn:
         rows = router_state.card_candidates(conn, "unife", YEAR)
-    work, _ = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), TODAY)
+    work = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), TODAY).work
     w = work[0]
     record_intent(rt, w)
 
@@ -286,7 +297,7 @@ def test_a_number_someone_else_holds_is_replaced_by_a_fresh_one(rt: Runtime) -> 
     ingest_badges(rt.engine, rt.esse3("unife"), p)
     with rt.engine.connect() as conn:
         rows = router_state.card_candidates(conn, "unife", YEAR)
-    w = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), TODAY)[0][0]
+    w = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), TODAY).work[0]
     record_intent(rt, w)
     stranger = compose_esi("unife.it", "stranger-1")
 

@@ -6,7 +6,7 @@ reconcile). Lifecycle changes from career and badge data are pushed with PUT."""
 import datetime as dt
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
 from sqlalchemy import Engine
@@ -16,6 +16,7 @@ from etl.config import Ateneo
 from etl.domain.careers import Rejection
 from etl.domain.escn import EscnMinter
 from etl.domain.lifecycle import (
+    ACTIVE,
     CARD_TYPE_OF_BADGE,
     Action,
     BadgeFacts,
@@ -143,11 +144,15 @@ class CardWork:
         return self.target.expires_at < self.today
 
 
-def plan_cards(
-    rows: list[Any], ateneo: Ateneo, minter: EscnMinter, today: dt.date
-) -> tuple[list[CardWork], int]:
-    """Pure decision per badge; returns the work and how many badges wait for their person."""
-    work, waiting = [], 0
+class CardPlan(NamedTuple):
+    work: list[CardWork]
+    waiting: int  # badges whose person is not (yet) at the Router
+    badge_expired: int  # badges of active careers whose validity ended: never extended, reported
+
+
+def plan_cards(rows: list[Any], ateneo: Ateneo, minter: EscnMinter, today: dt.date) -> CardPlan:
+    """Pure decision per badge."""
+    work, waiting, expired = [], 0, 0
     for row in rows:
         (
             bdg_id,
@@ -172,7 +177,9 @@ def plan_cards(
             CardTarget(router_status, synced_expiry) if card_state == "registered" and router_status else None
         )
         action = card_action(target, exists=escn is not None, synced=synced, today=today)
-        if action in (Action.NONE, Action.SKIP):
+        if target.status == ACTIVE and target.expires_at < today:
+            expired += 1  # reported: the university must extend the badge or issue a new one
+        if action in (Action.NONE, Action.SKIP, Action.BADGE_EXPIRED):
             continue
         if action is Action.REGISTER and person_state != "registered":
             waiting += 1  # the person is not (yet) at the Router: nothing to attach a card to
@@ -196,7 +203,7 @@ def plan_cards(
                 today=today,
             )
         )
-    return work, waiting
+    return CardPlan(work, waiting, expired)
 
 
 async def sync_card(client: RouterClient, w: CardWork) -> dict[str, Any]:
@@ -313,9 +320,10 @@ def sync_cards(
     def plan() -> list[CardWork]:
         with engine.connect() as conn:
             rows = store.card_candidates(conn, inst, year)
-        work, waiting = plan_cards(rows, ateneo, minter, today)
-        report.counts["waiting_for_person"] = waiting
-        return work
+        plan = plan_cards(rows, ateneo, minter, today)
+        report.counts["waiting_for_person"] = plan.waiting
+        report.counts["badge_expired"] = plan.badge_expired
+        return plan.work
 
     async def body(client: RouterClient) -> None:
         nonlocal reminted

@@ -57,6 +57,7 @@ class MutationStats:
     finalisations: int = 0  # 'I' -> 'A'
     closures: int = 0  # 'A' -> 'X' (TIT or RIN)
     reactivations: int = 0  # 'X' -> 'A'
+    renewed_badges: int = 0  # badges of reactivated careers extended to the end of the year
     new_badges: int = 0
     annulled_badges: int = 0  # each with a replacement badge
     email_changes: int = 0  # persons with new EMAIL and EMAIL_ATE
@@ -195,6 +196,7 @@ class _Batch:
         self.new_careers: list[Row] = []
         self.new_badges: list[Row] = []
         self.annulled: list[Row] = []
+        self.renewed: list[Row] = []  # badges whose validity a reactivation extends
         self.taken_aliases = {e.split("@", 1)[0] for e in self._emails()}  # institutional local parts
 
     def run(self, size: int) -> MutationStats:
@@ -330,6 +332,13 @@ class _Batch:
         for c in self.sample(candidates, n):
             self.update_career(c, "A", c.DATA_IMM, None, None)
             self.stats.reactivations += 1
+            # As Esse3 does on a reactivation: the badge that ran out is renewed to the end of the
+            # academic year (esc-sync never extends a badge's validity on its own).
+            for b in self.snap.badges:
+                if b.STU_ID == c.STU_ID and not b.ANN_FLG and b.DATA_FIN < self.today:
+                    fin = dt.date(self.today.year + 1, 10, 31)
+                    self.renewed.append({"k": b.BDG_ID, "fin": fin, "mod": self.now})
+                    self.stats.renewed_badges += 1
 
     def next_badge_id(self) -> int:
         taken = [b.BDG_ID for b in self.snap.badges[-1:]] + [r["BDG_ID"] for r in self.new_badges[-1:]]
@@ -422,6 +431,11 @@ class _Batch:
             conn.execute(
                 _by_key(P01_BADGE, "BDG_ID").values(ANN_FLG=1, DATA_MOD=bindparam("mod")),
                 self.annulled,
+            )
+        if self.renewed:
+            conn.execute(
+                _by_key(P01_BADGE, "BDG_ID").values(DATA_FIN=bindparam("fin"), DATA_MOD=bindparam("mod")),
+                self.renewed,
             )
 
 

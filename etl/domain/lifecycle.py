@@ -19,6 +19,7 @@ class Action(enum.Enum):
     UPDATE = "update"  # PUT the card (status and/or expiry changed)
     NONE = "none"  # the Router already holds what we want
     SKIP = "skip"  # never register: an annulled badge, a closed career, no consent
+    BADGE_EXPIRED = "badge_expired"  # never register: the badge's validity is over (reported)
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,14 @@ def consented(mode: str, consent_flag: str | None) -> bool:
     return mode == "automatic" or (consent_flag or "").upper() == "S"
 
 
-def end_of_academic_year(today: dt.date) -> dt.date:
-    """Cards of reactivated careers run to the end of the current academic year (31 October)."""
-    return dt.date(today.year + 1 if today.month >= 8 else today.year, 10, 31)
-
-
 def card_target(f: BadgeFacts, today: dt.date) -> CardTarget:
     """ACTIVE while the career is active or suspended, the badge not annulled and consent given.
-    A closed career, an annulled badge or withdrawn consent deactivate. An active card whose badge
-    validity has already ended (a reactivated career) gets a new expiry."""
+    A closed career, an annulled badge or withdrawn consent deactivate. The expiry is always the
+    badge's validity: a badge whose validity ended is never extended here (the card reads EXPIRED);
+    a reactivated career's card comes back when Esse3 extends the badge (DATA_FIN) or issues a new
+    one."""
     if f.career_status in ("A", "S") and not f.annulled and f.consented:
-        expires = f.valid_to if f.valid_to >= today else max(end_of_academic_year(today), f.valid_from)
-        return CardTarget(ACTIVE, expires)
+        return CardTarget(ACTIVE, f.valid_to)
     return CardTarget(INACTIVE, max(f.valid_to, f.valid_from))
 
 
@@ -63,7 +60,9 @@ def card_action(target: CardTarget, *, exists: bool, synced: CardTarget | None, 
     that should stay expired (say a career closed after the card ran out) is left alone, since any
     PUT without a future expiry is refused and it already reads EXPIRED to every verifier."""
     if not exists:
-        return Action.REGISTER if target.status == ACTIVE else Action.SKIP
+        if target.status != ACTIVE:
+            return Action.SKIP
+        return Action.BADGE_EXPIRED if target.expires_at < today else Action.REGISTER
     if synced is None:
         return Action.REGISTER  # recorded but never confirmed: (re-)POST, 409 is handled
     if synced == target:
