@@ -153,7 +153,7 @@ def _with_runtime(args: argparse.Namespace, settings, runtime) -> int:  # type: 
     from etl.definitions import build_definitions
     from etl.orchestrate import ensure_instance, run_partitions
     from etl.partitions import Partition
-    from etl.report import progress, summary
+    from etl.report import failures, progress, summary
 
     if args.command == "status":
         summary(settings, runtime)
@@ -173,10 +173,10 @@ def _with_runtime(args: argparse.Namespace, settings, runtime) -> int:  # type: 
         if p.academic_year not in settings.academic_years:
             raise EscSyncError(f"academic year {p.academic_year} is outside the configured academic_years")
     print(f"running {len(todo)} partition(s)")
-    run_partitions(
+    backfill = run_partitions(
         build_definitions(settings, runtime), ensure_instance(settings), sorted(set(todo)), progress=progress
     )
-    return 0
+    return failures(backfill)
 
 
 if __name__ == "__main__":

@@ -4,18 +4,19 @@ instance in ``$ESC_SYNC_HOME/dagster`` so every run shows up in the UI afterward
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, Definitions
+from dagster import DagsterInstance, DagsterRunStatus, Definitions, RunsFilter
 from dagster._core.errors import DagsterExecutionStepExecutionError
 
 from etl.config import Settings
 from etl.definitions import JOB_NAME
-from etl.errors import EscSyncError
+from etl.errors import EscSyncError, UniversityError
 from etl.partitions import Partition
 
 DAGSTER_YAML = """\
@@ -60,24 +61,92 @@ class PartitionRun:
     metadata: dict[str, dict[str, Any]]  # asset name → metadata values
 
 
+@dataclass(frozen=True)
+class PartitionFailure:
+    partition: Partition
+    message: str  # one line
+    skipped: bool = False  # not run: an earlier partition of its university failed for all of them
+
+
+@dataclass(frozen=True)
+class Backfill:
+    runs: list[PartitionRun]
+    failures: list[PartitionFailure]
+    reaped: int = 0  # runs of dead processes marked failed, their pool slots freed, before starting
+
+
+# Who runs a partition: a run whose process is gone (SIGKILL, OOM, power loss) is found by these.
+PID_TAG, HOST_TAG = "esc_sync/pid", "esc_sync/host"
+
+
+def reap_dead_runs(instance: DagsterInstance) -> int:
+    """Runs this machine started in a process that no longer exists still hold their ``esc_router``
+    pool slots, and without a daemon nothing frees them: the next run would wait forever. Mark them
+    failed and free their slots. A live process (or another machine's run) is never touched."""
+    host, reaped = socket.gethostname(), 0
+    active = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING]
+    for run in instance.get_runs(filters=RunsFilter(statuses=active, tags={HOST_TAG: host})):
+        pid = int(run.tags.get(PID_TAG, "0") or 0)
+        if pid and _alive(pid):
+            continue
+        instance.report_run_failed(run, message="its process is gone (killed?): marked failed by esc-sync")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped += 1
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def run_partitions(
     defs: Definitions,
     instance: DagsterInstance,
     partitions: Sequence[Partition],
     *,
-    progress: Callable[[int, int, PartitionRun], None] | None = None,
-) -> list[PartitionRun]:
-    """One run per partition (isolates failures, the Dagster default), in partition order."""
+    progress: Callable[[int, int, PartitionRun | PartitionFailure], None] | None = None,
+) -> Backfill:
+    """One run per partition, in partition order. A partition that fails is reported and the others
+    go on; a failure that concerns its whole university (a refused key, Esse3 unreachable) skips that
+    university's remaining partitions, reported as such. Unexpected errors are reported as one line
+    too (``ESC_SYNC_DEBUG=1`` raises them with their traceback)."""
     job = defs.resolve_job_def(JOB_NAME)
-    runs = []
+    reaped = reap_dead_runs(instance)
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    runs: list[PartitionRun] = []
+    failures: list[PartitionFailure] = []
+    blocked: dict[str, str] = {}  # university → why its partitions are skipped
     for i, partition in enumerate(partitions, 1):
+        outcome: PartitionRun | PartitionFailure
+        if partition.institution in blocked:
+            outcome = PartitionFailure(partition, blocked[partition.institution], skipped=True)
+            failures.append(outcome)
+            if progress:
+                progress(i, len(partitions), outcome)
+            continue
         started = time.perf_counter()
         try:
-            result = job.execute_in_process(instance=instance, partition_key=partition.key, run_config=_QUIET)
-        except DagsterExecutionStepExecutionError as e:
-            if isinstance(e.user_exception, EscSyncError):
-                raise e.user_exception from None
-            raise
+            result = job.execute_in_process(
+                instance=instance, partition_key=partition.key, run_config=_QUIET, tags=tags
+            )
+        except Exception as e:  # Dagster raises the step's own exception (or wraps it)
+            error = e.user_exception if isinstance(e, DagsterExecutionStepExecutionError) else e
+            if os.environ.get("ESC_SYNC_DEBUG") and not isinstance(error, EscSyncError):
+                raise
+            if isinstance(error, UniversityError):
+                blocked[partition.institution] = str(error)
+            message = str(error) if isinstance(error, EscSyncError) else _unexpected(error)
+            outcome = PartitionFailure(partition, message)
+            failures.append(outcome)
+            if progress:
+                progress(i, len(partitions), outcome)
+            continue
         metadata = {
             m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
             for m in (
@@ -88,4 +157,9 @@ def run_partitions(
         runs.append(run)
         if progress:
             progress(i, len(partitions), run)
-    return runs
+    return Backfill(runs, failures, reaped)
+
+
+def _unexpected(error: BaseException | None) -> str:
+    # The type only: an exception's text may quote data (names) from the row it failed on.
+    return f"unexpected {type(error).__name__} (ESC_SYNC_DEBUG=1 shows the traceback)"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from etl.config import Settings
-from etl.orchestrate import PartitionRun
+from etl.orchestrate import Backfill, PartitionFailure, PartitionRun
 from etl.partitions import all_partitions
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
@@ -14,7 +16,11 @@ def say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def progress(i: int, n: int, run: PartitionRun) -> None:
+def progress(i: int, n: int, run: PartitionRun | PartitionFailure) -> None:
+    if isinstance(run, PartitionFailure):
+        what = "SKIPPED" if run.skipped else "FAILED"
+        say(f"  [{i:>2}/{n}] {run.partition.key:<14} {what}: {run.message}")
+        return
     c = run.metadata.get("careers", {})
     e = run.metadata.get("esi_assignments", {})
     k = run.metadata.get("esc_cards", {})
@@ -25,6 +31,9 @@ def progress(i: int, n: int, run: PartitionRun) -> None:
             f" | cards +{k.get('registered', 0) + k.get('reconciled', 0)} ({k.get('updated', 0)} upd)"
             f" | retries {e.get('retries', 0) + k.get('retries', 0)}"
         )
+        # calls whose retries ran out: retried by the next run
+        if failed := e.get("failed", 0) + k.get("failed", 0):
+            router += f" | failed {failed} (retried next run)"
     q = run.metadata.get("qr_images", {})
     x = run.metadata.get("export_files", {})
     if q or x:
@@ -66,3 +75,24 @@ def summary(settings: Settings, runtime: Runtime, router: dict[str, dict[str, in
                 f"  {a.code:<10} {local['persons']:>13} {remote.get('persons', 0):>9} "
                 f"{local['cards']:>11} {remote.get('cards', 0):>9}{mark}"
             )
+
+
+def failures(backfill: Backfill) -> int:
+    """One stderr line per failure (a university's skipped partitions folded into its line); the exit
+    code: 0 all done, 3 some partitions failed and the others finished, 2 nothing could be done."""
+    if backfill.reaped:
+        say(f"freed the pool slots of {backfill.reaped} run(s) whose process had died")
+    for f in backfill.failures:
+        if f.skipped:
+            continue
+        inst = f.partition.institution
+        skipped = sum(1 for s in backfill.failures if s.skipped and s.partition.institution == inst)
+        more = f"; {skipped} more partition(s) of {inst} not run" if skipped else ""
+        print(f"esc-sync: {f.message} ({f.partition.key}{more})", file=sys.stderr)
+    if not backfill.failures:
+        return 0
+    return EXIT_PARTIAL if backfill.runs else EXIT_FAILED
+
+
+EXIT_FAILED = 2  # nothing could be done (as for a bad configuration): the line says why
+EXIT_PARTIAL = 3  # some partitions failed (one line each); the others finished

@@ -106,3 +106,29 @@ def test_materialise_partition_then_sensor_sees_only_changes(runtime: Runtime) -
                 .values(DATA_MOD=NOW + dt.timedelta(minutes=5))
             )
         assert "2024|unife" in _requested(defs, runtime, instance)
+
+
+def test_a_refused_key_for_one_university_never_stops_the_other(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12: unife's key is refused (401): unife's first partition fails, its others are skipped
+    and reported, unipa's all run; exit code 3 and one stderr line naming unife."""
+    from etl.orchestrate import run_partitions
+    from etl.partitions import Partition
+    from etl.report import failures, progress
+
+    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", "not-the-key")
+    partitions = [Partition(y, u) for u in ("unife", "unipa") for y in (2024, 2025)]
+    defs = build_definitions(runtime.settings, runtime)
+    backfill = run_partitions(defs, DagsterInstance.ephemeral(), partitions, progress=progress)
+    assert [r.partition.key for r in backfill.runs] == ["2024|unipa", "2025|unipa"]
+    assert [(f.partition.key, f.skipped) for f in backfill.failures] == [
+        ("2024|unife", False),
+        ("2025|unife", True),
+    ]
+    assert "ESC_SYNC_ROUTER_KEY_UNIFE" in backfill.failures[0].message
+    capsys.readouterr()
+    assert failures(backfill) == 3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("esc-sync: university unife:")
+    assert "(2024|unife; 1 more partition(s) of unife not run)" in lines[0]

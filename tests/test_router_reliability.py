@@ -221,7 +221,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Local:
             runtime.dispose()
     assert report.counts["registered"] > 1000 and report.retries == 0
     assert sum(1 for s in ref.persons.values() if s == "registered") > 1000
-    assert sum(1 for c in ref.cards.values() if c[2] == "registered") > 500
+    assert (
+        sum(1 for c in ref.cards.values() if c[2] == "registered") > 400
+    )  # badges whose validity ended are not registered
     return ref
 
 
@@ -665,7 +667,8 @@ def test_refused_credentials_through_the_cli_exit_2_with_one_stderr_line(
     assert len(lines) == 1 and lines[0].startswith(f"esc-sync: university {INST}:"), done.stderr
     assert refusal.hint in lines[0]
     assert refusal.key not in done.stdout + done.stderr
-    # The first partition stopped the whole backfill: no other partition reached the Router.
-    assert "[ 1/7]" not in done.stdout, done.stdout
+    # The first partition's failure concerns the whole university: its other partitions are skipped
+    # (reported), and none of them reached the Router.
+    assert done.stdout.count("SKIPPED") == 6 and "(2019|unife; 6 more partition(s)" in lines[0]
     assert refusal.requests() <= 2 * 16
     assert elapsed < 60, elapsed  # process start and Dagster imports included

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from etl.errors import EscSyncError
+from etl.errors import EscSyncError, UniversityError
 from etl.resources.router import RouterClient
 from etl.resources.router_errors import RouterError
 
@@ -87,4 +87,6 @@ def run_with_client(
     try:
         return asyncio.run(main())
     except* RouterError as group:
-        raise EscSyncError(str(group.exceptions[0])) from None
+        first = group.exceptions[0]
+        kind = UniversityError if isinstance(first, RouterError) and first.is_auth else EscSyncError
+        raise kind(str(first)) from None

@@ -21,8 +21,8 @@ from etl.demo import config as demo
 from etl.demo.generate import generate, is_generated
 from etl.demo.mutate import mutate
 from etl.emulator import EmulatorProcess, start_emulator
-from etl.orchestrate import ensure_instance, run_partitions
-from etl.report import progress, say, summary
+from etl.orchestrate import Backfill, ensure_instance, run_partitions
+from etl.report import failures, progress, say, summary
 from etl.resources.runtime import Runtime
 from etl.store.db import check_reachable
 from etl.store.migrate import upgrade
@@ -136,12 +136,13 @@ def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60
                 )
                 say(f"mutated demo Esse3 of {a.code}: years touched {sorted(stats.touched_years)}")
         todo = [c.partition for c in pending_partitions(settings, runtime)]
+        backfill = Backfill([], [])
         if not todo:
             say("Nothing changed in Esse3 since the last sync: nothing to run.")
         else:
             say(f"Materialising {len(todo)} partition(s) through Dagster:")
             defs = build_definitions(settings, runtime)
-            run_partitions(defs, ensure_instance(settings), todo, progress=progress)
+            backfill = run_partitions(defs, ensure_instance(settings), todo, progress=progress)
         summary(settings, runtime, emulator.stats()["organisations"])
     finally:
         runtime.dispose()
@@ -155,4 +156,4 @@ def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60
         f"  (home: {home}; set ESC_SYNC_HOME to use another)"
     )
     sys.stdout.flush()
-    return 0
+    return failures(backfill)

@@ -13,7 +13,7 @@ from sqlalchemy import Date, DateTime, Engine, TextClause, bindparam, text
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from etl.errors import EscSyncError
+from etl.errors import UniversityError
 from etl.store.db import check_reachable, make_engine
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql" / "esse3"
@@ -155,7 +155,7 @@ def _as_datetime(v: object) -> dt.datetime:
     return dt.datetime.fromisoformat(str(v))
 
 
-def describe_source_error(institution: str, e: DBAPIError) -> EscSyncError:
+def describe_source_error(institution: str, e: DBAPIError) -> UniversityError:
     """One line for a missing table/column or a lost connection, without the SQL or parameters."""
     first = str(e.orig).strip().splitlines()[0] if e.orig is not None else type(e).__name__
     low = first.lower()
@@ -165,4 +165,4 @@ def describe_source_error(institution: str, e: DBAPIError) -> EscSyncError:
         kind = "unreachable or failed"
     else:
         kind = "query failed"
-    return EscSyncError(f"university {institution}: Esse3 {kind}: {first}")
+    return UniversityError(f"university {institution}: Esse3 {kind}: {first}")

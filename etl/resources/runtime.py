@@ -11,7 +11,7 @@ from functools import cached_property
 from sqlalchemy import Engine
 
 from etl.config import Settings
-from etl.errors import EscSyncError
+from etl.errors import UniversityError
 from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
 from etl.store.db import make_engine
@@ -40,7 +40,7 @@ class Runtime:
         ateneo = self.settings.ateneo(institution)
         key = ateneo.router_api_key()
         if not key:
-            raise EscSyncError(
+            raise UniversityError(
                 f"university {institution}: Router API key missing: set the environment variable "
                 f"{ateneo.router_api_key_env}"
             )
