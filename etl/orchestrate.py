@@ -18,6 +18,7 @@ from etl.config import Settings
 from etl.definitions import JOB_NAME
 from etl.errors import EscSyncError, UniversityError
 from etl.partitions import Partition
+from etl.store.locks import process_alive
 
 DAGSTER_YAML = """\
 # Written by esc-sync for the embedded default. Production: storage on PostgreSQL (see README).
@@ -87,22 +88,12 @@ def reap_dead_runs(instance: DagsterInstance) -> int:
     active = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING]
     for run in instance.get_runs(filters=RunsFilter(statuses=active, tags={HOST_TAG: host})):
         pid = int(run.tags.get(PID_TAG, "0") or 0)
-        if pid and _alive(pid):
+        if pid and process_alive(pid):
             continue
         instance.report_run_failed(run, message="its process is gone (killed?): marked failed by esc-sync")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         reaped += 1
     return reaped
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def run_partitions(

@@ -70,3 +70,38 @@ def test_materialize_killed_three_times_then_a_plain_rerun_finishes(tmp_path: Pa
         assert_router_equals_local(emu.url, local_state(engine), emu)
     engine.dispose()
     assert elapsed < RERUN_BOUND_S
+
+
+def test_two_runs_of_one_partition_at_once_never_double_the_router_work(
+    tmp_path: Path, state_url: str
+) -> None:
+    """The second run stops with one line naming the run that holds the partition; the first finishes;
+    the Router sees each person once (no second POST), and a later run finds nothing to do."""
+    home = tmp_path / "home"
+    make_esse3(home, students=600)
+    engine = make_engine(state_url)
+    upgrade(engine)
+    command = [sys.executable, "-m", "etl.cli", "materialize", "--partition", "2025|unife"]
+    # 800 ms a call: the first run holds the partition for seconds, longer than the second takes to start
+    with start_emulator({KEY: PIC}, faults=FaultConfig(latency_ms=800)) as emu:
+        write_config(home, emu.url)
+        env = sync_env(home, state_url)
+        first = subprocess.Popen(
+            command, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while emu.stats()["requests"] == 0 and time.monotonic() < deadline:  # the first is at the Router
+            time.sleep(0.05)
+        second = subprocess.run(
+            command, env=env, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+        )
+        _out, err = first.communicate(timeout=240)
+        assert first.returncode == 0, err[-2000:]
+        lines = second.stderr.strip().splitlines()
+        assert second.returncode == 2 and len(lines) == 1, second.stderr
+        assert "partition 2025|unife is being run by run" in lines[0] and "not run twice" in lines[0]
+        posts = emu.stats()["responses"]
+        assert "409" not in posts  # nobody POSTed what the other had registered
+        assert_router_equals_local(emu.url, local_state(engine), emu)
+    engine.dispose()

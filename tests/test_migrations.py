@@ -22,6 +22,7 @@ TABLES = {
     "api_tokens",
     "api_audit",
     "escn_clock",
+    "partition_locks",
 }
 
 

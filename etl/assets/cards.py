@@ -37,6 +37,7 @@ from etl.resources.runtime import Runtime
 from etl.store import careers as common
 from etl.store import router_state as store
 from etl.store.bulk import refresh_statistics
+from etl.store.locks import partition_lock
 from etl.store.models import utcnow
 
 STAGE = "cards"
@@ -355,11 +356,12 @@ def build_cards_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
         report = CallReport()
-        read, rejected = ingest_badges(
-            runtime.engine, runtime.esse3(ateneo.code), partition, runtime.settings.esse3_future_skew
-        )
-        report.counts.update(badges_read=read, badges_quarantined=rejected)
-        sync_cards(runtime.engine, lambda: runtime.router_client(ateneo.code), ateneo, partition, report)
+        with partition_lock(runtime.engine, partition.key, context.run_id):
+            read, rejected = ingest_badges(
+                runtime.engine, runtime.esse3(ateneo.code), partition, runtime.settings.esse3_future_skew
+            )
+            report.counts.update(badges_read=read, badges_quarantined=rejected)
+            sync_cards(runtime.engine, lambda: runtime.router_client(ateneo.code), ateneo, partition, report)
         context.log.info(f"{partition.key}: {dict(report.counts)}")
         with runtime.engine.connect() as conn:
             cards = store.count_cards(conn, ateneo.code, partition.academic_year)

@@ -31,6 +31,7 @@ from etl.resources.esse3 import CAREER_TABLES, EPOCH, Esse3Source
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
 from etl.store.bulk import refresh_statistics
+from etl.store.locks import partition_lock
 
 OVERLAP = dt.timedelta(minutes=10)  # tolerates Esse3 clock skew and long transactions
 FUTURE_SKEW = dt.timedelta(minutes=15)  # how far ahead of ours Esse3's clock may believably run
@@ -207,13 +208,14 @@ def build_careers_asset(partitions: MultiPartitionsDefinition):  # type: ignore[
         runtime: Runtime = context.resources.esc
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
-        result = ingest_careers(
-            runtime.engine,
-            runtime.esse3(partition.institution),
-            ateneo,
-            partition,
-            future_skew=runtime.settings.esse3_future_skew,
-        )
+        with partition_lock(runtime.engine, partition.key, context.run_id):
+            result = ingest_careers(
+                runtime.engine,
+                runtime.esse3(partition.institution),
+                ateneo,
+                partition,
+                future_skew=runtime.settings.esse3_future_skew,
+            )
         with runtime.engine.connect() as conn:
             counts = store.partition_counts(conn, partition.institution, partition.academic_year)
             dupes = store.duplicate_matricole(conn, partition.institution)

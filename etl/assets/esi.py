@@ -26,6 +26,7 @@ from etl.resources.runtime import Runtime
 from etl.store import careers as quarantine_store
 from etl.store import router_state as store
 from etl.store.bulk import refresh_statistics
+from etl.store.locks import partition_lock
 
 STAGE = "esi"
 CHUNK = 1000  # persons per intent/call/confirm round: bounds what a crash can leave pending
@@ -208,14 +209,15 @@ def build_esi_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-u
         ateneo = runtime.settings.ateneo(partition.institution)
         report = CallReport()
         started = dt.datetime.now()
-        assign_esis(
-            runtime.engine,
-            runtime.esse3(ateneo.code),
-            lambda: runtime.router_client(ateneo.code),
-            ateneo,
-            partition,
-            report,
-        )
+        with partition_lock(runtime.engine, partition.key, context.run_id):
+            assign_esis(
+                runtime.engine,
+                runtime.esse3(ateneo.code),
+                lambda: runtime.router_client(ateneo.code),
+                ateneo,
+                partition,
+                report,
+            )
         context.log.info(f"{partition.key}: {dict(report.counts)} in {dt.datetime.now() - started}")
         with runtime.engine.connect() as conn:
             registered = store.count_persons(conn, ateneo.code, partition.academic_year)

@@ -209,6 +209,18 @@ class EscnClock(Base):
     next_seq: Mapped[int] = mapped_column(Integer)
 
 
+class PartitionLock(Base):
+    """Who is running a partition now (etl.store.locks): one writer per partition."""
+
+    __tablename__ = "partition_locks"
+
+    partition_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    pid: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(255))
+    acquired_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
 class QrImage(Base):
     """The card's QR symbol (PNG and SVG), kept in the state DB: see docs/architecture.md."""
 
