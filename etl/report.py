@@ -56,6 +56,13 @@ def summary(settings: Settings, runtime: Runtime, router: dict[str, dict[str, in
                 f"{r} ×{n}" for r, n in store.top_quarantine_reasons(conn, p.institution, p.academic_year)
             )
             say(f"  {p.key:<14} {c['careers']:>8} {c['finalised']:>9} {c['quarantined']:>11}  {reasons}")
+        for a in settings.atenei:
+            backlog = router_state.retry_backlog(conn, a.code)
+            if any(backlog.values()):
+                say(
+                    f"  {a.code}: Router calls whose retries ran out: {backlog['persons']} person(s), "
+                    f"{backlog['cards']} card(s); the next run retries them"
+                )
         if router is None:
             return
         say("\nRouter beside local state:")
