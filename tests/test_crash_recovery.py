@@ -34,7 +34,7 @@ RERUN_BOUND_S = 240
 
 def test_materialize_killed_three_times_then_a_plain_rerun_finishes(tmp_path: Path, state_url: str) -> None:
     home = tmp_path / "home"
-    make_esse3(home, students=600)
+    make_esse3(home, students=300)
     engine = make_engine(state_url)
     upgrade(engine)
     command = [sys.executable, "-m", "etl.cli", "materialize", "--institution", INST]
@@ -78,7 +78,7 @@ def test_two_runs_of_one_partition_at_once_never_double_the_router_work(
     """The second run stops with one line naming the run that holds the partition; the first finishes;
     the Router sees each person once (no second POST), and a later run finds nothing to do."""
     home = tmp_path / "home"
-    make_esse3(home, students=600)
+    make_esse3(home, students=300)
     engine = make_engine(state_url)
     upgrade(engine)
     command = [sys.executable, "-m", "etl.cli", "materialize", "--partition", "2025|unife"]
