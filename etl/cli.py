@@ -4,6 +4,7 @@ traceback (set ESC_SYNC_DEBUG=1 to see one)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -61,8 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+INTERRUPTED = (
+    "esc-sync: interrupted: the partition in progress rolled back its open transaction (calls already "
+    "recorded are resumed, never repeated); re-run to finish"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # every file esc-sync (and the Dagster it starts) writes is private: 0600 / 0700
+    # A connection closed while an interrupt unwinds logs a traceback from the pool: the one line
+    # below says what happened.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["emulator"]:
         from etl.emulator import main as emulator_main
@@ -80,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         first = str(e.orig).strip().splitlines()[0] if e.orig else "database error"
         print(f"esc-sync: database error: {first}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except BaseException as e:
+        # SIGINT, or SIGTERM (Dagster turns it into its own interrupt while a run executes)
+        if not isinstance(e, KeyboardInterrupt) and type(e).__name__ != "DagsterExecutionInterruptedError":
+            raise
+        if os.environ.get("ESC_SYNC_DEBUG"):
+            raise
+        print(INTERRUPTED, file=sys.stderr)
         return 130
 
 

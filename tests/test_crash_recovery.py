@@ -105,3 +105,38 @@ def test_two_runs_of_one_partition_at_once_never_double_the_router_work(
         assert "409" not in posts  # nobody POSTed what the other had registered
         assert_router_equals_local(emu.url, local_state(engine), emu)
     engine.dispose()
+
+
+def test_sigint_and_sigterm_stop_promptly_with_one_line_and_a_rerun_finishes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    make_esse3(home, students=300)
+    state_url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    engine = make_engine(state_url)
+    upgrade(engine)
+    command = [sys.executable, "-m", "etl.cli", "materialize", "--institution", INST]
+    with start_emulator({KEY: PIC}, faults=FaultConfig(latency_ms=300)) as emu:
+        write_config(home, emu.url)
+        env = sync_env(home, state_url)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            proc = subprocess.Popen(
+                command, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            before = emu.stats()["requests"]
+            deadline = time.monotonic() + 60
+            while emu.stats()["requests"] == before and time.monotonic() < deadline:  # at the Router
+                time.sleep(0.05)
+            sent = time.monotonic()
+            proc.send_signal(sig)
+            _out, err = proc.communicate(timeout=60)
+            assert time.monotonic() - sent < 10  # promptly
+            lines = err.strip().splitlines()
+            assert proc.returncode == 130 and len(lines) == 1, err[-2000:]
+            assert lines[0].startswith("esc-sync: interrupted:") and "re-run to finish" in lines[0]
+        emu.set_faults(FaultConfig())  # the rerun needs no slow Router
+        done = subprocess.run(
+            command, env=env, cwd=REPO, capture_output=True, text=True, timeout=RERUN_BOUND_S
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert_router_equals_local(emu.url, local_state(engine), emu)
+    engine.dispose()

@@ -341,9 +341,7 @@ def retry_backlog(conn: Connection, institution: str) -> dict[str, int]:
     """Persons and cards whose last Router call failed transiently (retries ran out): the next run
     retries them. Permanent refusals are in the quarantine instead."""
     persons = conn.execute(
-        text(
-            "SELECT COUNT(*) FROM persons WHERE institution = :i AND last_error LIKE 'Router unavailable%'"
-        ),
+        text("SELECT COUNT(*) FROM persons WHERE institution = :i AND last_error LIKE 'Router unavailable%'"),
         {"i": institution},
     ).scalar_one()
     cards = conn.execute(
