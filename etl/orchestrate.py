@@ -132,7 +132,7 @@ def run_partitions(
                 raise
             if isinstance(error, UniversityError):
                 blocked[partition.institution] = str(error)
-            message = str(error) if isinstance(error, EscSyncError) else _unexpected(error)
+            message = str(error) if isinstance(error, EscSyncError) else failure_message(error)
             outcome = PartitionFailure(partition, message)
             failures.append(outcome)
             if progress:
@@ -151,6 +151,10 @@ def run_partitions(
     return Backfill(runs, failures, reaped)
 
 
-def _unexpected(error: BaseException | None) -> str:
+def failure_message(error: BaseException | None) -> str:
+    """One line for an error that is not an EscSyncError."""
+    if isinstance(error, OSError) and error.errno:  # disk full, permission denied, ...: say which file
+        where = f" on {error.filename}" if error.filename else ""
+        return f"{os.strerror(error.errno)}{where} (nothing half-written: re-run once fixed)"
     # The type only: an exception's text may quote data (names) from the row it failed on.
     return f"unexpected {type(error).__name__} (ESC_SYNC_DEBUG=1 shows the traceback)"

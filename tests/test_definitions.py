@@ -132,3 +132,18 @@ def test_a_refused_key_for_one_university_never_stops_the_other(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("esc-sync: university unife:")
     assert "(2024|unife; 1 more partition(s) of unife not run)" in lines[0]
+
+
+def test_a_full_disk_is_one_line_naming_the_file() -> None:
+    import errno
+
+    from etl.orchestrate import failure_message
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/srv/esc/exports/unife/2025/x.parquet.tmp")
+    message = failure_message(full)
+    assert message.startswith("No space left on device on /srv/esc/exports/unife/2025/x.parquet.tmp")
+    assert "\n" not in message
+    assert (
+        failure_message(ValueError("Mario Rossi"))
+        == "unexpected ValueError (ESC_SYNC_DEBUG=1 shows the traceback)"
+    )
