@@ -18,35 +18,22 @@ No access log: request paths carry ESIs (personal data).
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
 import io
-import json
 import logging
-import traceback
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import segno
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from PIL import Image, UnidentifiedImageError
 
-from etl.domain.escn import EscnMinter
 from etl.domain.esi import same_esi
 from etl.emulator.contract import (
     CARD_EXISTS,
     PERSON_EXISTS,
     PERSON_UNKNOWN,
-    SERVER_ERROR,
     ApiError,
-    CsvProblem,
-    access_denied,
     address_not_allowed,
-    csv_columns,
     esi_key,
     invalid,
     not_found,
@@ -56,11 +43,30 @@ from etl.emulator.contract import (
     parse_page,
     parse_person,
     raw_query_param,
-    unauthorized,
-    validate_csv_rows,
+)
+from etl.emulator.extras import (
+    csv_config,
+    delete_picture,
+    get_picture,
+    upload_picture,
+    validate_csv,
 )
 from etl.emulator.faults import Fault, FaultConfig, FaultPlan
-from etl.emulator.store import CARD_SORTS, PERSON_SORTS, Card, Conflict, Relation, Store
+from etl.emulator.state import (
+    STATE,
+    EmulatorState,
+    Handler,
+    error_response,
+    internal_error,
+    json_response,
+    now,
+    our_card,
+    our_relation,
+    path_esi,
+    read_body,
+    utc_today,
+)
+from etl.emulator.store import CARD_SORTS, PERSON_SORTS, Conflict, Store
 from etl.emulator.views import (
     card_lite_view,
     card_view,
@@ -77,72 +83,10 @@ API = "/esc-rest/api/v2"
 API_DOCS = "/esc-rest/v3/api-docs/V2"  # where the Router publishes its document
 ADMIN = "/_emulator"
 OPENAPI_DOCUMENT = Path(__file__).with_name("esc-router-v2.openapi.json")
-PICTURE_SIZE = (200, 300)
 _HTML_502 = (
     "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
     "<body><h1>502 Bad Gateway</h1><p>The proxy server received an invalid response.</p></body></html>"
 )
-
-
-@dataclass
-class EmulatorState:
-    store: Store
-    api_keys: dict[str, str]  # key -> PIC
-    plan: FaultPlan
-    today: Callable[[], dt.date]
-    requests: int = 0
-    responses: Counter[int] = field(default_factory=Counter)
-    faults: Counter[str] = field(default_factory=Counter)
-    minters: dict[tuple[str, int], EscnMinter] = field(default_factory=dict)
-
-    def authenticate(self, header: str | None) -> str:
-        scheme, _, key = (header or "").partition(" ")
-        pic = self.api_keys.get(key.strip()) if scheme.lower() == "bearer" else None
-        if pic is None:
-            raise unauthorized()
-        return pic
-
-    def minter(self, pic: str, prefix: int) -> EscnMinter:
-        m = self.minters.get((pic, prefix))
-        if m is None:
-            m = self.minters[(pic, prefix)] = EscnMinter(pic, prefix)
-        return m
-
-
-STATE = web.AppKey("state", EmulatorState)
-Handler = Callable[[web.Request, EmulatorState, str], Awaitable[web.StreamResponse]]
-
-
-def _utc_today() -> dt.date:
-    return dt.datetime.now(dt.UTC).date()
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(data, separators=(",", ":")).encode(), status=status, content_type="application/json"
-    )
-
-
-def _error(e: ApiError, content_type: str = "application/json") -> web.Response:
-    # Spring renders an error in the media type the operation produces (the picture download's
-    # errors are ApiErrorMessage JSON sent as application/octet-stream, as its document says).
-    resp = _json(e.body(), e.status)
-    resp.content_type = content_type
-    if e.status == 401:
-        resp.headers["WWW-Authenticate"] = "Bearer"
-    return resp
-
-
-def _internal_error(name: str, e: Exception) -> web.Response:
-    # Frames only: an exception message could carry request values (personal data).
-    log.error(
-        "internal error in %s: %s\n%s", name, type(e).__name__, "".join(traceback.format_tb(e.__traceback__))
-    )
-    return _json({"code": SERVER_ERROR, "message": "Internal Server Error"}, 500)
 
 
 async def _inject(request: web.Request, state: EmulatorState, fault: Fault) -> web.StreamResponse:
@@ -160,11 +104,11 @@ async def _inject(request: web.Request, state: EmulatorState, fault: Fault) -> w
     if kind == "html":
         return web.Response(status=502, text=_HTML_502, content_type="text/html")
     if kind == "429":
-        resp = _json({"code": "EMU-429", "message": "Too Many Requests"}, 429)
+        resp = json_response({"code": "EMU-429", "message": "Too Many Requests"}, 429)
         resp.headers["Retry-After"] = str(cfg.retry_after_s)
         return resp
     messages = {"500": "Internal Server Error", "502": "Bad Gateway", "503": "Service Unavailable"}
-    return _json({"code": f"EMU-{kind}", "message": messages[kind]}, int(kind))
+    return json_response({"code": f"EMU-{kind}", "message": messages[kind]}, int(kind))
 
 
 def api(
@@ -179,11 +123,11 @@ def api(
             pic = state.authenticate(request.headers.get("Authorization"))
         except ApiError as e:
             state.responses[e.status] += 1
-            return _error(e, error_type)
+            return error_response(e, error_type)
         plan = state.plan
         if plan.denies(pic):  # the gateway refuses before anything runs
             state.responses[403] += 1
-            return _error(address_not_allowed(), error_type)
+            return error_response(address_not_allowed(), error_type)
         fault: Fault | None = None
         if not plan.idle:
             delay = plan.latency_s()
@@ -195,9 +139,9 @@ def api(
         try:
             resp = await handler(request, state, pic)
         except ApiError as e:
-            resp = _error(e, error_type)
+            resp = error_response(e, error_type)
         except Exception as e:
-            resp = _internal_error(handler.__name__, e)
+            resp = internal_error(handler.__name__, e)
         if fault is not None:  # the work is done (committed), the answer is lost
             return await _inject(request, state, fault)
         state.responses[resp.status] += 1
@@ -206,71 +150,36 @@ def api(
     return route
 
 
-async def _body(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        raise invalid("body: a JSON object is required")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise invalid("body: not valid JSON") from None
-
-
-def _path_esi(request: web.Request) -> str:
-    return request.match_info["esi"]  # decoded: a client may send the ESI raw or percent-encoded
-
-
-def _our_relation(state: EmulatorState, esi: str, pic: str) -> Relation:
-    person_id = state.store.person_id(esi_key(esi))
-    if person_id is None:
-        raise not_found("person")
-    rel = state.store.relation(person_id, pic)
-    if rel is None:
-        if state.store.organisation_count(person_id) == 0:
-            raise not_found("person")
-        raise access_denied()
-    return rel
-
-
-def _our_card(state: EmulatorState, number: str, pic: str) -> Card:
-    card = state.store.card(number)
-    if card is None or card.deleted:
-        raise not_found("card")
-    if card.pic != pic:
-        raise access_denied()
-    return card
-
-
 # --- persons ---------------------------------------------------------------------------------------
 
 
 async def post_person(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    person = parse_person(await _body(request), pic)
+    person = parse_person(await read_body(request), pic)
     try:
-        rel = state.store.add_relation(esi_key(person.identifier), person, pic, _now())
+        rel = state.store.add_relation(esi_key(person.identifier), person, pic, now())
     except Conflict:
         raise ApiError(409, PERSON_EXISTS, "person already exists for this organisation") from None
-    return _json(person_view(rel), 201)
+    return json_response(person_view(rel), 201)
 
 
 async def get_person(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    return _json(person_view(_our_relation(state, _path_esi(request), pic)))
+    return json_response(person_view(our_relation(state, path_esi(request), pic)))
 
 
 async def put_person(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    esi = _path_esi(request)
-    rel = _our_relation(state, esi, pic)
-    person = parse_person(await _body(request), pic)
+    esi = path_esi(request)
+    rel = our_relation(state, esi, pic)
+    person = parse_person(await read_body(request), pic)
     if not same_esi(person.identifier, esi):
         raise invalid("identifier: an ESI can never change")
-    updated = state.store.replace_relation(rel.person_id, person, pic, _now())
+    updated = state.store.replace_relation(rel.person_id, person, pic, now())
     assert updated is not None
-    return _json(person_view(updated))
+    return json_response(person_view(updated))
 
 
 async def delete_person(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    rel = _our_relation(state, _path_esi(request), pic)
-    state.store.delete_relation(rel.person_id, pic, _now())
+    rel = our_relation(state, path_esi(request), pic)
+    state.store.delete_relation(rel.person_id, pic, now())
     return web.Response(status=204)
 
 
@@ -282,44 +191,46 @@ async def list_persons(request: web.Request, state: EmulatorState, pic: str) -> 
         pic, page.number * page.size, page.size, page.sort, page.descending
     )
     content = [person_lite_view(r) for r in rows]
-    return _json(page_view(content, total, page, str(request.url.with_query(None)), dict(request.query)))
+    return json_response(
+        page_view(content, total, page, str(request.url.with_query(None)), dict(request.query))
+    )
 
 
 # --- cards -----------------------------------------------------------------------------------------
 
 
 async def post_card(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    card = parse_card(await _body(request), pic)
+    card = parse_card(await read_body(request), pic)
     person = state.store.relation_by_esi(esi_key(card.person_identifier), pic)
     if person is None:
         raise ApiError(400, PERSON_UNKNOWN, "personIdentifier: person not registered for this organisation")
     number = card.card_number or state.minter(pic, 1).mint()
     try:
-        stored = state.store.add_card(number, card, person, _now())
+        stored = state.store.add_card(number, card, person, now())
     except Conflict:
         raise ApiError(409, CARD_EXISTS, "card number already exists") from None
-    return _json(card_view(stored, state.today()), 201)
+    return json_response(card_view(stored, state.today()), 201)
 
 
 async def get_card(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    return _json(card_view(_our_card(state, request.match_info["escn"], pic), state.today()))
+    return json_response(card_view(our_card(state, request.match_info["escn"], pic), state.today()))
 
 
 async def put_card(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
     number = request.match_info["escn"]
-    current = _our_card(state, number, pic)
-    card = parse_card(await _body(request), pic, create=False)
+    current = our_card(state, number, pic)
+    card = parse_card(await read_body(request), pic, create=False)
     if not same_esi(card.person_identifier, current.person_identifier):
         raise invalid("personIdentifier: a card cannot move to another person")
     today = state.today()
     if current.expires_at < today and card.expires_at < today:
         raise invalid("expiresAt: an EXPIRED card is revived only together with a future expiresAt")
-    return _json(card_view(state.store.replace_card(number, card, _now()), today))
+    return json_response(card_view(state.store.replace_card(number, card, now()), today))
 
 
 async def delete_card(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    card = _our_card(state, request.match_info["escn"], pic)
-    state.store.delete_card(card.card_number, _now())
+    card = our_card(state, request.match_info["escn"], pic)
+    state.store.delete_card(card.card_number, now())
     return web.Response(status=204)
 
 
@@ -333,13 +244,15 @@ async def list_cards(request: web.Request, state: EmulatorState, pic: str) -> we
             pic, person_id, page.number * page.size, page.size, page.sort, page.descending
         )
     content = [card_lite_view(c) for c in rows]
-    return _json(page_view(content, total, page, str(request.url.with_query(None)), dict(request.query)))
+    return json_response(
+        page_view(content, total, page, str(request.url.with_query(None)), dict(request.query))
+    )
 
 
 async def generate_escn(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
     prefix, count = parse_generate(dict(request.query), pic)
     minter = state.minter(pic, prefix)
-    return _json([minter.mint() for _ in range(count)])
+    return json_response([minter.mint() for _ in range(count)])
 
 
 async def card_qr(request: web.Request) -> web.Response:
@@ -351,7 +264,7 @@ async def card_qr(request: web.Request) -> web.Response:
     svg = "image/svg+xml" in request.headers.get("Accept", "")
     if card is None or card.deleted:
         state.responses[400] += 1
-        return _error(invalid("escn: no such card"), "image/svg+xml" if svg else "text/plain")
+        return error_response(invalid("escn: no such card"), "image/svg+xml" if svg else "text/plain")
     state.responses[200] += 1
     url = qr_url(card.card_number)
     if svg:
@@ -359,94 +272,6 @@ async def card_qr(request: web.Request) -> web.Response:
         segno.make(url, error="m", version=4, boost_error=False).save(buf, kind="svg", border=4)
         return web.Response(body=buf.getvalue(), content_type="image/svg+xml")
     return web.Response(text=url, content_type="text/plain")
-
-
-async def csv_config(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    return _json(csv_columns())
-
-
-async def validate_csv(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    """``CsvValidationError`` items, one per problem; an empty list when the file is valid."""
-    operation = request.query.get("operation")
-    if operation not in ("CREATE", "UPDATE", "DELETE"):
-        return _json([CsvProblem(0, "operation", "must be CREATE, UPDATE or DELETE").view()], 400)
-    data = await _multipart_file(request)
-    if data is None:
-        return _json([CsvProblem(0, "file", "a multipart file field is required").view()], 400)
-    try:
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
-    except (UnicodeDecodeError, csv.Error):
-        return _json([CsvProblem(0, "file", "not a UTF-8 CSV file").view()], 400)
-
-    def known(number: str) -> bool:
-        card = state.store.card(number)
-        return card is not None and not card.deleted and card.pic == pic
-
-    problems = validate_csv_rows(rows, operation, pic, known)
-    return _json([p.view() for p in problems])
-
-
-async def _multipart_file(request: web.Request) -> bytes | None:
-    if not request.content_type.startswith("multipart/"):
-        return None
-    try:
-        form = await request.post()
-    except (ValueError, web.HTTPException, HttpProcessingError):  # a malformed multipart body
-        return None
-    field = form.get("file")
-    if isinstance(field, web.FileField):
-        return field.file.read()
-    if isinstance(field, str | bytes):
-        return field.encode() if isinstance(field, str) else field
-    return None
-
-
-def _picture_owner(request: web.Request, state: EmulatorState, pic: str) -> Relation:
-    if request.match_info["id"] != pic:
-        raise access_denied()  # another organisation's pictures
-    return _our_relation(state, _path_esi(request), pic)
-
-
-async def get_picture(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    rel = _picture_owner(request, state, pic)
-    image = state.store.picture(rel.person_id, pic)
-    if image is None:
-        raise not_found("picture")
-    return web.Response(body=image, content_type="application/octet-stream")
-
-
-async def upload_picture(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    rel = _picture_owner(request, state, pic)
-    resize = request.query.get("resize", "false").lower()
-    if resize not in ("true", "false"):
-        raise invalid("resize: true or false")
-    data = await _multipart_file(request)
-    if data is None:
-        raise invalid("file: a multipart file field is required")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.size != PICTURE_SIZE:
-                if resize != "true":
-                    raise invalid("file: must be a 200x300 image (or resize=true)")
-                img = img.resize(PICTURE_SIZE)
-            out = io.BytesIO()
-            img.convert("RGB").save(out, format="JPEG", quality=85)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise invalid("file: not an image") from None
-    state.store.put_picture(rel.person_id, pic, out.getvalue())
-    return _json("picture stored", 201)
-
-
-async def delete_picture(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
-    """Idempotent: 204 whether or not a picture was there. The document lists no 404 here, so a
-    person who is not ours answers 403."""
-    try:
-        rel = _picture_owner(request, state, pic)
-    except ApiError as e:
-        raise access_denied() if e.status == 404 else e from None
-    state.store.delete_picture(rel.person_id, pic)
-    return web.Response(status=204)
 
 
 async def api_docs(request: web.Request) -> web.Response:
@@ -460,9 +285,9 @@ async def card_status(request: web.Request) -> web.Response:
     state.requests += 1
     card = state.store.card(request.match_info["escn"])
     if card is None or card.deleted:
-        resp = _error(not_found("card"))
+        resp = error_response(not_found("card"))
     else:
-        resp = _json(status_view(card, state.today()))
+        resp = json_response(status_view(card, state.today()))
     state.responses[resp.status] += 1
     return resp
 
@@ -471,12 +296,12 @@ async def card_status(request: web.Request) -> web.Response:
 
 
 async def admin_health(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def admin_stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return _json(
+    return json_response(
         {
             "requests": state.requests,
             "responses": {str(k): v for k, v in sorted(state.responses.items())},
@@ -489,19 +314,19 @@ async def admin_stats(request: web.Request) -> web.Response:
 
 
 async def admin_get_faults(request: web.Request) -> web.Response:
-    return _json(request.app[STATE].plan.config.to_dict())
+    return json_response(request.app[STATE].plan.config.to_dict())
 
 
 async def admin_put_faults(request: web.Request) -> web.Response:
     try:
-        config = FaultConfig.from_dict(await _body(request))
+        config = FaultConfig.from_dict(await read_body(request))
     except ApiError as e:
-        return _error(e)
+        return error_response(e)
     except (TypeError, ValueError) as e:
-        return _error(invalid(str(e)))
+        return error_response(invalid(str(e)))
     request.app[STATE].plan = FaultPlan(config)
     log.info("fault config replaced: %s", config.to_dict())
-    return _json(config.to_dict())
+    return json_response(config.to_dict())
 
 
 async def admin_reset(request: web.Request) -> web.Response:
@@ -510,14 +335,14 @@ async def admin_reset(request: web.Request) -> web.Response:
     state.requests = 0
     state.responses.clear()
     state.faults.clear()
-    return _json({"status": "reset"})
+    return json_response({"status": "reset"})
 
 
 def create_app(
     api_keys: dict[str, str],
     store: Store,
     faults: FaultConfig | None = None,
-    today: Callable[[], dt.date] = _utc_today,
+    today: Callable[[], dt.date] = utc_today,
 ) -> web.Application:
     app = web.Application()
     app[STATE] = EmulatorState(
