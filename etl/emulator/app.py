@@ -3,8 +3,10 @@
 Every operation of the Router's OpenAPI document (``esc-router-v2.openapi.json`` beside this module,
 served at ``/esc-rest/v3/api-docs/V2``) is served with the document's shapes (``views.py``).
 Decisions where the Router's behaviour is undocumented (see docs/esc-router-v2.md):
-- a card for a person not registered with the caller's organisation answers 400 ``ER-0003``;
-- a deleted card answers 404 everywhere (read, update, status, QR) but its number stays taken:
+- a card for a person not registered with the caller's organisation answers 400
+  ``EMU-PERSON-UNKNOWN`` (the emulator's own codes start with ``EMU-``);
+- a deleted card answers 404 (read, update, status; 400 on the QR, which lists no 404) but its
+  number stays taken:
   POSTing it again answers 409 ``ER-0002``; deleting a person deletes our cards of that person;
 - reading someone else's card or a person related only to other organisations answers 403 ``SE-0000``;
 - a PUT on a person with no relation to us answers 403 (POST adds the relation);
