@@ -17,6 +17,7 @@ from typing import Any
 
 from etl.domain.enrolment import FinalisedRule
 from etl.domain.export_policy import EXPORT_KEYS, ExportPolicy
+from etl.domain.source_values import DEFAULT_FUTURE_SKEW
 from etl.errors import ConfigError
 
 CLOSING_CATEGORIES = ("graduated", "withdrawn", "lapsed", "transferred", "deceased", "other")
@@ -74,7 +75,7 @@ class Settings:
     exports: ExportPolicy = field(default_factory=ExportPolicy)
     # How far ahead of ours Esse3's clock may believably run: a later DATA_MOD is quarantined and never
     # moves a watermark (run esc-sync in Esse3's time zone, or widen this by the difference).
-    esse3_future_skew: dt.timedelta = dt.timedelta(minutes=15)
+    esse3_future_skew: dt.timedelta = DEFAULT_FUTURE_SKEW
     api_public_url: str | None = None  # where vendors reach the REST service: links are built on it
 
     @property
@@ -196,7 +197,7 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
     public = raw.get("api", {}).get("public_url")
     if public is not None and (not isinstance(public, str) or not public.startswith(("http://", "https://"))):
         raise ConfigError(f"api: field public_url: {public!r} is not an http(s) URL")
-    skew = raw.get("esse3", {}).get("max_future_skew_minutes", 15)
+    skew = raw.get("esse3", {}).get("max_future_skew_minutes", DEFAULT_FUTURE_SKEW.total_seconds() / 60)
     if isinstance(skew, bool) or not isinstance(skew, int | float) or not 0 <= skew <= 24 * 60:
         raise ConfigError(
             f"esse3: field max_future_skew_minutes: {skew!r} must be a number of minutes 0-1440"

@@ -128,6 +128,9 @@ def kinds() -> list[Kind]:
         stu={"STA_STU_COD": "X", "MOT_STASTU_COD": "ZZZ"},
     )
     add("unknown course", "careers", "unknown course", stu={"CDS_ID": 987654})
+    twin = BASE + len(out)  # two career rows with one STU_ID (a view joining a duplicated row)
+    add("duplicate career key", "careers", "duplicate STU_ID", stu={"STU_ID": twin})
+    add("duplicate career key (twin)", "careers", "duplicate STU_ID", stu={"STU_ID": twin}, key=str(twin))
     # ESI already on the career
     add("another ESI on the career", "esi", "different ESI", stu={"CODICE_ESI": compose_esi("other.it", 1)})
     # badges

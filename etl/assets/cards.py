@@ -26,7 +26,13 @@ from etl.domain.lifecycle import (
     card_target,
     consented,
 )
-from etl.domain.source_values import future_cutoff, in_the_future, key_problem, quarantine_key
+from etl.domain.source_values import (
+    DEFAULT_FUTURE_SKEW,
+    future_cutoff,
+    in_the_future,
+    key_problem,
+    quarantine_key,
+)
 from etl.partitions import Partition
 from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
@@ -43,7 +49,6 @@ from etl.store.models import utcnow
 STAGE = "cards"
 CHUNK = 1000
 OVERLAP = dt.timedelta(minutes=10)
-FUTURE_SKEW = dt.timedelta(minutes=15)
 
 
 def validate_badge(kind: str | None, valid_from: dt.date | None, valid_to: dt.date | None) -> list[str]:
@@ -61,7 +66,7 @@ def ingest_badges(
     engine: Engine,
     source: Esse3Source,
     partition: Partition,
-    future_skew: dt.timedelta = FUTURE_SKEW,
+    future_skew: dt.timedelta = DEFAULT_FUTURE_SKEW,
     now: dt.datetime | None = None,
 ) -> tuple[int, int]:
     """Badges of the partition changed since its P01_BADGE watermark, in one transaction with it.

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Row
 
 from etl.config import Ateneo
 from etl.domain.careers import SOURCE_COLUMNS, CareerRecord, CareerRules, Rejection, map_career
-from etl.domain.source_values import future_cutoff, in_the_future
+from etl.domain.source_values import DEFAULT_FUTURE_SKEW, future_cutoff, in_the_future, quarantine_key
 from etl.errors import EscSyncError
 from etl.partitions import Partition
 from etl.prefetch import prefetch
@@ -34,7 +34,6 @@ from etl.store.bulk import refresh_statistics
 from etl.store.locks import partition_lock
 
 OVERLAP = dt.timedelta(minutes=10)  # tolerates Esse3 clock skew and long transactions
-FUTURE_SKEW = dt.timedelta(minutes=15)  # how far ahead of ours Esse3's clock may believably run
 BULK = 500  # rows written after which the planner statistics are refreshed
 _DATA_MOD_COLUMNS = ("STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD")
 
@@ -79,7 +78,12 @@ def prepare_batch(
             newest[table] = max(values)
     good: list[tuple[CareerRecord, str, dt.datetime]] = []
     bad: list[Rejection] = []
+    copies = Counter(row[0] for row in batch)  # the reader keeps the rows of one key in one batch
+    for key in (k for k, n in copies.items() if n > 1):
+        bad.append(Rejection(quarantine_key(key), ("duplicate STU_ID (more than one row with this key)",)))
     for row in batch:
+        if copies[row[0]] > 1:
+            continue
         mapped = map_career(dict(zip(keys, row, strict=True)), rules, today)  # plain dict: fastest lookups
         if future := [t for t, i in columns if in_the_future(row[i], cutoff)]:
             earlier = mapped.reasons if isinstance(mapped, Rejection) else ()
@@ -103,7 +107,7 @@ def ingest_careers(
     *,
     today: dt.date | None = None,
     overlap: dt.timedelta = OVERLAP,
-    future_skew: dt.timedelta = FUTURE_SKEW,
+    future_skew: dt.timedelta = DEFAULT_FUTURE_SKEW,
     now: dt.datetime | None = None,
 ) -> CareerSyncResult:
     """Read the partition's changed careers (plus its quarantined ones) and apply them in ONE

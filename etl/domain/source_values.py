@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 MAX_KEY = 2**31 - 1  # state DB key columns are 32-bit integers
+DEFAULT_FUTURE_SKEW = dt.timedelta(minutes=15)  # [esse3] max_future_skew_minutes
 
 # Bidirectional controls: marks, embeddings, overrides and isolates (U+200E/F, U+061C, U+202A–U+202E,
 # U+2066–U+2069). They reorder what a badge shows without being visible themselves.
