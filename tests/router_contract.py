@@ -12,14 +12,19 @@ the copy the emulator ships (``etl/emulator/esc-router-v2.openapi.json``); a tes
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
+import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema_rs
+from aiohttp import web
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DOCUMENT = REPO.parent / "shared" / "reference" / "esc-router-v2.openapi.json"
@@ -168,9 +173,6 @@ class ContractProxy:
     Runs its own event loop in a thread; ``problems`` and ``calls`` count by operation."""
 
     def __init__(self, upstream: str, contract: RouterContract | None = None) -> None:
-        import threading
-        from collections import Counter
-
         self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:P/esc-rest
         self.contract = contract or RouterContract()
         self.calls: Counter[str] = Counter()
@@ -194,17 +196,10 @@ class ContractProxy:
         self._thread.join(10)
 
     def _run(self) -> None:
-        import asyncio
-
         self._loop = asyncio.new_event_loop()
         self._loop.run_until_complete(self._serve())
 
     async def _serve(self) -> None:
-        import asyncio
-
-        import aiohttp
-        from aiohttp import web
-
         self._stop = asyncio.Event()
         session = aiohttp.ClientSession(auto_decompress=False)
         upstream_root = self.upstream.removesuffix(self.contract.base)

@@ -59,29 +59,24 @@ def partition_lock(engine: Engine, partition_key: str, run_id: str) -> Iterator[
 
 
 def _take_sqlite(engine: Engine, me: dict[str, object]) -> None:
+    key = str(me["partition_key"])
     for _ in range(3):  # a lost race re-reads the holder
-        with engine.begin() as conn:
-            holder = _holder(conn, str(me["partition_key"]))
-            try:
+        try:
+            with engine.begin() as conn:
+                holder = _holder(conn, key)
                 if holder is None:
                     conn.execute(insert(PartitionLock).values(**me, acquired_at=utcnow()))
                     return
-                if holder.host == me["host"] and not process_alive(holder.pid):  # its process is gone
-                    taken = conn.execute(
-                        update(PartitionLock)
-                        .where(
-                            PartitionLock.partition_key == me["partition_key"],
-                            PartitionLock.run_id == holder.run_id,
-                        )
-                        .values(**me, acquired_at=utcnow())
-                    ).rowcount
-                    if taken:
-                        return
-                    continue
-            except IntegrityError:
-                continue
-        raise _busy(engine, str(me["partition_key"]))
-    raise _busy(engine, str(me["partition_key"]))
+                if holder.host != me["host"] or process_alive(holder.pid):
+                    break  # held by a live run
+                stale = (PartitionLock.partition_key == key, PartitionLock.run_id == holder.run_id)
+                if conn.execute(
+                    update(PartitionLock).where(*stale).values(**me, acquired_at=utcnow())
+                ).rowcount:
+                    return  # taken over from a process that is gone
+        except IntegrityError:  # another run inserted first: look again
+            continue
+    raise _busy(engine, key)
 
 
 def _release(engine: Engine, me: dict[str, object]) -> None:

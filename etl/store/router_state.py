@@ -340,15 +340,16 @@ def record_card_errors(conn: Connection, outcomes: Sequence[dict[str, Any]]) -> 
 def retry_backlog(conn: Connection, institution: str) -> dict[str, int]:
     """Persons and cards whose last Router call failed transiently (retries ran out): the next run
     retries them. Permanent refusals are in the quarantine instead."""
-    persons = conn.execute(
-        text("SELECT COUNT(*) FROM persons WHERE institution = :i AND last_error LIKE 'Router unavailable%'"),
-        {"i": institution},
-    ).scalar_one()
-    cards = conn.execute(
-        text("SELECT COUNT(*) FROM cards WHERE institution = :i AND last_error LIKE 'Router unavailable%'"),
-        {"i": institution},
-    ).scalar_one()
-    return {"persons": persons, "cards": cards}
+    return {
+        table: conn.execute(
+            text(  # the table from the fixed tuple below, never from input
+                f"SELECT COUNT(*) FROM {table} "
+                "WHERE institution = :i AND last_error LIKE 'Router unavailable%'"
+            ),
+            {"i": institution},
+        ).scalar_one()
+        for table in ("persons", "cards")
+    }
 
 
 def registered_totals(conn: Connection, institution: str) -> dict[str, int]:
