@@ -6,17 +6,19 @@ import datetime as dt
 import io
 import json
 import re
+import unicodedata
 import zlib
 from dataclasses import replace
 from html.parser import HTMLParser
 from xml.etree import ElementTree as ET
 
+import pypdf
 import pytest
 import zxingcpp
 from PIL import Image
 
 from etl.domain.escn import mint_escn
-from etl.render import badge_pdf
+from etl.render import badge_pdf, fonts
 from etl.render.badge_html import render_badge_html
 from etl.render.badge_pdf import (
     A4_H,
@@ -24,7 +26,6 @@ from etl.render.badge_pdf import (
     CARD_H,
     CARD_W,
     card_layout,
-    latin1_text,
     render_badge_pdf,
     render_badge_sheet_pdf,
     sheet_positions,
@@ -467,12 +468,47 @@ def test_card_pdf_with_png_logo_places_it_above_the_qr(qr) -> None:
             render_badge_pdf(view(), bad_qr)
 
 
-def test_pdf_never_crashes_on_names_outside_latin1(qr) -> None:
-    name = "Łukasz Żółć ‘Ğ’ – 中文\x07"
-    [(_, content)] = _pages(render_badge_pdf(view(full_name=name, status="INACTIVE"), qr.png))
-    assert b"(Lukasz Z\xf3lc 'G' - ?? ) Tj" in content
-    assert latin1_text("Niccolò D’Àgostino…") == "Niccolò D'Àgostino..."
-    assert latin1_text("ﬁ € ẞ") == "fi EUR SS"
+def _pdf_text_and_fonts(pdf: bytes) -> tuple[str, set[str]]:
+    page = pypdf.PdfReader(io.BytesIO(pdf)).pages[0]
+    fonts = {str(f["/BaseFont"]).split("+")[-1] for f in page["/Resources"]["/Font"].values()}
+    # pypdf pads CID text with NULs and reads shaped ligatures as control characters: drop them.
+    text = "".join(c for c in page.extract_text() if c == "\n" or unicodedata.category(c) != "Cc")
+    return text, fonts
+
+
+@pytest.mark.parametrize(
+    ("name", "font"),
+    [
+        ("Ζωή Παπαδοπούλου", "NotoSans"),
+        ("Александр Пушкин", "NotoSans"),
+        ("Łukasz Żółć Nguyễn", "NotoSans"),
+        ("अनीता शर्मा", "NotoSans"),
+        ("王小明", "NotoSansCJKSC"),
+        ("山田 はなこ", "NotoSansCJKJP"),
+        ("김민준", "NotoSansCJKKR"),
+    ],
+)
+def test_pdf_prints_non_latin_names_in_an_embedded_unicode_font(qr, name: str, font: str) -> None:
+    text, fonts = _pdf_text_and_fonts(render_badge_pdf(view(full_name=name), qr.png))
+    assert name in text.splitlines()
+    assert font in fonts, fonts
+
+
+def test_pdf_shapes_arabic_names_right_to_left(qr) -> None:
+    name = "محمد الأحمد"
+    pdf = render_badge_pdf(view(full_name=name, course_name="Ingegneria — Ζ"), qr.png)
+    text, fonts = _pdf_text_and_fonts(pdf)
+    assert any(f.startswith("NotoSansArabic") for f in fonts)
+    assert set(name) - {" "} <= set(text)
+    [(_, content)] = _pages(pdf)
+    assert b"(\x0627)" not in content  # not drawn as loose characters by the core font
+
+
+def test_pdf_keeps_latin1_names_in_core_fonts_and_marks_glyphs_no_font_has(qr) -> None:
+    text, fonts = _pdf_text_and_fonts(render_badge_pdf(view(full_name="Niccolò D’Àgostino"), qr.png))
+    assert "Niccolò D'Àgostino" in text and not any("Noto" in f for f in fonts)  # nothing to embed
+    text, _ = _pdf_text_and_fonts(render_badge_pdf(view(full_name="Ana தமிழ் \U0001f600\x07Żak"), qr.png))
+    assert "Ana ????? ? Żak" in text.splitlines()  # Tamil and emoji: no font has them
 
 
 def test_long_values_shrink_or_cut_instead_of_overflowing(qr) -> None:
@@ -518,3 +554,13 @@ def test_sheet_refuses_no_cards_and_tall_logo_stays_below_header() -> None:
     lay = card_layout(0.25)
     assert lay.logo.y >= 9.0 and lay.logo.y + lay.logo.h <= lay.qr.y
     assert logo_from_bytes(_png_bytes(Image.new("RGB", (10, 40)))).aspect == 0.25
+
+
+def test_font_chain_picks_one_cjk_face_per_name_and_marks_what_no_face_has() -> None:
+    assert fonts.cjk_face("김민준") == fonts.CJK_KR
+    assert fonts.cjk_face("山田 はなこ") == fonts.CJK_JP  # kana: Japanese, kanji included
+    assert fonts.cjk_face("山田") == fonts.cjk_face("Ζωή") == fonts.CJK_SC
+    assert fonts.chain("x")[0] == fonts.SANS
+    faces = fonts.chain("王")
+    assert fonts.printable("王\x07Ζ\u2028x", faces) == "王 Ζ x"
+    assert fonts.printable("\U0001f600 தமிழ்", faces) == "? ?????"

@@ -1,23 +1,28 @@
 """Printable badges (fpdf2): one ID-1 card page for card printers, or A4 sheets of 10 with crop marks.
 
-Core fonts only (no font files to ship): they cover Latin-1, which holds every Italian letter; other
-characters are transliterated (Ż -> Z, typographic quotes -> ASCII) or replaced by "?" so an unusual
-name never stops a batch. The QR is placed at 0.5 mm per module: the 33-module symbol is 16.5 mm wide
-(the brief asks >= 15 mm) plus its 2 mm quiet zone on each side; the logo sits above it (vertical
-pairing), separated by that quiet zone.
+Values that fit Latin-1 (every Italian name) print in the PDF core fonts, with typographic quotes and
+dashes made ASCII; any other value prints in embedded Noto fonts (``etl.render.fonts``: Greek,
+Cyrillic, Arabic, Devanagari, CJK, shaped right-to-left where the script asks), bold simulated by
+stroking the outline since the packaged fonts are variable ones. A character no font has prints as
+"?", so an unusual name never stops a batch. The QR is placed at 0.5 mm per module: the 33-module
+symbol is 16.5 mm wide (the brief asks >= 15 mm) plus its 2 mm quiet zone on each side; the logo
+sits above it (vertical pairing), separated by that quiet zone.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from fpdf import FPDF
+from fpdf.enums import TextMode
 from PIL import Image
 
+from etl.render import fonts
 from etl.render.badge_view import BadgeView
 from etl.render.logo import (
     PLACEHOLDER,
@@ -45,7 +50,7 @@ _PAD = 4.0
 _BLUE, _GREY = (0, 51, 153), (107, 112, 121)
 _INK, _MUTED = (27, 31, 36), (91, 100, 112)
 _GREEN, _RED = (15, 107, 47), (192, 24, 24)
-_TRANSLIT = str.maketrans(
+_PUNCT = str.maketrans(  # typographic punctuation a Latin-1 core font lacks
     {
         "‘": "'",
         "’": "'",
@@ -61,25 +66,9 @@ _TRANSLIT = str.maketrans(
         "—": "-",
         "…": "...",
         "€": "EUR",
-        "Ł": "L",
-        "ł": "l",
-        "Đ": "D",
-        "đ": "d",
-        "Ħ": "H",
-        "ħ": "h",
-        "ı": "i",
-        "Œ": "OE",
-        "œ": "oe",
-        "Ŀ": "L",
-        "ŀ": "l",
-        "ẞ": "SS",
-        "Ŋ": "N",
-        "ŋ": "n",
-        "Ŧ": "T",
-        "ŧ": "t",
-        "ſ": "s",
     }
 )
+_BOLD_STROKE = 0.05  # the stroke that makes a regular outline look bold, as a share of the size
 
 
 @dataclass(frozen=True)
@@ -122,19 +111,14 @@ def sheet_positions() -> list[tuple[float, float]]:
     ]
 
 
-def latin1_text(text: str) -> str:
-    """``text`` in the core fonts' Latin-1: transliterate what we can, "?" for the rest."""
-    out = []
-    for ch in unicodedata.normalize("NFC", text).translate(_TRANSLIT):
-        if unicodedata.category(ch) == "Cc":
-            out.append(" ")
-        elif ord(ch) < 256:
-            out.append(ch)
-        else:  # Ż -> Z + combining dot -> Z; ﬁ -> fi; CJK stays itself -> "?"
-            parts = unicodedata.normalize("NFKD", ch)
-            kept = "".join(c for c in parts if ord(c) < 256 and not unicodedata.combining(c))
-            out.append(kept or "?")
-    return "".join(out)
+def pdf_text(text: str) -> str:
+    """``text`` NFC-normalised with ASCII punctuation and control characters as spaces."""
+    text = unicodedata.normalize("NFC", text).translate(_PUNCT)
+    return "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text)
+
+
+def is_latin1(text: str) -> bool:
+    return all(ord(ch) < 256 for ch in text)
 
 
 def render_badge_pdf(view: BadgeView, qr_png: bytes, logo_png: bytes | None = None) -> bytes:
@@ -178,8 +162,9 @@ def _logo(logo_png: bytes | None) -> Logo:
 def _new_pdf(page: tuple[float, float], title: str) -> FPDF:
     pdf = FPDF(unit="mm", format=page)
     pdf.set_margins(0, 0, 0)
+    pdf.c_margin = 0  # cell() text starts where _fit_text says, as text() does
     pdf.set_auto_page_break(False)
-    pdf.set_title(latin1_text(title))
+    pdf.set_title(pdf_text(title))
     pdf.set_creator("esc-sync")
     return pdf
 
@@ -234,7 +219,7 @@ def _draw_card(pdf: FPDF, x0: float, y0: float, view: BadgeView, qr_png: bytes, 
     for label, value, family, style, size, advance in rows:
         pdf.set_text_color(*_MUTED)
         pdf.set_font("helvetica", "", 4.2)
-        pdf.text(x0 + _PAD, y, latin1_text(label))
+        pdf.text(x0 + _PAD, y, label)
         pdf.set_text_color(*_INK)
         _fit_text(pdf, x0 + _PAD, y + advance - 0.3, col_w, value, family, style, size, 3.2)
         y += advance + 1.8
@@ -243,7 +228,7 @@ def _draw_card(pdf: FPDF, x0: float, y0: float, view: BadgeView, qr_png: bytes, 
     pdf.text(x0 + _PAD, y + 0.6, f"Validità · Validity {_d(view.issued_at)} - {_d(view.expires_at)}")
 
     # Status pill at the bottom left.
-    status = "VALIDA · VALID" if active else f"NON VALIDA · NOT VALID ({latin1_text(view.status)})"
+    status = "VALIDA · VALID" if active else f"NON VALIDA · NOT VALID ({view.status})"
     pdf.set_font("helvetica", "B", 5.0)
     w = pdf.get_string_width(status) + 3.0
     pdf.set_fill_color(*((227, 244, 232) if active else (253, 228, 228)))
@@ -274,7 +259,7 @@ def _draw_card(pdf: FPDF, x0: float, y0: float, view: BadgeView, qr_png: bytes, 
     if not active:  # a stamp across the data: nobody mistakes a printout of a dead card for a valid one
         pdf.set_text_color(*_RED)
         pdf.set_font("helvetica", "B", 11)
-        text = latin1_text(view.status)
+        text = view.status
         cx, cy = x0 + lay.qr.x / 2, y0 + 30
         with pdf.rotation(14, cx, cy):
             pdf.text(cx - pdf.get_string_width(text) / 2, cy + 1.5, text)
@@ -306,16 +291,43 @@ def _fit_text(
     min_size: float,
 ) -> None:
     """Shrink down to ``min_size`` to fit ``width``; past that, cut and end with "..."."""
-    text = latin1_text(text)
-    pdf.set_font(family, style, size)
+    text = pdf_text(text)
+    embedded = not is_latin1(text)
+    if embedded:
+        text, set_font = _unicode_font(pdf, text)
+    else:
+        set_font = functools.partial(pdf.set_font, family, style)
+    set_font(size)
     while size > min_size and pdf.get_string_width(text) > width:
         size = max(min_size, size - 0.25)
-        pdf.set_font(family, style, size)
+        set_font(size)
     if pdf.get_string_width(text) > width:
         while text and pdf.get_string_width(text + "...") > width:
             text = text[:-1]
         text = text.rstrip() + "..."
-    pdf.text(x, baseline, text)
+    if not embedded:
+        pdf.text(x, baseline, text)
+        return
+    # Embedded fonts go through cell(), the one fpdf2 call that shapes text and uses fallback fonts;
+    # cell() puts the baseline at y + h/2 + 0.3 * size, so a cell h = size tall starts 0.8 size above.
+    pdf.set_xy(x, baseline - 0.8 * pdf.font_size)
+    if "B" in style:
+        pdf.text_mode = TextMode.FILL_STROKE
+        pdf.set_line_width(pdf.font_size * _BOLD_STROKE)
+        pdf.set_draw_color(*pdf.text_color.colors255)
+    pdf.cell(width, pdf.font_size, text)
+    pdf.text_mode = TextMode.FILL
+
+
+def _unicode_font(pdf: FPDF, text: str) -> tuple[str, Callable[[float], None]]:
+    """Registers the faces ``text`` needs (once per document) and picks them for it."""
+    faces = fonts.chain(text)
+    for face in faces:
+        if face.family not in pdf.fonts:
+            pdf.add_font(face.family, "", face.path, collection_font_number=face.index)
+    pdf.set_text_shaping(True)  # core fonts ignore it; Arabic and Devanagari need it
+    pdf.set_fallback_fonts([face.family for face in faces[1:]])
+    return fonts.printable(text, faces), functools.partial(pdf.set_font, faces[0].family, "")
 
 
 def _rgb(hex_color: str) -> tuple[int, int, int]:

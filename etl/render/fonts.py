@@ -1,0 +1,81 @@
+"""Unicode fonts for printed badges: which font prints which character, and what prints as "?".
+
+Names that fit Latin-1 print in the PDF core fonts (nothing to embed). Any other name prints in Noto,
+shipped as Python packages the setup installs (never downloaded at run time): Noto Sans (Latin,
+Greek, Cyrillic, Vietnamese, Devanagari), Noto Sans Arabic (Arabic, Persian, Urdu) and Noto Sans CJK
+(Chinese, Japanese, Korean: one collection, the face chosen by the name's script). A character none
+of them has is transliterated if it decomposes to one they have, else printed as "?".
+"""
+
+from __future__ import annotations
+
+import functools
+import unicodedata
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from fontTools.ttLib import TTCollection, TTFont
+
+
+@dataclass(frozen=True)
+class Face:
+    family: str  # the name the PDF registers it under
+    path: Path
+    index: int = 0  # face number inside a collection (.ttc)
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    return Path(str(files(package).joinpath(*parts)))
+
+
+SANS = Face("esc-sans", _package_file("fontpkg_noto_sans", "files", "NotoSans[wdth,wght].ttf"))
+ARABIC = Face(
+    "esc-arabic", _package_file("fontpkg_noto_sans_arabic", "files", "NotoSansArabic[wdth,wght].ttf")
+)
+_CJK = _package_file("noto_cjk_sans_otc", "NotoSansCJK-Regular.ttc")
+# Noto's collection order: JP, KR, SC, TC, HK. Han characters look different in each region's face, so
+# one name is set in one face: Korean if it has Hangul, Japanese if it has kana, else Chinese (SC).
+CJK_JP, CJK_KR, CJK_SC = Face("esc-cjk-jp", _CJK, 0), Face("esc-cjk-kr", _CJK, 1), Face("esc-cjk-sc", _CJK, 2)
+
+
+@functools.cache
+def cmap(face: Face) -> frozenset[int]:
+    """The code points ``face`` has a glyph for (read once per process: ~0.1 s for the CJK face)."""
+    if face.path.suffix == ".ttc":
+        font = TTCollection(face.path, lazy=True).fonts[face.index]
+    else:
+        font = TTFont(face.path, lazy=True)
+    return frozenset(font.getBestCmap())
+
+
+_HANGUL = ((0x1100, 0x11FF), (0x3130, 0x318F), (0xAC00, 0xD7AF))
+_KANA = ((0x3040, 0x30FF), (0x31F0, 0x31FF))
+
+
+def cjk_face(text: str) -> Face:
+    def has(ranges: tuple[tuple[int, int], ...]) -> bool:
+        return any(lo <= ord(c) <= hi for c in text for lo, hi in ranges)
+
+    return CJK_KR if has(_HANGUL) else CJK_JP if has(_KANA) else CJK_SC
+
+
+def chain(text: str) -> tuple[Face, ...]:
+    """The faces that print ``text``, in order of preference."""
+    return (SANS, ARABIC, cjk_face(text))
+
+
+def printable(text: str, faces: tuple[Face, ...]) -> str:
+    """``text`` NFC-normalised, control characters as spaces, characters no face has decomposed
+    (NFKD: "ﬁ" -> "fi") or replaced by "?"."""
+    covered = frozenset().union(*(cmap(f) for f in faces))
+    out = []
+    for ch in unicodedata.normalize("NFC", text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):  # controls, bidi marks, separators
+            out.append(" ")
+        elif ord(ch) in covered:
+            out.append(ch)
+        else:
+            parts = [c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c)]
+            out.append("".join(parts) if parts and all(ord(c) in covered for c in parts) else "?")
+    return "".join(out)
