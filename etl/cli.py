@@ -1,5 +1,5 @@
-"""`esc-sync` command line. Operator errors end with one line on stderr and exit code 2, never a
-traceback (set ESC_SYNC_DEBUG=1 to see one)."""
+"""`esc-sync` command line. Operator errors end with one line on stderr and an exit code that names
+their kind (``etl.errors.ExitCode``), never a traceback (set ESC_SYNC_DEBUG=1 to see one)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from sqlalchemy.exc import OperationalError
 from etl.api.cli import COMMANDS as API_COMMANDS
 from etl.api.cli import dispatch as api_dispatch
 from etl.api.cli import register as register_api
-from etl.errors import EscSyncError
+from etl.errors import EscSyncError, ExitCode
+from etl.store.db import database_reason
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,13 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except EscSyncError as e:
         print(f"esc-sync: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except OperationalError as e:
         if os.environ.get("ESC_SYNC_DEBUG"):
             raise
-        first = str(e.orig).strip().splitlines()[0] if e.orig else "database error"
-        print(f"esc-sync: database error: {first}", file=sys.stderr)
-        return 2
+        print(f"esc-sync: database error: {database_reason(e)}", file=sys.stderr)
+        return ExitCode.DATABASE
+    except OSError as e:  # disk full or a permission denied outside a partition (demo setup, status)
+        if os.environ.get("ESC_SYNC_DEBUG") or not e.errno:
+            raise
+        from etl.orchestrate import failure_message
+
+        message, code = failure_message(e)
+        print(f"esc-sync: {message}", file=sys.stderr)
+        return code
     except BaseException as e:
         # SIGINT, or SIGTERM (Dagster turns it into its own interrupt while a run executes)
         if not isinstance(e, KeyboardInterrupt) and type(e).__name__ != "DagsterExecutionInterruptedError":
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ESC_SYNC_DEBUG"):
             raise
         print(INTERRUPTED, file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -1,13 +1,38 @@
-"""Errors that stop a command with one clear line (the CLI prints them without a traceback)."""
+"""Errors that stop a command with one clear line (the CLI prints them without a traceback), and the
+exit codes that tell a scheduler which kind of trouble it was."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    UNEXPECTED = 1  # a bug: one line, ESC_SYNC_DEBUG=1 shows the traceback
+    CONFIG = 2  # bad configuration or command line, state DB not migrated
+    MIXED = 3  # partitions failed for different reasons: one line each
+    DATABASE = 4  # the state DB or a university's Esse3 unreachable or failing
+    ROUTER = 5  # the ESC Router unreachable, or refusing a university's key or address
+    FILES = 6  # disk full, permission denied
+    BUSY = 7  # another run holds the partition, or a run waited too long for one
+    INTERRUPTED = 130  # SIGINT or SIGTERM
 
 
 class EscSyncError(Exception):
     """A problem the operator can fix: bad configuration, unreachable database, missing table."""
 
+    exit_code: ExitCode = ExitCode.CONFIG
+
+    def __init__(self, message: str, *, exit_code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
 
 class UniversityError(EscSyncError):
     """Every partition of one university would fail the same way (a refused Router key, a 403 from
-    the address allow-list, Esse3 unreachable): the others go on, this university's are skipped."""
+    the address allow-list, the Router or Esse3 unreachable): the others go on, this university's
+    are skipped."""
 
 
 class ConfigError(EscSyncError):

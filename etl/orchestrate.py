@@ -13,11 +13,13 @@ from typing import Any
 
 from dagster import DagsterInstance, DagsterRunStatus, Definitions, RunsFilter
 from dagster._core.errors import DagsterExecutionStepExecutionError
+from sqlalchemy.exc import OperationalError
 
 from etl.config import Settings
 from etl.definitions import JOB_NAME
-from etl.errors import EscSyncError, UniversityError
+from etl.errors import EscSyncError, ExitCode, UniversityError
 from etl.partitions import Partition
+from etl.store.db import database_reason
 from etl.store.locks import process_alive
 
 DAGSTER_YAML = """\
@@ -66,6 +68,7 @@ class PartitionRun:
 class PartitionFailure:
     partition: Partition
     message: str  # one line
+    exit_code: ExitCode
     skipped: bool = False  # not run: an earlier partition of its university failed for all of them
 
 
@@ -112,11 +115,12 @@ def run_partitions(
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     runs: list[PartitionRun] = []
     failures: list[PartitionFailure] = []
-    blocked: dict[str, str] = {}  # university → why its partitions are skipped
+    blocked: dict[str, PartitionFailure] = {}  # university → the failure that skips its partitions
     for i, partition in enumerate(partitions, 1):
         outcome: PartitionRun | PartitionFailure
         if partition.institution in blocked:
-            outcome = PartitionFailure(partition, blocked[partition.institution], skipped=True)
+            first = blocked[partition.institution]
+            outcome = PartitionFailure(partition, first.message, first.exit_code, skipped=True)
             failures.append(outcome)
             if progress:
                 progress(i, len(partitions), outcome)
@@ -130,10 +134,9 @@ def run_partitions(
             error = e.user_exception if isinstance(e, DagsterExecutionStepExecutionError) else e
             if os.environ.get("ESC_SYNC_DEBUG") and not isinstance(error, EscSyncError):
                 raise
+            outcome = PartitionFailure(partition, *failure_message(error))
             if isinstance(error, UniversityError):
-                blocked[partition.institution] = str(error)
-            message = str(error) if isinstance(error, EscSyncError) else failure_message(error)
-            outcome = PartitionFailure(partition, message)
+                blocked[partition.institution] = outcome
             failures.append(outcome)
             if progress:
                 progress(i, len(partitions), outcome)
@@ -151,10 +154,14 @@ def run_partitions(
     return Backfill(runs, failures, reaped)
 
 
-def failure_message(error: BaseException | None) -> str:
-    """One line for an error that is not an EscSyncError."""
+def failure_message(error: BaseException | None) -> tuple[str, ExitCode]:
+    """One line for a partition's failure, and the kind of failure as the exit code that names it."""
+    if isinstance(error, EscSyncError):
+        return str(error), error.exit_code
     if isinstance(error, OSError) and error.errno:  # disk full, permission denied, ...: say which file
         where = f" on {error.filename}" if error.filename else ""
-        return f"{os.strerror(error.errno)}{where} (nothing half-written: re-run once fixed)"
+        return f"{os.strerror(error.errno)}{where} (nothing half-written: re-run once fixed)", ExitCode.FILES
+    if isinstance(error, OperationalError):  # the state DB went away mid-run (Esse3's are UniversityErrors)
+        return f"state DB error: {database_reason(error)} (re-run once it is back)", ExitCode.DATABASE
     # The type only: an exception's text may quote data (names) from the row it failed on.
-    return f"unexpected {type(error).__name__} (ESC_SYNC_DEBUG=1 shows the traceback)"
+    return f"unexpected {type(error).__name__} (ESC_SYNC_DEBUG=1 shows the traceback)", ExitCode.UNEXPECTED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from etl.config import Settings
+from etl.errors import ExitCode
 from etl.orchestrate import Backfill, PartitionFailure, PartitionRun
 from etl.partitions import all_partitions
 from etl.resources.runtime import Runtime
@@ -84,9 +85,9 @@ def summary(settings: Settings, runtime: Runtime, router: dict[str, dict[str, in
             )
 
 
-def failures(backfill: Backfill) -> int:
+def failures(backfill: Backfill) -> ExitCode:
     """One stderr line per failure (a university's skipped partitions folded into its line); the exit
-    code: 0 all done, 3 some partitions failed and the others finished, 2 nothing could be done."""
+    code names the kind of failure (``ExitCode``), MIXED when partitions failed for different ones."""
     if backfill.reaped:
         say(f"freed the pool slots of {backfill.reaped} run(s) whose process had died")
     for f in backfill.failures:
@@ -96,10 +97,5 @@ def failures(backfill: Backfill) -> int:
         skipped = sum(1 for s in backfill.failures if s.skipped and s.partition.institution == inst)
         more = f"; {skipped} more partition(s) of {inst} not run" if skipped else ""
         print(f"esc-sync: {f.message} ({f.partition.key}{more})", file=sys.stderr)
-    if not backfill.failures:
-        return 0
-    return EXIT_PARTIAL if backfill.runs else EXIT_FAILED
-
-
-EXIT_FAILED = 2  # nothing could be done (as for a bad configuration): the line says why
-EXIT_PARTIAL = 3  # some partitions failed (one line each); the others finished
+    kinds = {f.exit_code for f in backfill.failures}
+    return ExitCode.OK if not kinds else kinds.pop() if len(kinds) == 1 else ExitCode.MIXED

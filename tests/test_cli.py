@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from etl.demo.config import demo_config_toml
+from etl.errors import ExitCode
 from etl.store.models import Career
 
 ESC_SYNC = [sys.executable, "-m", "etl.cli"]
@@ -31,8 +32,10 @@ def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def assert_one_line_error(p: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert p.returncode == 2, p.stderr
+def assert_one_line_error(
+    p: subprocess.CompletedProcess[str], *needles: str, code: ExitCode = ExitCode.CONFIG
+) -> None:
+    assert p.returncode == code, p.stderr
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
@@ -50,7 +53,7 @@ def test_broken_config_stops_with_one_line(tmp_path: Path) -> None:
 def test_unreachable_state_db_stops_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "esc-sync.toml").write_text(demo_config_toml())
     p = run(tmp_path, "status", ESC_SYNC_DATABASE_URL="postgresql+psycopg://esc:hunter2@127.0.0.1:1/state")
-    assert_one_line_error(p, "state DB", "cannot connect")
+    assert_one_line_error(p, "state DB", "cannot connect", code=ExitCode.DATABASE)
     assert "hunter2" not in p.stderr
 
 
@@ -59,7 +62,7 @@ def test_missing_esse3_table_stops_with_one_line_and_writes_nothing(tmp_path: Pa
     create_engine(f"sqlite:///{tmp_path / 'esse3-unife.sqlite'}").connect().close()  # empty database
     assert run(tmp_path, "db", "upgrade").returncode == 0
     p = run(tmp_path, "materialize", "--partition", "2024|unife")
-    assert_one_line_error(p, "university unife: Esse3", "P01_STU")
+    assert_one_line_error(p, "university unife: Esse3", "P01_STU", code=ExitCode.DATABASE)
     engine = create_engine(f"sqlite:///{tmp_path / 'state.sqlite'}")
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Career)).scalar_one() == 0

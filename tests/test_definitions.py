@@ -4,17 +4,21 @@ requests runs only for partitions whose Esse3 data changed."""
 from __future__ import annotations
 
 import datetime as dt
+import socket
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, Definitions, SensorResult, SkipReason, build_sensor_context
-from sqlalchemy import update
+from sqlalchemy import text, update
+from sqlalchemy.exc import OperationalError
 
 from etl.definitions import JOB_NAME, build_definitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_STU
 from etl.emulator import start_emulator
+from etl.errors import ExitCode
 from etl.resources.runtime import Runtime
 from etl.store.migrate import upgrade
 from tests.conftest import NOW, demo_settings
@@ -112,7 +116,7 @@ def test_a_refused_key_for_one_university_never_stops_the_other(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Issue 12: unife's key is refused (401): unife's first partition fails, its others are skipped
-    and reported, unipa's all run; exit code 3 and one stderr line naming unife."""
+    and reported, unipa's all run; exit code 5 (the Router's) and one stderr line naming unife."""
     from etl.orchestrate import run_partitions
     from etl.partitions import Partition
     from etl.report import failures, progress
@@ -128,10 +132,62 @@ def test_a_refused_key_for_one_university_never_stops_the_other(
     ]
     assert "ESC_SYNC_ROUTER_KEY_UNIFE" in backfill.failures[0].message
     capsys.readouterr()
-    assert failures(backfill) == 3
+    assert failures(backfill) == ExitCode.ROUTER == 5
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("esc-sync: university unife:")
     assert "(2024|unife; 1 more partition(s) of unife not run)" in lines[0]
+
+
+def test_an_unreachable_router_stops_each_university_with_one_line(
+    runtime: Runtime, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing listens at the Router's address: each university's first partition gives up after its
+    retries (not after every call's), its others are skipped, exit code 5, one line each."""
+    from etl.orchestrate import run_partitions
+    from etl.partitions import Partition
+    from etl.report import failures
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    router = replace(runtime.settings.router, url=f"http://127.0.0.1:{port}/esc-rest", max_retries=2)
+    dead = Runtime(replace(runtime.settings, router=router))
+    partitions = [Partition(y, u) for u in ("unife", "unipa") for y in (2024, 2025)]
+    started = time.perf_counter()
+    backfill = run_partitions(build_definitions(dead.settings, dead), DagsterInstance.ephemeral(), partitions)
+    assert time.perf_counter() - started < 60
+    assert not backfill.runs
+    assert [(f.partition.key, f.skipped) for f in backfill.failures] == [
+        ("2024|unife", False),
+        ("2025|unife", True),
+        ("2024|unipa", False),
+        ("2025|unipa", True),
+    ]
+    message = backfill.failures[0].message
+    assert f"the ESC Router at http://127.0.0.1:{port}/esc-rest is unreachable" in message
+    capsys.readouterr()
+    assert failures(backfill) == ExitCode.ROUTER
+    assert len(capsys.readouterr().err.strip().splitlines()) == 2
+    with dead.engine.connect() as conn:  # nothing recorded as sent: the rerun registers them all
+        assert conn.execute(text("SELECT count(*) FROM persons WHERE state = 'registered'")).scalar_one() == 0
+    dead.dispose()
+
+
+def test_exit_code_names_the_kind_of_failure_and_mixed_kinds_are_3() -> None:
+    from etl.orchestrate import Backfill, PartitionFailure, failure_message
+    from etl.partitions import Partition
+    from etl.report import failures
+
+    gone = OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly\nDETAIL"))
+    assert failure_message(gone) == (
+        "state DB error: server closed the connection unexpectedly (re-run once it is back)",
+        ExitCode.DATABASE,
+    )
+    disk = PartitionFailure(Partition(2024, "unife"), "No space left on device", ExitCode.FILES)
+    busy = PartitionFailure(Partition(2025, "unife"), "partition 2025|unife is being run by", ExitCode.BUSY)
+    assert failures(Backfill([], [])) == ExitCode.OK
+    assert failures(Backfill([], [disk])) == ExitCode.FILES
+    assert failures(Backfill([], [disk, busy])) == ExitCode.MIXED == 3
 
 
 def test_a_full_disk_is_one_line_naming_the_file() -> None:
@@ -140,10 +196,10 @@ def test_a_full_disk_is_one_line_naming_the_file() -> None:
     from etl.orchestrate import failure_message
 
     full = OSError(errno.ENOSPC, "No space left on device", "/srv/esc/exports/unife/2025/x.parquet.tmp")
-    message = failure_message(full)
+    message, code = failure_message(full)
     assert message.startswith("No space left on device on /srv/esc/exports/unife/2025/x.parquet.tmp")
-    assert "\n" not in message
-    assert (
-        failure_message(ValueError("Mario Rossi"))
-        == "unexpected ValueError (ESC_SYNC_DEBUG=1 shows the traceback)"
+    assert "\n" not in message and code == ExitCode.FILES == 6
+    assert failure_message(ValueError("Mario Rossi")) == (
+        "unexpected ValueError (ESC_SYNC_DEBUG=1 shows the traceback)",
+        ExitCode.UNEXPECTED,
     )

@@ -636,7 +636,7 @@ def test_refused_credentials_stop_the_run_at_once_with_one_line(
 # are covered above at the asset level.
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["403"])
-def test_refused_credentials_through_the_cli_exit_2_with_one_stderr_line(
+def test_refused_credentials_through_the_cli_exit_5_with_one_stderr_line(
     case: str, refusers: dict[str, Callable[[], Refusal]], tmp_path: Path
 ) -> None:
     refusal = refusers[case]()
@@ -663,7 +663,7 @@ def test_refused_credentials_through_the_cli_exit_2_with_one_stderr_line(
     finally:
         engine.dispose()
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.returncode == 5, (done.stdout, done.stderr)  # ExitCode.ROUTER
     assert len(lines) == 1 and lines[0].startswith(f"esc-sync: university {INST}:"), done.stderr
     assert refusal.hint in lines[0]
     assert refusal.key not in done.stdout + done.stderr

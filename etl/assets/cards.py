@@ -249,7 +249,7 @@ async def sync_card(client: RouterClient, w: CardWork) -> dict[str, Any]:
         await client.update_card(w.escn, w.put_body)
         return ok | {"result": "reconciled"}
     except RouterError as e:
-        if e.is_auth:
+        if e.stops_run:
             raise
         if e.is_permanent:
             return _failed(w, f"Router refused the card: HTTP {e.status} {e.code or ''}".strip())

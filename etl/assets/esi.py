@@ -119,7 +119,7 @@ async def sync_person(client: RouterClient, w: PersonWork) -> dict[str, Any]:
         await client.update_person(w.esi, w.body)
         return outcome | {"state": "registered", "result": "adopted"}
     except RouterError as e:
-        if e.is_auth:
+        if e.stops_run:
             raise
         if e.is_permanent:
             reason = f"Router refused the person: HTTP {e.status} {e.code or ''}".strip()

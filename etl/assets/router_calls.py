@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from etl.errors import EscSyncError, UniversityError
+from etl.errors import EscSyncError, ExitCode, UniversityError
 from etl.resources.router import RouterClient
 from etl.resources.router_errors import RouterError
 
@@ -88,5 +88,5 @@ def run_with_client(
         return asyncio.run(main())
     except* RouterError as group:
         first = group.exceptions[0]
-        kind = UniversityError if isinstance(first, RouterError) and first.is_auth else EscSyncError
-        raise kind(str(first)) from None
+        kind = UniversityError if isinstance(first, RouterError) and first.stops_run else EscSyncError
+        raise kind(str(first), exit_code=ExitCode.ROUTER) from None

@@ -13,8 +13,8 @@ from sqlalchemy import Date, DateTime, Engine, TextClause, bindparam, text
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from etl.errors import UniversityError
-from etl.store.db import check_reachable, make_engine
+from etl.errors import ExitCode, UniversityError
+from etl.store.db import check_reachable, database_reason, make_engine
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql" / "esse3"
 CAREER_TABLES = ("P01_STU", "P01_ANAPER", "P06_CDS")
@@ -157,7 +157,7 @@ def _as_datetime(v: object) -> dt.datetime:
 
 def describe_source_error(institution: str, e: DBAPIError) -> UniversityError:
     """One line for a missing table/column or a lost connection, without the SQL or parameters."""
-    first = str(e.orig).strip().splitlines()[0] if e.orig is not None else type(e).__name__
+    first = database_reason(e)
     low = first.lower()
     if any(s in low for s in ("no such table", "no such column", "does not exist", "ora-00942", "ora-00904")):
         kind = "missing table or column"
@@ -165,4 +165,4 @@ def describe_source_error(institution: str, e: DBAPIError) -> UniversityError:
         kind = "unreachable or failed"
     else:
         kind = "query failed"
-    return UniversityError(f"university {institution}: Esse3 {kind}: {first}")
+    return UniversityError(f"university {institution}: Esse3 {kind}: {first}", exit_code=ExitCode.DATABASE)

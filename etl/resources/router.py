@@ -40,6 +40,7 @@ from etl.resources.router_errors import (
     RouterError,
     RouterNotFound,
     RouterUnavailable,
+    RouterUnreachable,
     auth_error_message,
 )
 from etl.resources.throttle import Throttle
@@ -156,6 +157,7 @@ class RouterClient:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._throttle = Throttle(requests_per_second)
         self._closed = False
+        self._reached = False  # some answer came back: the Router is reachable from here
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -343,6 +345,7 @@ class RouterClient:
                 else:
                     self.stats.record_latency(time.perf_counter() - started)
             if resp is not None:
+                self._reached = True
                 status = resp.status_code
                 if 200 <= status < 300:
                     return resp
@@ -358,7 +361,7 @@ class RouterClient:
             attempt += 1
             self.stats.retries += 1
             self.stats.retries_by_cause[cause] += 1
-            log.warning(
+            log.info(  # counted in the run's metadata and progress line; one line each would flood stderr
                 "university %s: Router %s %s failed (%s), retry %d/%d in %.2fs",
                 self.institution, method, _log_path(path), cause, attempt, self.max_retries, delay,
             )  # fmt: skip
@@ -409,6 +412,13 @@ class RouterClient:
             + (f" {code}" if code else "")
             + (f": {router_message or failure}" if router_message or failure else "")
         )
+        if cause in ("connect", "timeout") and resp is None and not self._reached:
+            return RouterUnreachable(
+                f"university {self.institution}: the ESC Router at {self.base_url} is unreachable "
+                f"({attempts} attempts, last: {last}): check [router] url and the network, then re-run",
+                attempts=attempts,
+                last_cause=last,
+            )
         return RouterUnavailable(
             self._msg(method, path, f"still failing after {attempts} attempts (last: {last})"),
             status=None if resp is None else resp.status_code,

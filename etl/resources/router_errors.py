@@ -41,6 +41,11 @@ class RouterError(Exception):
     def is_auth(self) -> bool:
         return False
 
+    @property
+    def stops_run(self) -> bool:
+        """Every other call of this university would fail the same way: stop its run at once."""
+        return self.is_auth
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, message={self.message!r})"
 
@@ -119,3 +124,14 @@ def auth_error_message(
             f"for this organisation; also {key_hint}."
         )
     return head + f"the API key was refused: {key_hint}."
+
+
+class RouterUnreachable(RouterUnavailable):
+    """A call ran out of retries without ever connecting, and no call of this run has reached the
+    Router: a wrong URL, DNS, a firewall, or the Router down. Stop the university's run."""
+
+    kind = "unreachable"
+
+    @property
+    def stops_run(self) -> bool:
+        return True

@@ -11,7 +11,7 @@ from functools import cached_property
 from sqlalchemy import Engine
 
 from etl.config import Settings
-from etl.errors import UniversityError
+from etl.errors import ExitCode, UniversityError
 from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
 from etl.store.db import make_engine
@@ -42,7 +42,8 @@ class Runtime:
         if not key:
             raise UniversityError(
                 f"university {institution}: Router API key missing: set the environment variable "
-                f"{ateneo.router_api_key_env}"
+                f"{ateneo.router_api_key_env}",
+                exit_code=ExitCode.ROUTER,
             )
         r = self.settings.router
         return RouterClient(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from etl.errors import EscSyncError
+from etl.errors import EscSyncError, ExitCode
 
 
 def make_engine(url: str, *, what: str = "state DB") -> Engine:
@@ -39,8 +39,16 @@ def check_reachable(engine: Engine, *, what: str = "state DB") -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError as e:
-        reason = str(e.orig).strip().splitlines()[0] if e.orig else "connection failed"
-        raise EscSyncError(f"{what}: cannot connect to {_safe(engine.url)}: {reason}") from None
+        reason = database_reason(e)
+        raise EscSyncError(
+            f"{what}: cannot connect to {_safe(engine.url)}: {reason}", exit_code=ExitCode.DATABASE
+        ) from None
+
+
+def database_reason(error: DBAPIError) -> str:
+    """The driver's first line, without the SQL or its parameters (they may hold personal data)."""
+    lines = str(error.orig).strip().splitlines() if error.orig is not None else []
+    return lines[0] if lines else type(error).__name__
 
 
 def _safe(url: object) -> str:

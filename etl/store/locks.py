@@ -19,12 +19,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from etl.errors import EscSyncError
+from etl.errors import EscSyncError, ExitCode
 from etl.store.models import PartitionLock, utcnow
 
 
 class PartitionBusy(EscSyncError):
     """Another run holds the partition."""
+
+    exit_code = ExitCode.BUSY
 
 
 @contextmanager
