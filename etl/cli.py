@@ -177,7 +177,7 @@ def _with_runtime(args: argparse.Namespace, settings, runtime) -> int:  # type: 
     from etl.definitions import build_definitions
     from etl.orchestrate import ensure_instance, run_partitions
     from etl.partitions import Partition
-    from etl.report import failures, progress, summary
+    from etl.report import failures, progress, say, summary
 
     if args.command == "status":
         summary(settings, runtime)
@@ -198,7 +198,12 @@ def _with_runtime(args: argparse.Namespace, settings, runtime) -> int:  # type: 
             raise EscSyncError(f"academic year {p.academic_year} is outside the configured academic_years")
     print(f"running {len(todo)} partition(s)")
     backfill = run_partitions(
-        build_definitions(settings, runtime), ensure_instance(settings), sorted(set(todo)), progress=progress
+        build_definitions(settings, runtime),
+        ensure_instance(settings),
+        sorted(set(todo)),
+        progress=progress,
+        say=say,
+        wait_timeout_s=settings.run_wait_timeout_s,
     )
     return failures(backfill)
 

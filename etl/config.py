@@ -77,6 +77,7 @@ class Settings:
     # moves a watermark (run esc-sync in Esse3's time zone, or widen this by the difference).
     esse3_future_skew: dt.timedelta = DEFAULT_FUTURE_SKEW
     api_public_url: str | None = None  # where vendors reach the REST service: links are built on it
+    run_wait_timeout_s: float = 600.0  # how long a run waits for a Router pool slot held by live runs
 
     @property
     def academic_years(self) -> list[int]:
@@ -129,6 +130,7 @@ KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {
     "exports": EXPORT_KEYS,
     "esse3": frozenset(("max_future_skew_minutes",)),
     "api": frozenset(("public_url",)),
+    "runs": frozenset(("wait_timeout_s",)),
     "atenei": None,  # checked per university
 }
 ATENEO_KEYS = frozenset(
@@ -202,6 +204,9 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         raise ConfigError(
             f"esse3: field max_future_skew_minutes: {skew!r} must be a number of minutes 0-1440"
         )
+    wait = raw.get("runs", {}).get("wait_timeout_s", Settings.run_wait_timeout_s)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 24 * 3600:
+        raise ConfigError(f"runs: field wait_timeout_s: {wait!r} must be a number of seconds 0-86400")
     return Settings(
         home=home,
         database_url=database_url,
@@ -216,6 +221,7 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         exports=ExportPolicy.from_mapping(raw.get("exports", {})),
         esse3_future_skew=dt.timedelta(minutes=skew),
         api_public_url=public,
+        run_wait_timeout_s=float(wait),
     )
 
 

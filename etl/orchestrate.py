@@ -11,10 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, DagsterRunStatus, Definitions, RunsFilter
-from dagster._core.errors import DagsterExecutionStepExecutionError
+from dagster import (
+    DagsterExecutionStepExecutionError,
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    RunsFilter,
+)
 from sqlalchemy.exc import OperationalError
 
+from etl.assets.router_calls import ROUTER_POOL
 from etl.config import Settings
 from etl.definitions import JOB_NAME
 from etl.errors import EscSyncError, ExitCode, UniversityError
@@ -81,6 +87,7 @@ class Backfill:
 
 # Who runs a partition: a run whose process is gone (SIGKILL, OOM, power loss) is found by these.
 PID_TAG, HOST_TAG = "esc_sync/pid", "esc_sync/host"
+DEFAULT_WAIT_TIMEOUT_S = 600.0
 
 
 def reap_dead_runs(instance: DagsterInstance) -> int:
@@ -99,28 +106,71 @@ def reap_dead_runs(instance: DagsterInstance) -> int:
     return reaped
 
 
+def wait_for_router_pool(
+    instance: DagsterInstance, timeout_s: float, say: Callable[[str], None], poll_s: float = 1.0
+) -> None:
+    """Return once the ``esc_router`` pool has a free slot. While live runs hold them all, say so once
+    (which runs, where) and give up after ``timeout_s`` with a one-line error, instead of leaving
+    Dagster to wait silently. A holder that dies meanwhile is reaped, freeing its slots."""
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        info = instance.event_log_storage.get_concurrency_info(ROUTER_POOL)
+        if info.limit is None or info.active_slot_count < info.limit:
+            return
+        holders = ", ".join(_describe_run(instance, run_id) for run_id in sorted(info.active_run_ids))
+        what = f"a slot of the Router pool {ROUTER_POOL} (limit {info.limit}), held by {holders}"
+        if time.monotonic() >= deadline:
+            raise EscSyncError(
+                f"gave up after {timeout_s:g}s waiting for {what}: re-run when they end, or raise "
+                "[runs] wait_timeout_s",
+                exit_code=ExitCode.BUSY,
+            )
+        if not told:
+            say(f"waiting for {what} (giving up after {timeout_s:g}s)")
+            told = True
+        time.sleep(poll_s)
+        reap_dead_runs(instance)
+
+
+def _describe_run(instance: DagsterInstance, run_id: str) -> str:
+    run = instance.get_run_by_id(run_id)
+    where = f" (process {run.tags[PID_TAG]} on {run.tags[HOST_TAG]})" if run and PID_TAG in run.tags else ""
+    return f"run {run_id[:8]}{where}"
+
+
 def run_partitions(
     defs: Definitions,
     instance: DagsterInstance,
     partitions: Sequence[Partition],
     *,
     progress: Callable[[int, int, PartitionRun | PartitionFailure], None] | None = None,
+    say: Callable[[str], None] = lambda _: None,
+    wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
 ) -> Backfill:
     """One run per partition, in partition order. A partition that fails is reported and the others
     go on; a failure that concerns its whole university (a refused key, Esse3 unreachable) skips that
-    university's remaining partitions, reported as such. Unexpected errors are reported as one line
-    too (``ESC_SYNC_DEBUG=1`` raises them with their traceback)."""
+    university's remaining partitions, reported as such; one that concerns every partition (no
+    Router pool slot within ``wait_timeout_s``) skips them all. Unexpected errors are reported as one
+    line too (``ESC_SYNC_DEBUG=1`` raises them with their traceback)."""
     job = defs.resolve_job_def(JOB_NAME)
     reaped = reap_dead_runs(instance)
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     runs: list[PartitionRun] = []
     failures: list[PartitionFailure] = []
-    blocked: dict[str, PartitionFailure] = {}  # university → the failure that skips its partitions
+    blocked: dict[str, PartitionFailure] = {}  # university (or "*": all) → the failure that skips it
     for i, partition in enumerate(partitions, 1):
         outcome: PartitionRun | PartitionFailure
-        if partition.institution in blocked:
-            first = blocked[partition.institution]
+        if first := blocked.get(partition.institution) or blocked.get("*"):
             outcome = PartitionFailure(partition, first.message, first.exit_code, skipped=True)
+            failures.append(outcome)
+            if progress:
+                progress(i, len(partitions), outcome)
+            continue
+        try:
+            wait_for_router_pool(instance, wait_timeout_s, say)
+        except EscSyncError as e:
+            blocked["*"] = outcome = PartitionFailure(partition, str(e), e.exit_code)
             failures.append(outcome)
             if progress:
                 progress(i, len(partitions), outcome)

@@ -106,6 +106,8 @@ def test_load_settings_errors_and_env(tmp_path: Path, monkeypatch: pytest.Monkey
         (lambda r: r.update(exports={"retention_full": 0}), "exports: field retention_full"),
         (lambda r: r.update(esse3={"max_future_skew_minutes": -1}), "esse3: field max_future_skew_minutes"),
         (lambda r: r["atenei"][0].update(escn_prefix=1000), "university unife: field escn_prefix"),
+        (lambda r: r.update(runs={"wait_timeout_s": "10m"}), "runs: field wait_timeout_s"),
+        (lambda r: r.update(runs={"wait_timeout": 10}), "runs: unknown key(s) wait_timeout"),
     ],
 )
 def test_unknown_keys_and_bad_sections_stop_with_one_line(tmp_path: Path, edit, expected: str) -> None:
@@ -126,8 +128,10 @@ def test_exports_esse3_and_escn_prefix_sections_are_honoured(tmp_path: Path) -> 
     raw = _raw()
     raw["exports"] = {"retention_full": 5, "full_every_hours": 6, "full_changed_share": 0.5}
     raw["esse3"] = {"max_future_skew_minutes": 90}
+    raw["runs"] = {"wait_timeout_s": 45}
     raw["atenei"][0]["escn_prefix"] = "007"
     s = _parse(raw, tmp_path)
+    assert s.run_wait_timeout_s == 45 and _parse(_raw(), tmp_path).run_wait_timeout_s == 600
     assert s.exports == ExportPolicy(5, dt.timedelta(hours=6), 0.5)
     assert ExportPolicy.from_settings(s) == s.exports
     assert s.esse3_future_skew == dt.timedelta(minutes=90)

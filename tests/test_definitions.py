@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from dagster import DagsterInstance, Definitions, SensorResult, SkipReason, buil
 from sqlalchemy import text, update
 from sqlalchemy.exc import OperationalError
 
+from etl.assets.router_calls import ROUTER_POOL
 from etl.definitions import JOB_NAME, build_definitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_STU
@@ -171,6 +173,43 @@ def test_an_unreachable_router_stops_each_university_with_one_line(
     with dead.engine.connect() as conn:  # nothing recorded as sent: the rerun registers them all
         assert conn.execute(text("SELECT count(*) FROM persons WHERE state = 'registered'")).scalar_one() == 0
     dead.dispose()
+
+
+def test_a_run_waiting_for_the_router_pool_says_for_whom_and_gives_up(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Two live runs hold both esc_router slots: the next run says once what it waits for, and
+    after [runs] wait_timeout_s stops every partition with one line (exit 7) instead of hanging.
+    When a holder frees its slot in time, the wait ends and the run goes on."""
+    from etl.orchestrate import ensure_instance, run_partitions, wait_for_router_pool
+    from etl.partitions import Partition
+    from etl.report import failures
+
+    settings = replace(runtime.settings, home=tmp_path / "esc-home")
+    instance = ensure_instance(settings)
+    storage = instance.event_log_storage
+    storage.set_concurrency_slots(ROUTER_POOL, 2)
+    for holder in ("a" * 32, "b" * 32):
+        storage.claim_concurrency_slot(ROUTER_POOL, holder, "esc_cards")
+    said: list[str] = []
+    partitions = [Partition(y, "unife") for y in (2024, 2025)]
+    started = time.monotonic()
+    backfill = run_partitions(
+        build_definitions(settings, runtime), instance, partitions, say=said.append, wait_timeout_s=1.5
+    )
+    assert 1.5 <= time.monotonic() - started < 20
+    assert said == [
+        f"waiting for a slot of the Router pool {ROUTER_POOL} (limit 2), held by run aaaaaaaa, run bbbbbbbb "
+        "(giving up after 1.5s)"
+    ]
+    assert not backfill.runs and [f.skipped for f in backfill.failures] == [False, True]
+    assert backfill.failures[0].message.startswith("gave up after 1.5s waiting for a slot of the Router pool")
+    assert failures(backfill) == ExitCode.BUSY == 7
+
+    threading.Timer(0.5, storage.free_concurrency_slots_for_run, ("a" * 32,)).start()
+    started = time.monotonic()
+    wait_for_router_pool(instance, 30, said.append, poll_s=0.1)
+    assert time.monotonic() - started < 10 and len(said) == 2
 
 
 def test_exit_code_names_the_kind_of_failure_and_mixed_kinds_are_3() -> None:

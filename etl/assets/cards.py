@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
 from sqlalchemy import Engine
 
-from etl.assets.router_calls import CallReport, run_chunks, run_with_client
+from etl.assets.router_calls import ROUTER_POOL, CallReport, run_chunks, run_with_client
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
 from etl.domain.escn import EscnMinter
@@ -353,7 +353,7 @@ def build_cards_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no
         required_resource_keys={"esc"},
         group_name="router",
         kinds={"sql"},
-        pool="esc_router",
+        pool=ROUTER_POOL,
         description="A card per badge (ESCN minted offline, PASSIVE or SMART_PASSIVE) at the ESC Router.",
     )
     def esc_cards(context: AssetExecutionContext) -> MaterializeResult:

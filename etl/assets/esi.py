@@ -11,7 +11,7 @@ from typing import Any
 from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
 from sqlalchemy import Engine
 
-from etl.assets.router_calls import CallReport, run_chunks, run_with_client
+from etl.assets.router_calls import ROUTER_POOL, CallReport, run_chunks, run_with_client
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
 from etl.domain.esi import InvalidEsi, compose_esi, same_esi
@@ -200,7 +200,7 @@ def build_esi_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-u
         required_resource_keys={"esc"},
         group_name="router",
         kinds={"sql"},
-        pool="esc_router",
+        pool=ROUTER_POOL,
         description="ESIs of finalised careers, registered at the ESC Router and written back to Esse3.",
     )
     def esi_assignments(context: AssetExecutionContext) -> MaterializeResult:

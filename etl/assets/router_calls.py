@@ -13,6 +13,8 @@ from etl.errors import EscSyncError, ExitCode, UniversityError
 from etl.resources.router import RouterClient
 from etl.resources.router_errors import RouterError
 
+ROUTER_POOL = "esc_router"  # Dagster pool of the steps that call the Router: bounds concurrent runs
+
 T = TypeVar("T")
 R = TypeVar("R")
 

@@ -142,7 +142,14 @@ def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60
         else:
             say(f"Materialising {len(todo)} partition(s) through Dagster:")
             defs = build_definitions(settings, runtime)
-            backfill = run_partitions(defs, ensure_instance(settings), todo, progress=progress)
+            backfill = run_partitions(
+                defs,
+                ensure_instance(settings),
+                todo,
+                progress=progress,
+                say=say,
+                wait_timeout_s=settings.run_wait_timeout_s,
+            )
         summary(settings, runtime, emulator.stats()["organisations"])
     finally:
         runtime.dispose()
