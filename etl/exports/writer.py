@@ -167,9 +167,11 @@ def write_export(
             part.finish()
         for part in parts:
             part.commit()
-    except BaseException:
+    except BaseException as e:
         for part in parts:
             part.discard()
+        if isinstance(e, OSError) and e.errno and not e.filename:  # pyarrow's and zipfile's name no file
+            raise OSError(e.errno, os.strerror(e.errno), str(directory / f"{export_id}.*")) from e
         raise
     _fsync_directory(directory)
     log.info(
