@@ -7,6 +7,7 @@ import datetime as dt
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,15 +20,26 @@ from etl.assets.router_calls import ROUTER_POOL
 from etl.definitions import JOB_NAME, build_definitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_STU
-from etl.emulator import start_emulator
+from etl.emulator import EmulatorProcess, start_emulator
 from etl.errors import ExitCode
 from etl.resources.runtime import Runtime
+from etl.store import router_state
 from etl.store.migrate import upgrade
 from tests.conftest import NOW, demo_settings
 
+PICS = {"unife": "999978433", "unipa": "999912345"}
+
 
 @pytest.fixture
-def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorProcess]:
+    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", "k1")
+    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIPA", "k2")
+    with start_emulator({"k1": PICS["unife"], "k2": PICS["unipa"]}, tmp_path / "router.sqlite") as emu:
+        yield emu
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, emulator: EmulatorProcess) -> Iterator[Runtime]:
     for seed, code in ((1, "unife"), (2, "unipa")):
         generate(
             f"sqlite:///{tmp_path / f'esse3-{code}.sqlite'}",
@@ -40,13 +52,10 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     settings = demo_settings(
         tmp_path, f"sqlite:///{tmp_path / 'state.sqlite'}", academic_years={"first": 2024, "last": 2025}
     )
-    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", "k1")
-    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIPA", "k2")
-    with start_emulator({"k1": "999978433", "k2": "999912345"}, tmp_path / "router.sqlite") as emu:
-        rt = Runtime(replace(settings, router=replace(settings.router, url=emu.url)))
-        upgrade(rt.engine)
-        yield rt
-        rt.dispose()
+    rt = Runtime(replace(settings, router=replace(settings.router, url=emulator.url)))
+    upgrade(rt.engine)
+    yield rt
+    rt.dispose()
 
 
 def test_definitions_load_and_graph_is_as_expected(runtime: Runtime) -> None:
@@ -115,10 +124,14 @@ def test_materialise_partition_then_sensor_sees_only_changes(runtime: Runtime) -
 
 
 def test_a_refused_key_for_one_university_never_stops_the_other(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    runtime: Runtime,
+    emulator: EmulatorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Issue 12: unife's key is refused (401): unife's first partition fails, its others are skipped
-    and reported, unipa's all run; exit code 5 (the Router's) and one stderr line naming unife."""
+    and reported, unipa's all run; exit code 5 (the Router's) and one stderr line naming unife. With
+    the key fixed, a rerun finishes unife: the Router holds exactly what the state DB says."""
     from etl.orchestrate import run_partitions
     from etl.partitions import Partition
     from etl.report import failures, progress
@@ -138,6 +151,16 @@ def test_a_refused_key_for_one_university_never_stops_the_other(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("esc-sync: university unife:")
     assert "(2024|unife; 1 more partition(s) of unife not run)" in lines[0]
+
+    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", "k1")
+    rerun = run_partitions(defs, DagsterInstance.ephemeral(), partitions[:2])
+    assert not rerun.failures and len(rerun.runs) == 2
+    at_router = emulator.stats()["organisations"]
+    with runtime.engine.connect() as conn:
+        for code, pic in PICS.items():
+            local = router_state.registered_totals(conn, code)
+            assert local["persons"] > 0 and local["cards"] > 0
+            assert at_router[pic] == local | {"deleted_cards": 0}, code
 
 
 def test_an_unreachable_router_stops_each_university_with_one_line(

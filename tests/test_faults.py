@@ -52,14 +52,15 @@ def _free_bytes(where: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def test_a_full_disk_while_exporting_is_one_line_per_partition_and_a_rerun_finishes(tmp_path: Path) -> None:
+def test_a_full_disk_while_exporting_is_one_line_per_partition_and_a_rerun_finishes(
+    tmp_path: Path, state_url: str
+) -> None:
     home = tmp_path / "home"
     exports = home / "exports"
     if not _mount_tmpfs(exports, "4m"):
         pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
     try:
         make_esse3(home, students=300)
-        state_url = f"sqlite:///{tmp_path / 'state.sqlite'}"
         engine = make_engine(state_url)
         upgrade(engine)
         filler = exports / "filler"

@@ -16,6 +16,7 @@ final name. A hard kill (SIGKILL, power loss) can leave a ``.<name>.part`` behin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -523,7 +524,8 @@ class _PartFile:
         os.replace(self.path, self.final)
 
     def discard(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
+            self.file.close()
         self.path.unlink(missing_ok=True)
 
 
