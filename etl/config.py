@@ -46,6 +46,8 @@ class Ateneo:
     consent: str = "automatic"
     prints_physical_badges: bool = False
     escn_prefix: int = 1  # the 3-digit server prefix in the node of the ESCNs esc-sync mints
+    write_back_badge: bool = False  # ESCN, QR payload, status onto P01_BADGE (the site adds columns)
+    write_back_qr_png: bool = False  # ... and the QR image
 
     def router_api_key(self) -> str | None:
         return os.environ.get(self.router_api_key_env) or None
@@ -137,7 +139,7 @@ ATENEO_KEYS = frozenset(
     (
         *("code", "name", "pic", "schac_home_organization", "person_key", "esse3_url"),
         *("router_api_key_env", "consent", "prints_physical_badges", "finalised", "closing_reasons"),
-        "escn_prefix",
+        *("escn_prefix", "write_back_badge", "write_back_qr_png"),
     )
 )
 FINALISED_KEYS = frozenset(("statuses", "require_enrolment_date"))
@@ -306,9 +308,18 @@ def _parse_ateneo(a: dict[str, Any], index: int, home: Path) -> Ateneo:
         finalised=finalised,
         closing_reasons=dict(reasons),
         consent=consent,
-        prints_physical_badges=bool(a.get("prints_physical_badges", False)),
+        prints_physical_badges=_flag(a, "prints_physical_badges", who),
         escn_prefix=escn_prefix,
+        write_back_badge=_flag(a, "write_back_badge", who),
+        write_back_qr_png=_flag(a, "write_back_qr_png", who),
     )
+
+
+def _flag(table: dict[str, Any], name: str, who: str) -> bool:
+    value = table.get(name, False)
+    if not isinstance(value, bool):  # "false" in quotes would otherwise read as true
+        raise ConfigError(f"{who}: field {name}: {value!r} must be true or false")
+    return value
 
 
 def _expand(url: str, home: Path, who: str) -> str:

@@ -18,6 +18,8 @@ from dagster import (
     sensor,
 )
 
+from etl.assets.badge_write_back import build_badge_write_back_asset
+from etl.assets.badges import build_badges_asset
 from etl.assets.cards import build_cards_asset
 from etl.assets.careers import build_careers_asset
 from etl.assets.esi import build_esi_asset
@@ -37,8 +39,10 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
     assets = [
         build_careers_asset(partitions),
         build_esi_asset(partitions),
+        build_badges_asset(partitions),
         build_cards_asset(partitions),
         build_qr_asset(partitions),
+        build_badge_write_back_asset(partitions),
         build_export_asset(partitions),
         build_prints_asset(partitions),
     ]

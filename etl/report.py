@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from etl.config import Settings
-from etl.errors import ExitCode
+from etl.errors import ExitCode, UniversityError
 from etl.orchestrate import Backfill, PartitionFailure, PartitionRun
 from etl.partitions import all_partitions
 from etl.resources.runtime import Runtime
@@ -39,6 +39,8 @@ def progress(i: int, n: int, run: PartitionRun | PartitionFailure) -> None:
     x = run.metadata.get("export_files", {})
     if q or x:
         router += f" | QR +{q.get('rendered', 0)} | export {x.get('kind', 'none')}"
+    if (b := run.metadata.get("esse3_badge_write_back", {})).get("enabled"):
+        router += f" | onto badges {b.get('written', 0)}"
     say(
         f"  [{i:>2}/{n}] {run.partition.key:<14} careers +{c.get('inserted', 0)} "
         f"({c.get('updated', 0)} upd, {c.get('unchanged', 0)} same, {c.get('quarantined', 0)} quar)"
@@ -63,6 +65,19 @@ def summary(settings: Settings, runtime: Runtime, router: dict[str, dict[str, in
                 say(
                     f"  {a.code}: Router calls whose retries ran out: {backlog['persons']} person(s), "
                     f"{backlog['cards']} card(s); the next run retries them"
+                )
+        for a in settings.atenei:
+            if a.write_back_badge:
+                try:
+                    escns, pngs = runtime.esse3(a.code).badge_write_back_counts()
+                except UniversityError as e:  # the status of the rest is still worth printing
+                    say(f"  {e}")
+                    continue
+                cards = router_state.registered_totals(conn, a.code)["cards"]
+                say(
+                    f"  {a.code}: {escns} Esse3 badge(s) carry their card's ESCN, QR URL and status"
+                    + (f", {pngs} the QR image" if a.write_back_qr_png else "")
+                    + f" ({cards} registered card(s))"
                 )
         if router is None:
             return

@@ -69,8 +69,10 @@ def test_definitions_load_and_graph_is_as_expected(runtime: Runtime) -> None:
     assert deps == {
         "careers": set(),
         "esi_assignments": {"careers"},
-        "esc_cards": {"esi_assignments"},
+        "badges": {"careers"},
+        "esc_cards": {"esi_assignments", "badges"},
         "qr_images": {"esc_cards"},
+        "esse3_badge_write_back": {"esc_cards", "qr_images"},
         "export_files": {"qr_images"},
         "badge_sheets": {"qr_images"},
     }

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from etl.assets.cards import ingest_badges, sync_cards
+from etl.assets.badges import ingest_badges
+from etl.assets.cards import sync_cards
 from etl.assets.careers import ingest_careers
 from etl.assets.esi import assign_esis
 from etl.assets.router_calls import CallReport
@@ -62,7 +63,7 @@ def kinds() -> list[Kind]:
         n = BASE + len(out)
         stu = {"STU_ID": n, "PERS_ID": n, "MATRICOLA": f"H{n}"} | (stu or {})
         badge = {"BDG_ID": n, "STU_ID": stu["STU_ID"], "PERS_ID": stu["PERS_ID"]} | (badge or {})
-        default_key = badge["BDG_ID"] if stage == "cards" else stu["STU_ID"]
+        default_key = badge["BDG_ID"] if stage == "badges" else stu["STU_ID"]
         out.append(
             Kind(name, stage, str(default_key if key is None else key), reason, stu, anaper or {}, badge)
         )
@@ -134,22 +135,22 @@ def kinds() -> list[Kind]:
     # ESI already on the career
     add("another ESI on the career", "esi", "different ESI", stu={"CODICE_ESI": compose_esi("other.it", 1)})
     # badges
-    add("badge id float", "cards", "BDG_ID is not an exact integer key", badge={"BDG_ID": 5.5}, key="5.5")
-    add("badge id text", "cards", "BDG_ID is not an integer key (str)", badge={"BDG_ID": "B-1"}, key="B-1")
-    add("badge id zero", "cards", "BDG_ID is not a positive key", badge={"BDG_ID": 0}, key="0")
-    add("badge changed in 2100", "cards", "DATA_MOD in the future (P01_BADGE)", badge={"DATA_MOD": FUTURE})
+    add("badge id float", "badges", "BDG_ID is not an exact integer key", badge={"BDG_ID": 5.5}, key="5.5")
+    add("badge id text", "badges", "BDG_ID is not an integer key (str)", badge={"BDG_ID": "B-1"}, key="B-1")
+    add("badge id zero", "badges", "BDG_ID is not a positive key", badge={"BDG_ID": 0}, key="0")
+    add("badge changed in 2100", "badges", "DATA_MOD in the future (P01_BADGE)", badge={"DATA_MOD": FUTURE})
     add(
         "badge ends before it starts",
-        "cards",
+        "badges",
         "ends before it starts",
         badge={"DATA_FIN": dt.date(2020, 1, 1)},
     )
-    add("unknown badge type", "cards", "unknown badge type", badge={"TIPO": "Q"})
-    add("badge pers_id text", "cards", "PERS_ID is not an integer key", badge={"PERS_ID": "x"})
+    add("unknown badge type", "badges", "unknown badge type", badge={"TIPO": "Q"})
+    add("badge pers_id text", "badges", "PERS_ID is not an integer key", badge={"PERS_ID": "x"})
     dup = BASE + len(out)
-    add("duplicate badge id", "cards", "duplicate BDG_ID", badge={"BDG_ID": dup})
+    add("duplicate badge id", "badges", "duplicate BDG_ID", badge={"BDG_ID": dup})
     # ... and a second badge row with the same BDG_ID on another good career
-    add("duplicate badge id (twin)", "cards", "duplicate BDG_ID", badge={"BDG_ID": dup}, key=str(dup))
+    add("duplicate badge id (twin)", "badges", "duplicate BDG_ID", badge={"BDG_ID": dup}, key=str(dup))
     return out
 
 
@@ -243,7 +244,7 @@ def test_hostile_rows_are_quarantined_precisely_and_the_rest_goes_on(
     registered = {p.pers_id for p in persons if p.state == "registered"}
     assert registered and not registered & hostile_pers  # no wrong or hostile person registered
     assert BASE + [k.name for k in found].index("another ESI on the career") not in registered
-    hostile_badges = {k.badge["BDG_ID"] for k in found if k.stage == "cards"}
+    hostile_badges = {k.badge["BDG_ID"] for k in found if k.stage == "badges"}
     assert cards and not {c.bdg_id for c in cards} & hostile_badges
     # the Router holds exactly what is registered locally: nothing of the hostile rows
     counts = emulator.stats()["organisations"]["999978433"]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text, update
 
-from etl.assets.cards import CardWork, ingest_badges, plan_cards, sync_cards
+from etl.assets.badges import ingest_badges
+from etl.assets.cards import CardWork, plan_cards, sync_cards
 from etl.assets.careers import ingest_careers
 from etl.assets.esi import assign_esis
 from etl.assets.router_calls import CallReport

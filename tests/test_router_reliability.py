@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from etl.assets.cards import ingest_badges, sync_cards
+from etl.assets.badges import ingest_badges
+from etl.assets.cards import sync_cards
 from etl.assets.careers import ingest_careers
 from etl.assets.esi import assign_esis
 from etl.assets.router_calls import CallReport
@@ -286,7 +287,8 @@ def test_backfill_with_20_percent_mixed_faults_registers_exactly_what_a_clean_ru
 # partition of unife and writes progress lines to a file, so the test knows where a kill strikes.
 ZYGOTE = """
 import os, sys, traceback
-from etl.assets.cards import ingest_badges, sync_cards
+from etl.assets.badges import ingest_badges
+from etl.assets.cards import sync_cards
 from etl.assets.careers import ingest_careers
 from etl.assets.esi import assign_esis
 from etl.assets.router_calls import CallReport

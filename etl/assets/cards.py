@@ -4,7 +4,6 @@ reconcile). Lifecycle changes from career and badge data are pushed with PUT."""
 # No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
 
 import datetime as dt
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -26,15 +25,7 @@ from etl.domain.lifecycle import (
     card_target,
     consented,
 )
-from etl.domain.source_values import (
-    DEFAULT_FUTURE_SKEW,
-    future_cutoff,
-    in_the_future,
-    key_problem,
-    quarantine_key,
-)
 from etl.partitions import Partition
-from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
 from etl.resources.router_bodies import card_body, card_update_body
 from etl.resources.router_errors import RouterAccessDenied, RouterConflict, RouterError, RouterNotFound
@@ -42,87 +33,12 @@ from etl.resources.router_views import read_card
 from etl.resources.runtime import Runtime
 from etl.store import careers as common
 from etl.store import router_state as store
-from etl.store.bulk import refresh_statistics
 from etl.store.locks import partition_lock
 from etl.store.models import utcnow
 
 STAGE = "cards"
 CHUNK = 1000
 OVERLAP = dt.timedelta(minutes=10)
-
-
-def validate_badge(kind: str | None, valid_from: dt.date | None, valid_to: dt.date | None) -> list[str]:
-    reasons = []
-    if kind not in CARD_TYPE_OF_BADGE:
-        reasons.append(f"unknown badge type TIPO={kind!r}")
-    if valid_from is None or valid_to is None:
-        reasons.append("missing badge validity (DATA_INI/DATA_FIN)")
-    elif valid_to < valid_from:
-        reasons.append("badge validity ends before it starts (DATA_FIN < DATA_INI)")
-    return reasons
-
-
-def ingest_badges(
-    engine: Engine,
-    source: Esse3Source,
-    partition: Partition,
-    future_skew: dt.timedelta = DEFAULT_FUTURE_SKEW,
-    now: dt.datetime | None = None,
-) -> tuple[int, int]:
-    """Badges of the partition changed since its P01_BADGE watermark, in one transaction with it.
-    Returns (read, quarantined). Quarantine keys are BDG_IDs (their text when not an integer). A badge
-    whose keys are not exact integers, whose BDG_ID appears twice, or whose DATA_MOD lies in the
-    future is quarantined; a future DATA_MOD never reaches the watermark."""
-    read = rejected = 0
-    newest: dt.datetime | None = None
-    inst, year = partition.institution, partition.academic_year
-    cutoff = future_cutoff(now or dt.datetime.now(), future_skew)
-    with engine.begin() as conn:
-        since = common.get_watermarks(conn, partition.key).get("P01_BADGE")
-        for batch in source.changed_badges(year, since, OVERLAP):
-            good, bad = [], []
-            now_utc = utcnow()
-            counts = Counter(quarantine_key(row[0]) for row in batch)
-            for bdg_id, stu_id, pers_id, ini, fin, ann, printed, kind, data_mod in batch:
-                future = in_the_future(data_mod, cutoff)
-                if data_mod is not None and not future:
-                    newest = data_mod if newest is None or data_mod > newest else newest
-                reasons = [p for c, v in (("BDG_ID", bdg_id), ("STU_ID", stu_id), ("PERS_ID", pers_id))
-                           if (p := key_problem(c, v))]  # fmt: skip
-                if counts[quarantine_key(bdg_id)] > 1:
-                    reasons.append("duplicate BDG_ID (more than one badge row with this key)")
-                if future:
-                    reasons.append("DATA_MOD in the future (P01_BADGE)")
-                reasons += validate_badge(kind, ini, fin)
-                if reasons:
-                    bad.append(Rejection(quarantine_key(bdg_id), tuple(reasons)))
-                else:
-                    good.append(
-                        (
-                            inst,
-                            bdg_id,
-                            stu_id,
-                            pers_id,
-                            year,
-                            ini,
-                            fin,
-                            bool(ann),
-                            printed,
-                            kind,
-                            data_mod,
-                            now_utc,
-                        )
-                    )
-            store.upsert_badges(conn, good)
-            common.quarantine(conn, inst, year, STAGE, "P01_BADGE", bad)
-            common.resolve_quarantine(conn, inst, STAGE, "P01_BADGE", (str(g[1]) for g in good))
-            read += len(batch)
-            rejected += len(bad)
-        if newest is not None:
-            common.advance_watermarks(conn, partition.key, {"P01_BADGE": newest})
-        if read > CHUNK // 2:
-            refresh_statistics(conn, "badges", "cards", "persons")
-    return read, rejected
 
 
 @dataclass(frozen=True)
@@ -349,7 +265,7 @@ def build_cards_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no
     @asset(
         name="esc_cards",
         partitions_def=partitions,
-        deps=["esi_assignments"],
+        deps=["esi_assignments", "badges"],
         required_resource_keys={"esc"},
         group_name="router",
         kinds={"sql"},
@@ -362,10 +278,6 @@ def build_cards_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no
         ateneo = runtime.settings.ateneo(partition.institution)
         report = CallReport()
         with partition_lock(runtime.engine, partition.key, context.run_id):
-            read, rejected = ingest_badges(
-                runtime.engine, runtime.esse3(ateneo.code), partition, runtime.settings.esse3_future_skew
-            )
-            report.counts.update(badges_read=read, badges_quarantined=rejected)
             sync_cards(runtime.engine, lambda: runtime.router_client(ateneo.code), ateneo, partition, report)
         context.log.info(f"{partition.key}: {dict(report.counts)}")
         with runtime.engine.connect() as conn:

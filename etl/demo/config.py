@@ -65,6 +65,8 @@ esse3_url = "sqlite:///{{home}}/esse3-{a.code}.sqlite"
 router_api_key_env = "{key_env(a.code)}"
 consent = "{a.consent}"
 prints_physical_badges = {str(a.prints_physical_badges).lower()}
+write_back_badge = true     # ESCN, QR URL and status onto P01_BADGE (docs/esse3-badge-write-back.md)
+write_back_qr_png = true
 finalised = {{ statuses = ["A", "S", "X"], require_enrolment_date = true }}
 closing_reasons = {{ TIT = "graduated", RIN = "withdrawn", DEC = "lapsed", TRU = "transferred" }}
 """

@@ -60,6 +60,7 @@ class MutationStats:
     renewed_badges: int = 0  # badges of reactivated careers extended to the end of the year
     new_badges: int = 0
     annulled_badges: int = 0  # each with a replacement badge
+    replacements: list[tuple[int, int]] = field(default_factory=list)  # (annulled, new) BDG_IDs
     email_changes: int = 0  # persons with new EMAIL and EMAIL_ATE
     fixed: int = 0  # missing_name persons given a name
     fixed_stu_ids: list[int] = field(default_factory=list)
@@ -372,7 +373,9 @@ class _Batch:
         for b in self.sample(candidates, n):
             c = self.career[b.STU_ID]
             self.annulled.append({"k": b.BDG_ID, "mod": self.now})
-            self.new_badges.append(self.badge_row(self.next_badge_id(), c, b.DATA_FIN))  # the replacement
+            replacement = self.next_badge_id()
+            self.new_badges.append(self.badge_row(replacement, c, b.DATA_FIN))
+            self.stats.replacements.append((b.BDG_ID, replacement))
             self.touch_career(c)
             self.stats.annulled_badges += 1
 

@@ -116,6 +116,21 @@ def rest_instructions(settings: Settings, port: int = 8000) -> str:
     return "\n".join(lines)
 
 
+def show_replacement(runtime: Runtime, replaced: dict[str, list[tuple[int, int]]]) -> None:
+    """One annulled badge and its replacement as Esse3 now shows them (keys and card numbers only)."""
+    for code, pairs in replaced.items():
+        if pairs and runtime.settings.ateneo(code).write_back_badge:
+            old, new = pairs[0]
+            cards = runtime.esse3(code).badge_cards([old, new])
+            old_escn, old_status = cards.get(old, (None, None))
+            new_escn, new_status = cards.get(new, (None, None))
+            say(
+                f"\nIn {code}'s Esse3, annulled badge {old} carries ESCN {old_escn} ({old_status}); "
+                f"its replacement, badge {new}, carries ESCN {new_escn} ({new_status})"
+            )
+            return
+
+
 def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60) -> int:
     home = home_from_env()
     say(f"esc-sync demo in {home}")
@@ -124,6 +139,7 @@ def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60
     say(f"ESC Router emulator on {emulator.url}")
     settings = replace(settings, router=replace(settings.router, url=emulator.url))
     runtime = Runtime(settings)
+    replaced: dict[str, list[tuple[int, int]]] = {}  # university → (annulled, replacement) BDG_IDs
     try:
         if mutate_batch:
             now = dt.datetime.now().replace(microsecond=0)
@@ -135,6 +151,7 @@ def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60
                     size=size,
                 )
                 say(f"mutated demo Esse3 of {a.code}: years touched {sorted(stats.touched_years)}")
+                replaced[a.code] = stats.replacements
         todo = [c.partition for c in pending_partitions(settings, runtime)]
         backfill = Backfill([], [])
         if not todo:
@@ -151,6 +168,7 @@ def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60
                 wait_timeout_s=settings.run_wait_timeout_s,
             )
         summary(settings, runtime, emulator.stats()["organisations"])
+        show_replacement(runtime, replaced)
     finally:
         runtime.dispose()
         emulator.stop()

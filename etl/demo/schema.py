@@ -6,7 +6,7 @@ Column names follow Esse3 (Oracle, upper case). Production never creates these: 
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Date, DateTime, Index, Integer, MetaData, String, Table
+from sqlalchemy import Column, Date, DateTime, Index, Integer, LargeBinary, MetaData, String, Table
 
 metadata = MetaData()
 
@@ -66,6 +66,11 @@ P01_BADGE = Table(
     Column("DATA_STAMPA", Date),  # printed on
     Column("TIPO", String(1), nullable=False),  # 'V' virtual, 'F' physical (printed)
     Column("DATA_MOD", DateTime, nullable=False),
+    # Written by esc-sync (docs/esse3-badge-write-back.md): the card on the badge.
+    Column("ESC_ESCN", String(36)),
+    Column("ESC_QR_URL", String(255)),
+    Column("ESC_STATO", String(16)),
+    Column("ESC_QR_PNG", LargeBinary),
     Index("IX_P01_BADGE_STU_ID", "STU_ID"),
     Index("IX_P01_BADGE_DATA_MOD", "DATA_MOD"),
 )

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Date, DateTime, Engine, TextClause, bindparam, text
-from sqlalchemy.engine import Row
+from sqlalchemy import Date, DateTime, Engine, LargeBinary, TextClause, bindparam, text
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from etl.domain.badges import BadgeWriteBack
 from etl.errors import ExitCode, UniversityError
 from etl.store.db import check_reachable, database_reason, make_engine
 
@@ -107,6 +108,48 @@ class Esse3Source:
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
 
+    def write_back_badges(self, rows: Sequence[BadgeWriteBack], *, with_png: bool) -> dict[int, str | None]:
+        """Write each card onto its badge; return the ESCN every badge of ``rows`` carries afterwards
+        (a badge absent from the answer is gone from Esse3)."""
+        if not rows:
+            return {}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    text(sql("write_back_badge")),
+                    [
+                        {"bdg_id": w.bdg_id, "escn": w.escn, "qr_url": w.qr_url, "status": w.status,
+                         "previous_escn": w.previous_escn}
+                        for w in rows
+                    ],
+                )  # fmt: skip
+                if with_png:
+                    conn.execute(
+                        text(sql("write_back_badge_png")).bindparams(bindparam("png", type_=LargeBinary)),
+                        [{"bdg_id": w.bdg_id, "escn": w.escn, "png": w.png} for w in rows],
+                    )
+                carried = _badge_cards(conn, [w.bdg_id for w in rows])
+        except DBAPIError as e:
+            raise describe_source_error(self.institution, e) from None
+        return {bdg_id: escn for bdg_id, (escn, _status) in carried.items()}
+
+    def badge_cards(self, bdg_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
+        """(ESCN, Router status) each badge carries in Esse3."""
+        try:
+            with self.engine.connect() as conn:
+                return _badge_cards(conn, bdg_ids)
+        except DBAPIError as e:
+            raise describe_source_error(self.institution, e) from None
+
+    def badge_write_back_counts(self) -> tuple[int, int]:
+        """Badges carrying an ESCN, and a QR image."""
+        try:
+            with self.engine.connect() as conn:
+                escns, pngs = conn.execute(text(sql("badge_write_back_counts"))).one()
+        except DBAPIError as e:
+            raise describe_source_error(self.institution, e) from None
+        return int(escns), int(pngs)
+
     def change_markers(self, cutoff: dt.datetime = dt.datetime.max) -> list[ChangeMarker]:
         """Newest DATA_MOD per academic year and table, ignoring rows dated after ``cutoff``."""
         stmt = text(sql("change_markers")).bindparams(bindparam("cutoff", type_=DateTime))
@@ -166,3 +209,12 @@ def describe_source_error(institution: str, e: DBAPIError) -> UniversityError:
     else:
         kind = "query failed"
     return UniversityError(f"university {institution}: Esse3 {kind}: {first}", exit_code=ExitCode.DATABASE)
+
+
+def _badge_cards(conn: Connection, bdg_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
+    stmt = text(sql("badge_cards")).bindparams(bindparam("bdg_ids", expanding=True))
+    out: dict[int, tuple[str | None, str | None]] = {}
+    for start in range(0, len(bdg_ids), 500):  # Oracle caps IN lists at 1,000
+        for bdg_id, escn, status in conn.execute(stmt, {"bdg_ids": list(bdg_ids[start : start + 500])}):
+            out[int(bdg_id)] = (escn, status)
+    return out

@@ -221,6 +221,19 @@ class PartitionLock(Base):
     acquired_at: Mapped[dt.datetime] = mapped_column(DateTime)
 
 
+class BadgeWriteBack(Base):
+    """What esc-sync last wrote onto an Esse3 badge (docs/esse3-badge-write-back.md): its ESCN, and a
+    digest of everything written, so only badges whose card changed are written again."""
+
+    __tablename__ = "badge_write_backs"
+
+    institution: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bdg_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    escn: Mapped[str] = mapped_column(String(36))
+    written_hash: Mapped[str] = mapped_column(String(32))
+    written_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
 class QrImage(Base):
     """The card's QR symbol (PNG and SVG), kept in the state DB: see docs/architecture.md."""
 

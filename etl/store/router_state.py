@@ -283,6 +283,13 @@ def count_cards(conn: Connection, institution: str, year: int) -> dict[str, int]
     return {f"{state}_{status.lower()}": n for state, status, n in rows}
 
 
+def count_badges(conn: Connection, institution: str, year: int) -> int:
+    return conn.execute(
+        text("SELECT COUNT(*) FROM badges WHERE institution = :i AND academic_year = :y"),
+        {"i": institution, "y": year},
+    ).scalar_one()
+
+
 BADGE_COLUMNS = (
     "institution",
     "bdg_id",

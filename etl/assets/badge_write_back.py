@@ -1,0 +1,65 @@
+"""`esse3_badge_write_back`: each registered card's ESCN, QR payload and Router status (and, where the
+site wants it, the QR image) written onto its Esse3 badge, so Esse3's own virtual badge and badge
+printing show the card. Only changed badges are written; a badge that carries another ESCN is
+quarantined, never overwritten."""
+# No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
+
+from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
+from sqlalchemy import Engine
+
+from etl.config import Ateneo
+from etl.domain.badges import unwritten
+from etl.domain.careers import Rejection
+from etl.partitions import Partition
+from etl.resources.esse3 import Esse3Source
+from etl.resources.runtime import Runtime
+from etl.store import badge_write_back as store
+from etl.store import careers as quarantine_store
+from etl.store.locks import partition_lock
+
+STAGE = "badge_write_back"
+
+
+def write_back_badges(
+    engine: Engine, source: Esse3Source, ateneo: Ateneo, partition: Partition
+) -> dict[str, int]:
+    inst, year = ateneo.code, partition.academic_year
+    with engine.connect() as conn:
+        wanted = store.pending(conn, inst, year, with_png=ateneo.write_back_qr_png)
+    # Esse3 first: a crash before the state is recorded only makes the next run write the same again.
+    carried = source.write_back_badges(wanted, with_png=ateneo.write_back_qr_png)
+    problems = unwritten(wanted, carried)
+    written = [w for w in wanted if w.bdg_id not in problems]
+    with engine.begin() as conn:
+        store.record_written(conn, inst, written)
+        if problems:
+            store.forget(conn, inst, problems)
+        rejected = [Rejection(bdg_id, (reason,)) for bdg_id, reason in problems.items()]
+        quarantine_store.quarantine(conn, inst, year, STAGE, "P01_BADGE", rejected)
+        quarantine_store.resolve_quarantine(conn, inst, STAGE, "P01_BADGE", (str(w.bdg_id) for w in written))
+        carrying = store.count_written(conn, inst, year)
+    return {"written": len(written), "quarantined": len(problems), "badges_carrying_escn": carrying}
+
+
+def build_badge_write_back_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+    @asset(
+        name="esse3_badge_write_back",
+        partitions_def=partitions,
+        deps=["esc_cards", "qr_images"],
+        required_resource_keys={"esc"},
+        group_name="esse3_write_back",
+        kinds={"sql"},
+        description="ESCN, QR payload and Router status (optionally the QR PNG) stored on each Esse3 badge.",
+    )
+    def esse3_badge_write_back(context: AssetExecutionContext) -> MaterializeResult:
+        runtime: Runtime = context.resources.esc
+        partition = Partition.parse(context.partition_key)
+        ateneo = runtime.settings.ateneo(partition.institution)
+        if not ateneo.write_back_badge:
+            return MaterializeResult(metadata={"enabled": False})
+        with partition_lock(runtime.engine, partition.key, context.run_id):
+            counts = write_back_badges(runtime.engine, runtime.esse3(ateneo.code), ateneo, partition)
+        context.log.info(f"{partition.key}: {counts}")
+        return MaterializeResult(metadata={"enabled": True, **counts})
+
+    return esse3_badge_write_back

@@ -1,0 +1,56 @@
+"""Badge rules: which Esse3 badge rows make a card, and what esc-sync writes back onto a badge."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from etl.domain.lifecycle import CARD_TYPE_OF_BADGE
+
+ESCN_CONFLICT = "badge already carries a different ESCN (ESC_ESCN): not overwritten"
+BADGE_GONE = "badge row not found in Esse3 (deleted?): nothing written"
+
+
+def validate_badge(kind: str | None, valid_from: dt.date | None, valid_to: dt.date | None) -> list[str]:
+    """Why a badge row cannot make a card (empty: it can)."""
+    reasons = []
+    if kind not in CARD_TYPE_OF_BADGE:
+        reasons.append(f"unknown badge type TIPO={kind!r}")
+    if valid_from is None or valid_to is None:
+        reasons.append("missing badge validity (DATA_INI/DATA_FIN)")
+    elif valid_to < valid_from:
+        reasons.append("badge validity ends before it starts (DATA_FIN < DATA_INI)")
+    return reasons
+
+
+@dataclass(frozen=True)
+class BadgeWriteBack:
+    """What a badge should carry: its card's number, QR payload and Router status (and the PNG)."""
+
+    bdg_id: int
+    escn: str
+    qr_url: str
+    status: str
+    png: bytes | None  # None: the site does not store the image
+    previous_escn: str | None  # what esc-sync last wrote on this badge (a re-minted card's old number)
+
+    def digest(self) -> str:
+        """Changes whenever anything written changes: only changed badges are written again."""
+        h = hashlib.blake2b(digest_size=16)
+        for part in (self.escn, self.qr_url, self.status):
+            h.update(part.encode() + b"\0")
+        h.update(hashlib.sha256(self.png).digest() if self.png is not None else b"-")
+        return h.hexdigest()
+
+
+def unwritten(wanted: list[BadgeWriteBack], carried: dict[int, str | None]) -> dict[int, str]:
+    """The badges that do not carry their ESCN after the write, with the reason (``carried``: the
+    ESCN each badge holds now, a badge missing from it is gone from Esse3)."""
+    out = {}
+    for w in wanted:
+        if w.bdg_id not in carried:
+            out[w.bdg_id] = BADGE_GONE
+        elif carried[w.bdg_id] != w.escn:
+            out[w.bdg_id] = ESCN_CONFLICT
+    return out

@@ -1,0 +1,65 @@
+"""State of the write-back onto Esse3 badges: what each badge should carry, what was written."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, text
+
+from etl.domain.badges import BadgeWriteBack
+from etl.store.bulk import Bulk
+from etl.store.models import utcnow
+
+_CANDIDATES = """
+SELECT c.bdg_id, c.escn, q.payload, COALESCE(c.router_status, c.desired_status), {png},
+       w.escn, w.written_hash
+FROM cards c
+JOIN qr_images q ON q.escn = c.escn
+LEFT JOIN badge_write_backs w ON w.institution = c.institution AND w.bdg_id = c.bdg_id
+WHERE c.institution = :i AND c.academic_year = :y AND c.state = 'registered'
+ORDER BY c.bdg_id
+"""
+
+
+def pending(conn: Connection, institution: str, year: int, with_png: bool) -> list[BadgeWriteBack]:
+    """Registered cards (with their QR) whose badge does not carry what it should yet."""
+    rows = conn.execute(
+        text(_CANDIDATES.format(png="q.png" if with_png else "NULL")), {"i": institution, "y": year}
+    )
+    out = []
+    for bdg_id, escn, payload, status, png, previous, written in rows:
+        want = BadgeWriteBack(int(bdg_id), escn, payload, status, png, previous)
+        if want.digest() != written:
+            out.append(want)
+    return out
+
+
+def record_written(conn: Connection, institution: str, written: Iterable[BadgeWriteBack]) -> None:
+    now = utcnow()
+    Bulk(conn).upsert(
+        "badge_write_backs",
+        ("institution", "bdg_id", "escn", "written_hash", "written_at"),
+        ("institution", "bdg_id"),
+        ((institution, w.bdg_id, w.escn, w.digest(), now) for w in written),
+        temporal=("written_at",),
+    )
+
+
+def forget(conn: Connection, institution: str, bdg_ids: Iterable[int]) -> None:
+    """Badges found not carrying what was written (another ESCN there now, or deleted)."""
+    conn.execute(
+        text("DELETE FROM badge_write_backs WHERE institution = :i AND bdg_id = :b"),
+        [{"i": institution, "b": b} for b in bdg_ids],
+    )
+
+
+def count_written(conn: Connection, institution: str, year: int) -> int:
+    """Badges of the partition that carry their card's current ESCN."""
+    return conn.execute(
+        text(
+            "SELECT COUNT(*) FROM badge_write_backs w JOIN cards c "
+            "ON c.institution = w.institution AND c.bdg_id = w.bdg_id AND c.escn = w.escn "
+            "WHERE c.institution = :i AND c.academic_year = :y"
+        ),
+        {"i": institution, "y": year},
+    ).scalar_one()
