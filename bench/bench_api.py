@@ -39,7 +39,6 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from etl.api.testing import SeededCard, seed_cards, seed_export
 from etl.api.tokens import create_token
 from etl.config import Settings, parse_settings
 from etl.demo.config import demo_config_toml
@@ -47,6 +46,7 @@ from etl.domain.escn import mint_escn
 from etl.exports import ExportRow
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
+from tests.api_seed import SeededCard, seed_cards, seed_export
 
 UNI = "unife"
 MB = 1024 * 1024

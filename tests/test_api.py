@@ -40,7 +40,6 @@ from etl.api.files import FileProblem, FileVerifier
 from etl.api.ranges import RangeNotSatisfiable, etag_matches, if_range_allows, parse_range
 from etl.api.ratelimit import RateLimiter, retry_after_header
 from etl.api.schemas import BadgeOut, FeedItemOut
-from etl.api.testing import BASE_TIME, LiveServer, SeededCard, add_card, export_rows, seed_cards, seed_export
 from etl.api.tokens import NewToken, create_token, hash_token
 from etl.config import Settings
 from etl.demo.config import demo_config_toml
@@ -50,6 +49,7 @@ from etl.render.qr import qr_payload, render_qr
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from etl.store.models import ApiAudit, ApiToken, Card, Export, QrImage, utcnow
+from tests.api_seed import BASE_TIME, LiveServer, SeededCard, add_card, export_rows, seed_cards, seed_export
 from tests.conftest import demo_settings
 
 A, B = "unife", "unipa"

@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import Engine, select
 
 from etl.api.app import create_app
-from etl.api.testing import LiveServer, SeededCard, export_rows, seed_cards, seed_export
 from etl.api.tokens import create_token
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from etl.store.models import ApiAudit
+from tests.api_seed import LiveServer, SeededCard, export_rows, seed_cards, seed_export
 from tests.conftest import demo_settings
 
 PUBLIC = "https://esc.unife.example/api/"

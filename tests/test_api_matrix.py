@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from etl.api.app import create_app
-from etl.api.testing import LiveServer, SeededCard, export_rows, seed_cards, seed_export
 from etl.api.tokens import create_token, revoke_token
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
+from tests.api_seed import LiveServer, SeededCard, export_rows, seed_cards, seed_export
 from tests.conftest import demo_settings
 
 A, B = "unife", "unipa"

@@ -17,10 +17,10 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from etl.api.app import create_app
-from etl.api.testing import LiveServer, export_rows, seed_cards, seed_export
 from etl.api.tokens import create_token
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
+from tests.api_seed import LiveServer, export_rows, seed_cards, seed_export
 from tests.conftest import demo_settings
 
 

@@ -22,10 +22,10 @@ import zxingcpp
 from PIL import Image, ImageStat
 
 from etl.api.app import create_app
-from etl.api.testing import LiveServer, SeededCard, seed_cards
 from etl.api.tokens import create_token
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
+from tests.api_seed import LiveServer, SeededCard, seed_cards
 from tests.conftest import demo_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
