@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
 
@@ -17,6 +18,10 @@ from etl.api.cli import dispatch as api_dispatch
 from etl.api.cli import register as register_api
 from etl.errors import EscSyncError, ExitCode
 from etl.store.db import database_reason
+
+if TYPE_CHECKING:
+    from etl.config import Settings
+    from etl.resources.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,7 +160,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         runtime.dispose()
 
 
-def _with_runtime(args: argparse.Namespace, settings, runtime) -> int:  # type: ignore[no-untyped-def]
+def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime) -> int:
     from etl.store import migrate
 
     if args.command == "db":

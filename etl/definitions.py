@@ -73,8 +73,8 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
 def __getattr__(name: str) -> Definitions:
     # Loaded lazily so importing this module (tests, tools) does not need a config file.
     if name == "defs":
-        global defs
         os.umask(0o077)  # loaded by `dagster dev` / the daemon: what they write stays private too
-        defs = build_definitions(load_settings())
-        return defs
+        loaded = build_definitions(load_settings())
+        globals()["defs"] = loaded  # built once
+        return loaded
     raise AttributeError(name)

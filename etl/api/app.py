@@ -130,11 +130,12 @@ def _with_slash(url: str) -> str:
 
 def _openapi_with_bearer(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document plus the bearer scheme, required by every operation but health."""
-    if app.openapi_schema is None:
-        schema = FastAPI.openapi(app)
-        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = BEARER_SCHEME
-        for path, item in schema["paths"].items():
-            if path not in PUBLIC_PATHS:
-                for operation in item.values():
-                    operation["security"] = [{"bearer": []}]
-    return app.openapi_schema
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)  # also cached on the app: the changes below are made once
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = BEARER_SCHEME
+    for path, item in schema["paths"].items():
+        if path not in PUBLIC_PATHS:
+            for operation in item.values():
+                operation["security"] = [{"bearer": []}]
+    return schema

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.store.models import ApiAudit, utcnow
@@ -76,7 +76,7 @@ class AuditTrail:
             return 0
         try:
             with self._engine.begin() as conn:
-                conn.execute(ApiAudit.__table__.insert(), rows)
+                conn.execute(insert(ApiAudit), rows)
         except SQLAlchemyError as e:
             log.error(
                 "api audit: %d rows not written yet (%s); retried with the next batch",

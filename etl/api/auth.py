@@ -78,6 +78,7 @@ class Authenticator:
         digest = hash_token(token)
         now = self._clock()
         hit = self._cache.get(digest)
+        principal: Principal | None
         if hit is not None and hit[1] > now:
             principal = hit[0]
         else:
@@ -109,7 +110,7 @@ class Authenticator:
     def _touch(self, token_id: int) -> None:
         try:
             with self.engine.begin() as conn:
-                conn.execute(update(_tokens).where(_tokens.c.id == token_id).values(last_used_at=utcnow()))
+                conn.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=utcnow()))
         except SQLAlchemyError as exc:  # bookkeeping only: never fail the request for it
             log.warning("could not record last use of API token %d: %s", token_id, type(exc).__name__)
 

@@ -20,7 +20,7 @@ from etl.errors import EscSyncError
 COMMANDS = ("api", "tokens")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     a = subparsers.add_parser("api", help="run the REST service (OpenAPI docs at /docs)")
     a.add_argument("--port", type=int, default=8000)
     a.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; put a TLS proxy in front")

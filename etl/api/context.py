@@ -35,4 +35,4 @@ class ApiContext:
 
 
 def ctx_of(request: Request) -> ApiContext:
-    return request.app.state.ctx  # type: ignore[no-any-return]
+    return request.app.state.ctx

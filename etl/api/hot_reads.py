@@ -182,7 +182,7 @@ class HotReader:
     def _connect(self) -> Any:
         try:
             fairy = self.engine.raw_connection()
-            if not self.inline:
+            if not self.inline and fairy.dbapi_connection is not None:
                 fairy.dbapi_connection.autocommit = True  # no transaction left open between reads
         except BaseException:
             with self._lock:

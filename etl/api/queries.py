@@ -53,7 +53,7 @@ def mark_export_for_rebuild(engine: Engine, export_id: str) -> None:
     """``status='rebuild'``: the next ``export_files`` run rewrites this export's files."""
     with engine.begin() as conn:
         conn.execute(
-            update(Export.__table__)
+            update(Export)
             .where(_exports.id == export_id, _exports.status == "ready")
             .values(status="rebuild")
         )

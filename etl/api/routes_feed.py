@@ -92,7 +92,8 @@ async def feed(
                 "query parameter 'cursor': it belongs to another university's feed",
                 param="cursor",
             )
-    after = None if position.is_start else (position.changed_at, position.escn)
+    at, escn = position.changed_at, position.escn
+    after = None if at is None or escn is None else (at, escn)
     until = utcnow() - ctx.feed_settle
     rows = await run_in_threadpool(feed_page, ctx.engine, university, after, until, limit + 1, qr == "inline")
     has_more = len(rows) > limit

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, insert, select, update
 
 from etl.errors import EscSyncError
 from etl.store.models import ApiToken, utcnow
@@ -116,7 +116,7 @@ def create_token(
         "created_at": utcnow(),
     }
     with engine.begin() as conn:
-        token_id = conn.execute(ApiToken.__table__.insert().values(**values)).inserted_primary_key[0]
+        token_id = conn.execute(insert(ApiToken).values(**values).returning(ApiToken.id)).scalar_one()
     return NewToken(int(token_id), token, name, scope_list, codes, rate_per_minute)
 
 
@@ -156,9 +156,7 @@ def revoke_token(engine: Engine, token_id: int) -> tuple[TokenInfo, bool]:
     t = ApiToken.__table__.c
     with engine.begin() as conn:
         changed = conn.execute(
-            update(ApiToken.__table__)
-            .where(t.id == token_id, t.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
+            update(ApiToken).where(t.id == token_id, t.revoked_at.is_(None)).values(revoked_at=utcnow())
         ).rowcount
     for info in list_tokens(engine):
         if info.id == token_id:

@@ -4,7 +4,13 @@ printing show the card. Only changed badges are written; a badge that carries an
 quarantined, never overwritten."""
 # No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
 
-from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    MaterializeResult,
+    MultiPartitionsDefinition,
+    asset,
+)
 from sqlalchemy import Engine
 
 from etl.config import Ateneo
@@ -41,7 +47,7 @@ def write_back_badges(
     return {"written": len(written), "quarantined": len(problems), "badges_carrying_escn": carrying}
 
 
-def build_badge_write_back_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+def build_badge_write_back_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="esse3_badge_write_back",
         partitions_def=partitions,

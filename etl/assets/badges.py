@@ -6,7 +6,13 @@ of each."""
 import datetime as dt
 from collections import Counter
 
-from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    MaterializeResult,
+    MultiPartitionsDefinition,
+    asset,
+)
 from sqlalchemy import Engine
 
 from etl.domain.badges import validate_badge
@@ -95,7 +101,7 @@ def ingest_badges(
     return read, rejected
 
 
-def build_badges_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+def build_badges_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="badges",
         partitions_def=partitions,

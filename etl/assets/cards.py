@@ -7,7 +7,13 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    MaterializeResult,
+    MultiPartitionsDefinition,
+    asset,
+)
 from sqlalchemy import Engine
 
 from etl.assets.router_calls import ROUTER_POOL, CallReport, run_chunks, run_with_client
@@ -202,7 +208,7 @@ def sync_cards(
     partition: Partition,
     report: CallReport,
     today: dt.date | None = None,
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     today = today or dt.date.today()
     inst, year = ateneo.code, partition.academic_year
     with engine.begin() as conn:
@@ -261,7 +267,7 @@ def sync_cards(
         run_with_client(client_factory, body, report)
 
 
-def build_cards_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+def build_cards_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="esc_cards",
         partitions_def=partitions,

@@ -13,6 +13,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetsDefinition,
     MaterializeResult,
     MetadataValue,
     MultiPartitionsDefinition,
@@ -193,7 +194,7 @@ NO_DUPLICATES = "no_duplicate_careers"
 QUARANTINE_SHARE = "quarantine_share"
 
 
-def build_careers_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+def build_careers_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="careers",
         partitions_def=partitions,

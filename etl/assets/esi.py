@@ -8,7 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dagster import AssetExecutionContext, MaterializeResult, MultiPartitionsDefinition, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    MaterializeResult,
+    MultiPartitionsDefinition,
+    asset,
+)
 from sqlalchemy import Engine
 
 from etl.assets.router_calls import ROUTER_POOL, CallReport, run_chunks, run_with_client
@@ -140,7 +146,7 @@ def assign_esis(
     ateneo: Ateneo,
     partition: Partition,
     report: CallReport,
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     with engine.connect() as conn:
         rows = store.person_candidates(conn, ateneo.code, partition.academic_year)
         plan = plan_persons(rows, ateneo, store.source_esis(conn, ateneo.code, partition.academic_year))
@@ -192,7 +198,7 @@ def write_back(engine: Engine, source: Esse3Source, institution: str, year: int,
     report.counts.update(written_back=len(pairs), quarantined=len(conflicts))
 
 
-def build_esi_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+def build_esi_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="esi_assignments",
         partitions_def=partitions,

@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, MultiPartitionsDefinition, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    MultiPartitionsDefinition,
+    asset,
+)
 from sqlalchemy import Engine
 from sqlalchemy.engine import Row
 
@@ -356,7 +363,7 @@ def _write(
 # --- the asset -----------------------------------------------------------------------------------------
 
 
-def build_export_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+def build_export_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="export_files",
         partitions_def=partitions,

@@ -9,7 +9,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, MultiPartitionsDefinition, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    MultiPartitionsDefinition,
+    asset,
+)
 from sqlalchemy import Date, Engine, text
 
 from etl.config import Settings
@@ -77,7 +84,7 @@ def write_badge_sheets(
     return target, len(views)
 
 
-def build_prints_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+def build_prints_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="badge_sheets",
         partitions_def=partitions,

@@ -16,6 +16,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetsDefinition,
     MaterializeResult,
     MetadataValue,
     MultiPartitionsDefinition,
@@ -125,7 +126,7 @@ def render_partition_qr(
 QR_COMPLETE = "qr_complete"
 
 
-def build_qr_asset(partitions: MultiPartitionsDefinition):  # type: ignore[no-untyped-def]
+def build_qr_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="qr_images",
         partitions_def=partitions,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,7 +44,7 @@ class CallReport:
 
 
 async def gather_calls(
-    client: RouterClient, items: Sequence[T], call: Callable[[RouterClient, T], Awaitable[R]]
+    client: RouterClient, items: Sequence[T], call: Callable[[RouterClient, T], Coroutine[Any, Any, R]]
 ) -> list[R]:
     """Run ``call`` for every item concurrently (the client bounds concurrency and rate); results in
     item order. Calls handle their own per-item errors; anything raised (an auth error) cancels
@@ -58,15 +58,15 @@ async def run_chunks(
     client: RouterClient,
     items: Sequence[T],
     size: int,
-    record: Callable[[Sequence[T]], None],
-    call: Callable[[RouterClient, T], Awaitable[R]],
+    record: Callable[[list[T]], None],
+    call: Callable[[RouterClient, T], Coroutine[Any, Any, R]],
     confirm: Callable[[list[R]], None],
 ) -> None:
     """The intent protocol, chunk by chunk: intents committed before any of the chunk's calls, the
     outcomes after them. (Writing the next intents in a thread while calls run was measured: no gain
     at 40 ms latency, slower at zero — the threads compete with the event loop for the GIL.)"""
     for start in range(0, len(items), size):
-        chunk = items[start : start + size]
+        chunk = list(items[start : start + size])
         record(chunk)
         confirm(await gather_calls(client, chunk, call))
 

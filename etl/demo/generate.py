@@ -95,7 +95,9 @@ def is_generated(url: str) -> bool:
                 return False
             return conn.execute(select(P01_STU.c.STU_ID).limit(1)).first() is not None
     except SQLAlchemyError as exc:
-        raise EscSyncError(f"cannot read the demo Esse3 database {redacted(url)}: {exc.orig or exc}") from exc
+        raise EscSyncError(
+            f"cannot read the demo Esse3 database {redacted(url)}: {getattr(exc, 'orig', None) or exc}"
+        ) from exc
     finally:
         engine.dispose()
 
@@ -140,7 +142,7 @@ def generate(
             ):
                 insert_rows(conn, table, rows)
     except SQLAlchemyError as exc:
-        msg = f"cannot write the demo Esse3 database {redacted(url)}: {exc.orig or exc}"
+        msg = f"cannot write the demo Esse3 database {redacted(url)}: {getattr(exc, 'orig', None) or exc}"
         raise EscSyncError(msg) from exc
     finally:
         engine.dispose()
@@ -196,13 +198,9 @@ def _sqlite_processor(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
         python_type = type_.python_type
     except NotImplementedError:
         return proc
-    fast: Callable[[Any], Any]
-    if python_type is dt.datetime:
-        fast, probes = _iso_datetime, (dt.datetime(2001, 2, 3, 4, 5, 6, 7), dt.datetime(2001, 2, 3, 4, 5, 6))
-    elif python_type is dt.date:
-        fast, probes = _iso_date, (dt.date(2001, 2, 3),)
-    else:
+    if python_type not in _FAST_FORMATS:
         return proc
+    fast, probes = _FAST_FORMATS[python_type]
     return fast if all(fast(v) == proc(v) for v in probes) else proc
 
 
@@ -212,6 +210,13 @@ def _iso_datetime(v: dt.datetime | None) -> str | None:
 
 def _iso_date(v: dt.date | None) -> str | None:
     return None if v is None else v.isoformat()
+
+
+# Each fast formatter with the values that must format exactly as SQLAlchemy's own processor does.
+_FAST_FORMATS: dict[type, tuple[Callable[[Any], Any], tuple[Any, ...]]] = {
+    dt.datetime: (_iso_datetime, (dt.datetime(2001, 2, 3, 4, 5, 6, 7), dt.datetime(2001, 2, 3, 4, 5, 6))),
+    dt.date: (_iso_date, (dt.date(2001, 2, 3),)),
+}
 
 
 # --- persons (shared with mutate) -------------------------------------------------------------------
@@ -392,8 +397,8 @@ class _Builder:
         rng = self.rng
         courses = self.courses(first_year)
         by_type: dict[str, list[int]] = {}
-        for c in courses:
-            by_type.setdefault(c["TIPO_CORSO_COD"], []).append(c["CDS_ID"])
+        for course in courses:
+            by_type.setdefault(course["TIPO_CORSO_COD"], []).append(course["CDS_ID"])
         years = list(range(first_year, last_year + 1))
         year_cum = list(accumulate(1 + 0.08 * i for i in range(len(years))))  # more in recent years
         bachelor_years = years[:-3]
@@ -432,11 +437,11 @@ class _Builder:
         badges = self.badges([c for c in careers if c.stu_id not in bad_ids], pers_ids)
 
         persons = []
-        for i, p in enumerate(self.persons):
-            p["PERS_ID"] = pers_ids[i]
-            p["DATA_MOD"] = self.stamp(self.person_start[i], 30)
-            persons.append(p)
-        persons.sort(key=lambda p: p["PERS_ID"])
+        for i, person in enumerate(self.persons):
+            person["PERS_ID"] = pers_ids[i]
+            person["DATA_MOD"] = self.stamp(self.person_start[i], 30)
+            persons.append(person)
+        persons.sort(key=lambda row: row["PERS_ID"])
         career_rows = [
             {
                 "STU_ID": c.stu_id,

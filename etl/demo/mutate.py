@@ -108,7 +108,7 @@ def mutate(url: str, *, seed: int, now: dt.datetime, size: int = 50) -> Mutation
                 )
             return _Batch(conn, random.Random(f"{seed}|{now.isoformat()}|{size}"), now).run(size)
     except SQLAlchemyError as exc:
-        msg = f"cannot update the demo Esse3 database {redacted(url)}: {exc.orig or exc}"
+        msg = f"cannot update the demo Esse3 database {redacted(url)}: {getattr(exc, 'orig', None) or exc}"
         raise EscSyncError(msg) from exc
     finally:
         engine.dispose()
@@ -142,7 +142,8 @@ def _load(conn: Connection) -> _Snapshot:
 def _rows(conn: Connection, name: str, query: Select[Any]) -> list[Any]:
     """Named tuples: attribute access on SQLAlchemy rows costs seconds over 100k careers."""
     result = conn.execute(query)
-    make = namedtuple(name, list(result.keys()))._make
+    row_type = namedtuple(name, list(result.keys()))  # type: ignore[misc]  # fields: the query's columns
+    make = row_type._make
     return [make(r) for r in result.tuples()]
 
 
@@ -420,7 +421,11 @@ class _Batch:
             )
         names_only = [r for r in self.person_updates if "email" not in r]
         with_email = [r for r in self.person_updates if "email" in r]
-        values = {"NOME": bindparam("nome"), "COGNOME": bindparam("cognome"), "DATA_MOD": bindparam("mod")}
+        values: dict[str, Any] = {
+            "NOME": bindparam("nome"),
+            "COGNOME": bindparam("cognome"),
+            "DATA_MOD": bindparam("mod"),
+        }
         if names_only:
             conn.execute(_by_key(P01_ANAPER, "PERS_ID").values(**values), names_only)
         if with_email:

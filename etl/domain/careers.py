@@ -168,14 +168,16 @@ def map_career(row: Mapping[str, Any], rules: CareerRules, today: dt.date) -> Ca
 
     if reasons:
         return Rejection(stu_id, tuple(reasons))
+    # No reason: every key is an integer and every required value present (tells the type checker).
+    assert isinstance(stu_id, int) and matricola and course_code and first and last
     pers_id = int(row["PERS_ID"])
     return CareerRecord(
         stu_id,
         pers_id,
         str(pers_id),  # person_key
-        matricola,  # type: ignore[arg-type]
+        matricola,
         int(row["AA_ID"]),
-        course_code,  # type: ignore[arg-type]
+        course_code,
         course_name,
         course_type,
         academic_level(course_type),
@@ -185,8 +187,8 @@ def map_career(row: Mapping[str, Any], rules: CareerRules, today: dt.date) -> Ca
         closing_category,
         enrolment_date,
         closing_date,
-        first,  # type: ignore[arg-type]
-        last,  # type: ignore[arg-type]
+        first,
+        last,
         email,
         consent,
         source_esi,

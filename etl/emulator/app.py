@@ -25,6 +25,7 @@ import io
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import segno
 from aiohttp import web
@@ -239,7 +240,7 @@ async def delete_card(request: web.Request, state: EmulatorState, pic: str) -> w
 async def list_cards(request: web.Request, state: EmulatorState, pic: str) -> web.Response:
     esi = parse_card_search(raw_query_param(request.rel_url.raw_query_string, "search"))
     page = parse_page(dict(request.query), tuple(CARD_SORTS))
-    total, rows = 0, []
+    total, rows = 0, list[Any]()
     person_id = None if esi is None else state.store.person_id(esi_key(esi))
     if esi is None or person_id is not None:
         total, rows = state.store.list_cards(

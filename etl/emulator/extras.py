@@ -90,12 +90,13 @@ async def upload_picture(request: web.Request, state: EmulatorState, pic: str) -
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
+            picture: Image.Image = img
             if img.size != PICTURE_SIZE:
                 if resize != "true":
                     raise invalid("file: must be a 200x300 image (or resize=true)")
-                img = img.resize(PICTURE_SIZE)
+                picture = img.resize(PICTURE_SIZE)
             out = io.BytesIO()
-            img.convert("RGB").save(out, format="JPEG", quality=85)
+            picture.convert("RGB").save(out, format="JPEG", quality=85)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise invalid("file: not an image") from None
     state.store.put_picture(rel.person_id, pic, out.getvalue())

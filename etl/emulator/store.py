@@ -12,8 +12,9 @@ import datetime as dt
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from etl.emulator.contract import CardInput, PersonInput
 
@@ -370,11 +371,15 @@ def _order(columns: dict[str, str], sort: str | None, desc: bool, tie: str) -> s
     return f"{column} {direction}, {tie} {direction}" if column != tie else f"{tie} {direction}"
 
 
-def _relation(row: tuple) -> Relation:  # type: ignore[type-arg]
-    return Relation(*row[:-1], has_picture=bool(row[-1]))
+_RELATION_FIELDS = tuple(f.name for f in fields(Relation))
 
 
-def _card(row: tuple) -> Card:  # type: ignore[type-arg]
+def _relation(row: tuple[Any, ...]) -> Relation:
+    values = dict(zip(_RELATION_FIELDS, row, strict=True))
+    return Relation(**values | {"has_picture": bool(values["has_picture"])})  # SQLite's 0/1
+
+
+def _card(row: tuple[Any, ...]) -> Card:
     values = list(row)
     values[6] = dt.date.fromisoformat(values[6])
     values[7] = dt.date.fromisoformat(values[7])

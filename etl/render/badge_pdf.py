@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from fpdf import FPDF
+from fpdf.drawing import DeviceRGB
 from fpdf.enums import TextMode
 from PIL import Image
 
@@ -314,7 +315,8 @@ def _fit_text(
     if "B" in style:
         pdf.text_mode = TextMode.FILL_STROKE
         pdf.set_line_width(pdf.font_size * _BOLD_STROKE)
-        pdf.set_draw_color(*pdf.text_color.colors255)
+        if isinstance(color := pdf.text_color, DeviceRGB):  # the outline in the text's own colour
+            pdf.set_draw_color(*color.colors255)
     pdf.cell(width, pdf.font_size, text)
     pdf.text_mode = TextMode.FILL
 

@@ -101,8 +101,8 @@ def logo_from_bytes(data: bytes) -> Logo:
         except Exception as exc:  # Pillow raises many types for corrupt files
             raise ValueError(f"not a readable PNG ({exc})") from exc
         return _checked(Logo("png", data, float(w), float(h)))
-    w, h = _svg_size(data)
-    return _checked(Logo("svg", data, w, h))
+    width, height = _svg_size(data)
+    return _checked(Logo("svg", data, width, height))
 
 
 def layout(orientation: Orientation | str, logo_aspect: float = PLACEHOLDER_ASPECT) -> Composition:

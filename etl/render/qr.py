@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from multiprocessing import current_process, get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
+from typing import Any
 
 import zxingcpp
 
@@ -70,7 +71,8 @@ def qr_modules(payload: str) -> list[bytes]:
         )
     except ValueError as exc:  # zint: "Input too long for Version 4-M, requires N codewords"
         raise ValueError(f"QR payload of {len(payload)} characters does not fit version 4-M: {exc}") from exc
-    bitmap = memoryview(barcode.to_image(scale=1, add_quiet_zones=False))
+    image: Any = barcode.to_image(scale=1, add_quiet_zones=False)  # a buffer; its stubs do not say so
+    bitmap = memoryview(image)
     if bitmap.shape != (SYMBOL_MODULES, SYMBOL_MODULES):  # the encoder ignored the requested version
         raise RuntimeError(f"QR encoder produced a {bitmap.shape} symbol instead of version 4")
     data = bitmap.tobytes()

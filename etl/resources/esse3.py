@@ -4,12 +4,13 @@ through ``oracledb``; SQLite or PostgreSQL in the demo and tests). The only code
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Date, DateTime, Engine, LargeBinary, TextClause, bindparam, text
+from sqlalchemy import Date, DateTime, Engine, Executable, LargeBinary, TextClause, bindparam, text
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -67,9 +68,9 @@ class Esse3Source:
     def changed_careers(
         self,
         academic_year: int,
-        since: dict[str, dt.datetime | None],
+        since: Mapping[str, dt.datetime | None],
         overlap: dt.timedelta,
-    ) -> Iterator[list[Row]]:
+    ) -> Iterator[list[Row[Any]]]:
         """Batches of careers of a year changed after ``since[table] - overlap``, ordered by STU_ID
         (rows of one key together: duplicates are quarantined by the caller, never dropped)."""
         params = {
@@ -81,13 +82,13 @@ class Esse3Source:
         }
         yield from self._stream(_careers_statement("careers_changed"), params)
 
-    def careers_by_id(self, academic_year: int, stu_ids: Sequence[int]) -> Iterator[list[Row]]:
+    def careers_by_id(self, academic_year: int, stu_ids: Sequence[int]) -> Iterator[list[Row[Any]]]:
         stmt = _careers_statement("careers_by_id")
         for start in range(0, len(stu_ids), 500):  # Oracle caps IN lists at 1,000
             chunk = list(stu_ids[start : start + 500])
             yield from self._stream(stmt, {"aa_id": academic_year, "stu_ids": chunk})
 
-    def changed_badges(self, academic_year: int, since: dt.datetime | None, overlap: dt.timedelta):  # type: ignore[no-untyped-def]
+    def changed_badges(self, academic_year: int, since: dt.datetime | None, overlap: dt.timedelta):
         stmt = (
             text(sql("badges_changed"))
             .columns(DATA_INI=Date, DATA_FIN=Date, DATA_STAMPA=Date, DATA_MOD=DateTime)
@@ -160,11 +161,11 @@ class Esse3Source:
             raise describe_source_error(self.institution, e) from None
         return [ChangeMarker(int(r[0]), str(r[1]), _as_datetime(r[2])) for r in rows if r[2] is not None]
 
-    def _stream(self, stmt: object, params: dict[str, object]) -> Iterator[list[Row]]:
+    def _stream(self, stmt: Executable, params: dict[str, object]) -> Iterator[list[Row[Any]]]:
         """Batches of rows ordered by key. Rows sharing a key (a broken view, a duplicated badge)
         are never split across batches, so the caller sees every duplicate together and
         quarantines it: none is dropped silently."""
-        held: list[Row] = []
+        held: list[Row[Any]] = []
         try:
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=self.batch_size).execute(

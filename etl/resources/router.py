@@ -267,7 +267,7 @@ class RouterClient:
             resp = await self._call("GET", path, params={**params, "page": str(page), "size": str(page_size)})
             body = self._json_object(resp)
             content = body.get("content") or []
-            info = body.get("page") if isinstance(body.get("page"), dict) else {}
+            info: dict[str, Any] = page_info if isinstance(page_info := body.get("page"), dict) else {}
             if not isinstance(content, list):
                 raise self._unavailable(f"GET {path} page {page}: `content` is not a list", resp)
             # A server ignoring `page` would make this loop forever.
@@ -277,9 +277,8 @@ class RouterClient:
             for item in content:
                 yield item
             # The Router says which size it applied; without that assume its documented cap.
-            effective = (
-                info.get("size") if isinstance(info.get("size"), int) else min(page_size, PAGE_SIZE_CAP)
-            )
+            size = info.get("size")
+            effective = size if isinstance(size, int) else min(page_size, PAGE_SIZE_CAP)
             total_pages = info.get("totalPages")
             if (
                 body.get("empty") is True

@@ -55,11 +55,13 @@ def forget(conn: Connection, institution: str, bdg_ids: Iterable[int]) -> None:
 
 def count_written(conn: Connection, institution: str, year: int) -> int:
     """Badges of the partition that carry their card's current ESCN."""
-    return conn.execute(
-        text(
-            "SELECT COUNT(*) FROM badge_write_backs w JOIN cards c "
-            "ON c.institution = w.institution AND c.bdg_id = w.bdg_id AND c.escn = w.escn "
-            "WHERE c.institution = :i AND c.academic_year = :y"
-        ),
-        {"i": institution, "y": year},
-    ).scalar_one()
+    return int(
+        conn.execute(
+            text(
+                "SELECT COUNT(*) FROM badge_write_backs w JOIN cards c "
+                "ON c.institution = w.institution AND c.bdg_id = w.bdg_id AND c.escn = w.escn "
+                "WHERE c.institution = :i AND c.academic_year = :y"
+            ),
+            {"i": institution, "y": year},
+        ).scalar_one()
+    )

@@ -111,7 +111,8 @@ class Bulk:
     ) -> None:
         """Binary COPY (≈3× cheaper than text here) of ``rows`` into ``table``, whose column types are
         those of ``types_of`` (a staging table's are its model's)."""
-        with self.conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+        raw: Any = self.conn.connection.dbapi_connection  # psycopg's: COPY is not in the DB-API
+        with raw.cursor() as cur:
             types = self._column_types(cur, types_of or table, tuple(columns))
             with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(types)
@@ -125,7 +126,8 @@ class Bulk:
         if (table, columns) not in cache:
             cur.execute(_COLUMN_TYPES, (list(columns), table))
             cache[table, columns] = [r[0] for r in cur.fetchall()]
-        return cache[table, columns]
+        types: list[str] = cache[table, columns]
+        return types
 
 
 _COLUMN_TYPES = """

@@ -15,10 +15,11 @@ from etl.store.models import Career, Quarantine, Watermark, utcnow
 CAREERS_STAGE = "careers"
 
 
-def _insert(conn: Connection, table):  # type: ignore[no-untyped-def]
+def _insert(conn: Connection, model: type[Quarantine | Watermark]) -> postgresql.Insert | sqlite.Insert:
     """INSERT … ON CONFLICT for the dialect in use (both supported dialects spell it the same)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
 
 
 def existing_hashes(conn: Connection, institution: str, stu_ids: Sequence[int]) -> dict[int, str]:
@@ -28,7 +29,7 @@ def existing_hashes(conn: Connection, institution: str, stu_ids: Sequence[int]) 
         stu_ids,
         "integer",
     )
-    return dict(rows)  # type: ignore[arg-type]
+    return dict(rows)
 
 
 def matricola_holders(conn: Connection, institution: str, matricole: Iterable[str]) -> dict[str, int]:
@@ -40,7 +41,7 @@ def matricola_holders(conn: Connection, institution: str, matricole: Iterable[st
         sorted(set(matricole)),
         "varchar",
     )
-    return dict(rows)  # type: ignore[arg-type]
+    return dict(rows)
 
 
 CAREER_COLUMNS = (
@@ -97,7 +98,7 @@ def quarantine(
     if not rejections:
         return
     now = utcnow()
-    stmt = _insert(conn, Quarantine.__table__)
+    stmt = _insert(conn, Quarantine)
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["institution", "stage", "source_table", "source_key"],
@@ -157,7 +158,7 @@ def all_watermarks(conn: Connection) -> dict[tuple[str, str], dt.datetime]:
 def advance_watermarks(conn: Connection, partition_key: str, seen: dict[str, dt.datetime]) -> None:
     """Move each table's watermark forward to the newest DATA_MOD processed; never backwards."""
     current = get_watermarks(conn, partition_key)
-    stmt = _insert(conn, Watermark.__table__)
+    stmt = _insert(conn, Watermark)
     for table, data_mod in seen.items():
         if table in current and current[table] >= data_mod:
             continue

@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Select, and_, case, func, select, text, update
+from sqlalchemy import Connection, Select, and_, case, func, insert, select, text, update
 from sqlalchemy.engine import Row
 
 from etl.store.models import Card, Career, Export, QrImage
@@ -38,10 +39,11 @@ class ExportInfo:
     zip_bytes: int = 0
 
 
+AnySelect = TypeVar("AnySelect", bound=Select[*tuple[Any, ...]])
 _change_time = case((Career.updated_at > Card.changed_at, Career.updated_at), else_=Card.changed_at)
 
 
-def _exportable(stmt: Select, institution: str, academic_year: int) -> Select:
+def _exportable(stmt: AnySelect, institution: str, academic_year: int) -> AnySelect:
     """``stmt`` FROM cards ⋈ careers ⋈ qr_images WHERE the card is registered in the partition. Inner
     joins: a card without its career or its QR cannot be printed or encoded, so it waits."""
     return (
@@ -116,7 +118,7 @@ def exportable_rows(
     until: dt.datetime | None,
     *,
     batch: int = 2000,
-) -> Iterator[Row]:
+) -> Iterator[Row[*tuple[Any, ...]]]:
     """Stream the partition's exportable cards changed in (since, until] (all when ``since`` is None),
     in the order of ``EXPORT_COLUMNS``. Streamed in batches (a server-side cursor on PostgreSQL): the
     images of a whole university never sit in memory."""
@@ -151,7 +153,7 @@ def partition_exports(
         )
         .order_by(Export.created_at, Export.id)
     )
-    return [ExportInfo(*r) for r in rows]
+    return [ExportInfo(**r._asdict()) for r in rows]
 
 
 def export_exists(conn: Connection, export_id: str) -> bool:
@@ -160,7 +162,7 @@ def export_exists(conn: Connection, export_id: str) -> bool:
 
 def insert_export(conn: Connection, values: dict[str, object]) -> None:
     """The confirm step: called only after both files are in place under their final names."""
-    conn.execute(Export.__table__.insert().values(**values))
+    conn.execute(insert(Export).values(**values))
 
 
 def set_status(conn: Connection, ids: Iterable[str], status: str, *, only_from: Sequence[str] = LIVE) -> int:

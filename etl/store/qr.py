@@ -9,7 +9,20 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, String, and_, bindparam, cast, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    String,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from etl.store.bulk import Bulk
 from etl.store.models import Card, QrImage
@@ -19,13 +32,13 @@ REGISTERED = "registered"  # only cards the Router confirmed are valid: a pendin
 QR_COLUMNS = ("escn", "institution", "academic_year", "payload", "png", "svg", "rendered_at")
 
 
-def _current(base_url: str):  # type: ignore[no-untyped-def]
+def _current(base_url: str) -> ColumnElement[bool]:
     """SQL condition: the card's stored symbol carries ``base_url || escn``. The CAST gives PostgreSQL
     the parameter's type, which it cannot infer across ``||``."""
     return QrImage.payload == cast(bindparam("base", base_url), String) + Card.escn
 
 
-def _registered(institution: str, academic_year: int):  # type: ignore[no-untyped-def]
+def _registered(institution: str, academic_year: int) -> ColumnElement[bool]:
     return and_(
         Card.institution == institution, Card.academic_year == academic_year, Card.state == REGISTERED
     )

@@ -257,19 +257,21 @@ def take_clock_sequence(conn: Connection, pic: str) -> int:
     taken under its row lock (PostgreSQL) or the write lock (SQLite), shared by every process and
     machine on that DB. 16,384 minters apart would be needed to meet one again, and then only on the
     same millisecond."""
-    return (conn.execute(_TAKE_CLOCK, {"pic": pic}).scalar_one() - 1) % (1 << 14)
+    return (int(conn.execute(_TAKE_CLOCK, {"pic": pic}).scalar_one()) - 1) % (1 << 14)
 
 
 def count_persons(conn: Connection, institution: str, year: int) -> int:
     """Registered persons with a career in the partition."""
-    return conn.execute(
-        text(
-            "SELECT COUNT(DISTINCT p.esi) FROM persons p JOIN careers c "
-            "ON c.institution = p.institution AND c.pers_id = p.pers_id "
-            "WHERE p.institution = :i AND c.academic_year = :y AND p.state = 'registered'"
-        ),
-        {"i": institution, "y": year},
-    ).scalar_one()
+    return int(
+        conn.execute(
+            text(
+                "SELECT COUNT(DISTINCT p.esi) FROM persons p JOIN careers c "
+                "ON c.institution = p.institution AND c.pers_id = p.pers_id "
+                "WHERE p.institution = :i AND c.academic_year = :y AND p.state = 'registered'"
+            ),
+            {"i": institution, "y": year},
+        ).scalar_one()
+    )
 
 
 def count_cards(conn: Connection, institution: str, year: int) -> dict[str, int]:
@@ -284,10 +286,12 @@ def count_cards(conn: Connection, institution: str, year: int) -> dict[str, int]
 
 
 def count_badges(conn: Connection, institution: str, year: int) -> int:
-    return conn.execute(
-        text("SELECT COUNT(*) FROM badges WHERE institution = :i AND academic_year = :y"),
-        {"i": institution, "y": year},
-    ).scalar_one()
+    return int(
+        conn.execute(
+            text("SELECT COUNT(*) FROM badges WHERE institution = :i AND academic_year = :y"),
+            {"i": institution, "y": year},
+        ).scalar_one()
+    )
 
 
 BADGE_COLUMNS = (
