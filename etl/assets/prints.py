@@ -5,8 +5,6 @@ Rewritten only when what would be printed changed; written atomically."""
 
 import datetime as dt
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from dagster import (
@@ -20,6 +18,7 @@ from dagster import (
 from sqlalchemy import Date, Engine, text
 
 from etl.config import Settings
+from etl.files import write_atomically
 from etl.partitions import Partition
 from etl.render.badge_pdf import render_badge_sheet_pdf
 from etl.render.badge_source import badge_view, qr_images
@@ -72,12 +71,7 @@ def write_badge_sheets(
     folder.mkdir(parents=True, exist_ok=True)
     logo = load_logo(settings.logo_path)
     pdf = render_badge_sheet_pdf(views, logo_png=logo.data if logo.kind == "png" else None)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".badges-", suffix=".part")
-    with os.fdopen(fd, "wb") as f:
-        f.write(pdf)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    write_atomically(target, pdf)
     for old in folder.glob("badges-*.pdf"):  # only the current sheet is kept
         if old != target:
             old.unlink()

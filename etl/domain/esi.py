@@ -59,10 +59,12 @@ def esi_scope(esi: str) -> str:
 
 def same_esi(a: str, b: str) -> bool:
     """Equal ESIs: the prefix is case-insensitive, scope and code are compared exactly."""
-    return _normalise_prefix(a) == _normalise_prefix(b)
+    return canonical_esi(a) == canonical_esi(b)
 
 
-def _normalise_prefix(esi: str) -> str:
+def canonical_esi(esi: str) -> str:
+    """The ESI with its ``urn:schac:...:esi:`` prefix spelled as the standard does (it is
+    case-insensitive); scope and code as they are."""
     if esi[: len(ESI_PREFIX)].lower() == ESI_PREFIX.lower():
         return ESI_PREFIX + esi[len(ESI_PREFIX) :]
     return esi

@@ -15,28 +15,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from etl.domain.escn import InvalidEscn, validate_escn
-from etl.domain.esi import ESI_PREFIX, InvalidEsi, validate_esi
+from etl.domain.esi import InvalidEsi, canonical_esi, validate_esi
+from etl.domain.router_codes import ACADEMIC_LEVELS, CARD_TYPES, WRITABLE_CARD_STATUSES
 
 MAX_STRING = 255
 MAX_PAGE_SIZE = 10  # the Router silently caps page sizes at 10
 MAX_GENERATED_ESCN = 100  # more per call answers 500 at the Router
 
-ACADEMIC_LEVELS = {
-    "BACHELOR": "Bachelor or equivalent level (ISCED 6)",
-    "MASTER": "Master or equivalent level (ISCED 7)",
-    "DOCTORATE": "Doctoral or equivalent level (ISCED 8)",
-}
-CARD_TYPES = {
-    "PASSIVE": "Passive",
-    "SMART_PASSIVE": "Smart passive",
-    "SMART_NO_CDZ": "Smart, no common data zone",
-    "SMART_CDZ": "Smart with common data zone",
-    "SMART_MAY_SP": "Smart, may have service providers",
-    "SMART_PASSIVE_EMULATION": "Smart passive emulation",
-    "UNKNOWN": "Unknown",
-}
-WRITABLE_CARD_STATUSES = ("ACTIVE", "INACTIVE")
-CARD_STATUSES = {"ACTIVE": "Active", "INACTIVE": "Inactive", "EXPIRED": "Expired"}
 IDENTIFIER_CODES = {"ESI": "European Student Identifier"}
 
 # Error codes. ER-0002, ER-0019 and SE-0000 are the Router's documented ones. The rest are the
@@ -94,9 +79,7 @@ def address_not_allowed() -> ApiError:
 
 def esi_key(esi: str) -> str:
     """The lookup key of an ESI: the prefix is case-insensitive, the rest exact."""
-    if esi[: len(ESI_PREFIX)].lower() == ESI_PREFIX.lower():
-        return ESI_PREFIX + esi[len(ESI_PREFIX) :]
-    return esi
+    return canonical_esi(esi)
 
 
 @dataclass(frozen=True)

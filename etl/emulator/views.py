@@ -13,14 +13,8 @@ import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
 
-from etl.emulator.contract import (
-    ACADEMIC_LEVELS,
-    CARD_STATUSES,
-    CARD_TYPES,
-    IDENTIFIER_CODES,
-    PageRequest,
-    read_status,
-)
+from etl.domain.router_codes import ACADEMIC_LEVELS, CARD_STATUSES, CARD_TYPES
+from etl.emulator.contract import IDENTIFIER_CODES, PageRequest, read_status
 from etl.emulator.store import Card, Relation
 
 QR_BASE = "https://s.esc-r.eu/"

@@ -16,7 +16,6 @@ final name. A hard kill (SIGKILL, power loss) can leave a ``.<name>.part`` behin
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -39,6 +38,7 @@ import pyarrow.parquet as pq
 from etl.domain.escn import InvalidEscn, validate_escn
 from etl.domain.esi import InvalidEsi, validate_esi
 from etl.exports.schema import EXPORT_SCHEMA, MANIFEST_COLUMNS, MANIFEST_SCHEMA, ExportRow
+from etl.files import PartFile, fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +158,10 @@ def write_export(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError("batch_size must be an int of at least 1")
     directory = Path(directory)
-    parts: list[_PartFile] = []
+    parts: list[PartFile] = []
     try:
-        parts.append(_PartFile(directory / f"{export_id}.parquet"))
-        parts.append(_PartFile(directory / f"{export_id}.zip"))
+        parts.append(PartFile(directory / f"{export_id}.parquet"))
+        parts.append(PartFile(directory / f"{export_id}.zip"))
         parquet_out, zip_out = (_HashingWriter(part.file) for part in parts)
         count = _write_files(rows, parquet_out, zip_out, directory, batch_size)
         for part in parts:
@@ -174,7 +174,7 @@ def write_export(
         if isinstance(e, OSError) and e.errno and not e.filename:  # pyarrow's and zipfile's name no file
             raise OSError(e.errno, os.strerror(e.errno), str(directory / f"{export_id}.*")) from e
         raise
-    _fsync_directory(directory)
+    fsync_directory(directory)
     log.info(
         "export %s written: %d cards, parquet %d bytes, zip %d bytes",
         export_id,
@@ -500,39 +500,7 @@ class _HashingWriter:
         return False
 
     def close(self) -> None:
-        self.closed = True  # the underlying file belongs to _PartFile
+        self.closed = True  # the underlying file belongs to PartFile
 
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
-
-
-class _PartFile:
-    """A hidden temporary file beside ``final``, renamed over it only by ``commit``."""
-
-    def __init__(self, final: Path) -> None:
-        self.final = final
-        fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
-        self.path = Path(name)
-        self.file: IO[bytes] = os.fdopen(fd, "w+b")
-
-    def finish(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-
-    def commit(self) -> None:
-        os.replace(self.path, self.final)
-
-    def discard(self) -> None:
-        with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
-            self.file.close()
-        self.path.unlink(missing_ok=True)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the renames durable: without it a crash could leave the old name after a "successful" write.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -11,19 +11,10 @@ import datetime as dt
 import re
 from typing import Any
 
-ACADEMIC_LEVELS = ("BACHELOR", "MASTER", "DOCTORATE")
-CARD_TYPES = (
-    "PASSIVE",
-    "SMART_PASSIVE",
-    "SMART_NO_CDZ",
-    "SMART_CDZ",
-    "SMART_MAY_SP",
-    "SMART_PASSIVE_EMULATION",
-    "UNKNOWN",
-)
-CARD_STATUSES = ("ACTIVE", "INACTIVE")  # what may be written; EXPIRED only ever comes back on reads
+from etl.domain.esi import ESI_PREFIX
+from etl.domain.router_codes import ACADEMIC_LEVELS, CARD_TYPES, WRITABLE_CARD_STATUSES
+
 MAX_STRING = 255
-ESI_PREFIX = "urn:schac:personalUniqueCode:int:esi:"
 
 _PIC = re.compile(r"^[0-9]{9}$")
 _ESCN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-1[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9]{12}$")
@@ -61,8 +52,8 @@ def card_body(
     _check_pic(pic)
     if card_type not in CARD_TYPES:
         raise ValueError(f"card_type: {card_type!r} is not one of {', '.join(CARD_TYPES)}")
-    if status not in CARD_STATUSES:
-        raise ValueError(f"status: {status!r} is not one of {', '.join(CARD_STATUSES)}")
+    if status not in WRITABLE_CARD_STATUSES:
+        raise ValueError(f"status: {status!r} is not one of {', '.join(WRITABLE_CARD_STATUSES)}")
     issued, expires = _date("issued_at", issued_at), _date("expires_at", expires_at)
     if expires_at < issued_at:
         raise ValueError(f"expires_at {expires} is before issued_at {issued}")

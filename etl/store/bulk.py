@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 
 def _sqlite_value(v: Any) -> Any:
@@ -142,13 +142,24 @@ WHERE a.attrelid = %s::regclass ORDER BY u.pos
 # of 0.07 s at 100,000 careers, paid once per partition during a backfill.
 PLANNER_COLUMNS = {
     "careers": ("institution", "stu_id", "pers_id", "academic_year", "matricola", "finalised", "source_esi"),
+    "qr_images": ("escn", "institution", "academic_year"),  # sampling the images would de-TOAST megabytes
 }
+_STALE = text(
+    "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema()"
+    " AND relname = ANY(:tables) AND (COALESCE(last_analyze, last_autoanalyze) IS NULL"
+    " OR n_mod_since_analyze > 0.1 * GREATEST(n_live_tup, 1000)) ORDER BY relname"
+)
 
 
-def refresh_statistics(conn: Connection, *tables: str) -> None:
+def refresh_statistics(conn: Connection, *tables: str, only_stale: bool = False) -> list[str]:
     """After a bulk load PostgreSQL's planner still believes the tables are empty and picks nested
     loops that grow quadratically (10 s instead of 20 ms for a 2,000-student partition). ANALYZE is
-    cheap and transactional; SQLite needs nothing."""
-    if conn.dialect.name == "postgresql":
-        targets = (f"{t} ({', '.join(PLANNER_COLUMNS[t])})" if t in PLANNER_COLUMNS else t for t in tables)
+    cheap and transactional; SQLite needs nothing. ``only_stale``: only tables never analysed or
+    more than 10 % changed since (autovacuum has not caught up). Returns the tables analysed."""
+    if conn.dialect.name != "postgresql":
+        return []
+    names = list(conn.execute(_STALE, {"tables": list(tables)}).scalars()) if only_stale else list(tables)
+    if names:
+        targets = (f"{t} ({', '.join(PLANNER_COLUMNS[t])})" if t in PLANNER_COLUMNS else t for t in names)
         conn.exec_driver_sql(f"ANALYZE {', '.join(targets)}")
+    return names

@@ -12,9 +12,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Select, and_, case, func, insert, select, text, update
+from sqlalchemy import Connection, Select, and_, case, func, insert, select, update
 from sqlalchemy.engine import Row
 
+from etl.store.bulk import refresh_statistics
 from etl.store.models import Card, Career, Export, QrImage
 from etl.store.qr import REGISTERED
 
@@ -54,28 +55,10 @@ def _exportable(stmt: AnySelect, institution: str, academic_year: int) -> AnySel
     )
 
 
-# Columns the join plans need; qr_images' images are left out (sampling them would de-TOAST megabytes).
-_PLANNED = {"cards": "", "careers": "", "qr_images": "(escn, institution, academic_year)"}
-
-
 def refresh_planner_stats(conn: Connection) -> list[str]:
-    """PostgreSQL: ANALYZE the joined tables whose statistics are missing or >10 % stale, and return
-    their names. Right after a bulk load (the first run of a university) autovacuum has not analysed
-    yet; the planner then expects one row and nests loops: minutes instead of a second at 100,000."""
-    if conn.dialect.name != "postgresql":
-        return []
-    stale = conn.execute(
-        text(
-            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema()"
-            " AND relname = ANY(:tables) AND (COALESCE(last_analyze, last_autoanalyze) IS NULL"
-            " OR n_mod_since_analyze > 0.1 * GREATEST(n_live_tup, 1000)) ORDER BY relname"
-        ),
-        {"tables": list(_PLANNED)},
-    ).scalars()
-    names = list(stale)
-    for name in names:
-        conn.execute(text(f"ANALYZE {name} {_PLANNED[name]}"))
-    return names
+    """The tables the export's joins plan on, analysed if stale (right after a bulk load autovacuum
+    has not run yet; the planner then expects one row and nests loops: minutes instead of a second)."""
+    return refresh_statistics(conn, "cards", "careers", "qr_images", only_stale=True)
 
 
 def change_counts(
