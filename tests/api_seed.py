@@ -22,7 +22,8 @@ from etl.domain.escn import mint_escn
 from etl.domain.esi import compose_esi
 from etl.exports import ExportFiles, ExportRow, write_export
 from etl.render.qr import QrImages, qr_payload, render_many
-from etl.store.models import Badge, Card, Career, Export, QrImage
+from etl.store.exports import insert_export
+from etl.store.models import Badge, Card, Career, QrImage
 
 BASE_TIME = dt.datetime(2025, 9, 1, 8, 0)
 _FIRST = ("Giulia", "Marco", "Chiara", "Luca", "Sofia", "Matteo", "Anna", "Davide", "Elena", "Niccolò")
@@ -247,25 +248,15 @@ def seed_export(
     """Write the export files with the real writer and record the export row, as export_files does."""
     directory.mkdir(parents=True, exist_ok=True)
     files = write_export(iter(rows), directory, export_id)
+    since = None if kind == "full" else created_at - dt.timedelta(days=1)
     with engine.begin() as conn:
-        conn.execute(
-            Export.__table__.insert(),
-            {
-                "id": export_id,
-                "institution": institution,
-                "academic_year": academic_year,
-                "kind": kind,
-                "since": None if kind == "full" else created_at - dt.timedelta(days=1),
-                "until": created_at,
-                "created_at": created_at,
-                "rows": files.parquet.rows,
-                "parquet_path": str(files.parquet.path),
-                "parquet_bytes": files.parquet.size_bytes,
-                "parquet_sha256": files.parquet.sha256,
-                "zip_path": str(files.zip.path),
-                "zip_bytes": files.zip.size_bytes,
-                "zip_sha256": files.zip.sha256,
-                "status": "ready",
-            },
+        insert_export(
+            conn,
+            files,
+            institution=institution,
+            academic_year=academic_year,
+            kind=kind,
+            since=since,
+            until=created_at,
         )
     return files

@@ -198,7 +198,7 @@ def test_retention_keeps_newest_fulls_and_their_incrementals(runtime: Runtime, c
 def test_crash_between_files_and_manifest_row_leaves_only_an_orphan_that_is_swept(
     runtime: Runtime, cards: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def crash(conn, values):  # type: ignore[no-untyped-def]
+    def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated crash before the confirm")
 
     monkeypatch.setattr(export_store, "insert_export", crash)

@@ -331,23 +331,12 @@ def _write(
     with engine.begin() as conn:
         store.insert_export(
             conn,
-            {
-                "id": new_id,
-                "institution": institution,
-                "academic_year": year,
-                "kind": plan.kind,
-                "since": plan.since,
-                "until": now,
-                "created_at": now,
-                "rows": files.parquet.rows,
-                "parquet_path": str(files.parquet.path),
-                "parquet_bytes": files.parquet.size_bytes,
-                "parquet_sha256": files.parquet.sha256,
-                "zip_path": str(files.zip.path),
-                "zip_bytes": files.zip.size_bytes,
-                "zip_sha256": files.zip.sha256,
-                "status": READY,
-            },
+            files,
+            institution=institution,
+            academic_year=year,
+            kind=plan.kind or FULL,
+            since=plan.since,
+            until=now,
         )
         superseded = [e for e in store.partition_exports(conn, institution, year) if e.id in plan.supersedes]
         store.set_status(conn, plan.supersedes, EXPIRED)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Select, and_, case, func, insert, select, update
 from sqlalchemy.engine import Row
@@ -18,6 +18,9 @@ from sqlalchemy.engine import Row
 from etl.store.bulk import refresh_statistics
 from etl.store.models import Card, Career, Export, QrImage
 from etl.store.qr import REGISTERED
+
+if TYPE_CHECKING:
+    from etl.exports import ExportFiles
 
 FULL, INCREMENTAL = "full", "incremental"
 READY, REBUILD, EXPIRED = "ready", "rebuild", "expired"
@@ -143,9 +146,37 @@ def export_exists(conn: Connection, export_id: str) -> bool:
     return conn.execute(select(func.count()).where(Export.id == export_id)).scalar_one() > 0
 
 
-def insert_export(conn: Connection, values: dict[str, object]) -> None:
-    """The confirm step: called only after both files are in place under their final names."""
-    conn.execute(insert(Export).values(**values))
+def insert_export(
+    conn: Connection,
+    files: ExportFiles,
+    *,
+    institution: str,
+    academic_year: int,
+    kind: str,
+    since: dt.datetime | None,
+    until: dt.datetime,
+) -> None:
+    """The confirm step (the export's manifest row): called only after both files are in place under
+    their final names."""
+    conn.execute(
+        insert(Export).values(
+            id=files.export_id,
+            institution=institution,
+            academic_year=academic_year,
+            kind=kind,
+            since=since,
+            until=until,
+            created_at=until,
+            rows=files.parquet.rows,
+            parquet_path=str(files.parquet.path),
+            parquet_bytes=files.parquet.size_bytes,
+            parquet_sha256=files.parquet.sha256,
+            zip_path=str(files.zip.path),
+            zip_bytes=files.zip.size_bytes,
+            zip_sha256=files.zip.sha256,
+            status=READY,
+        )
+    )
 
 
 def set_status(conn: Connection, ids: Iterable[str], status: str, *, only_from: Sequence[str] = LIVE) -> int:
