@@ -9,6 +9,7 @@ from dagster import (
     AssetsDefinition,
     MaterializeResult,
     MultiPartitionsDefinition,
+    ResourceParam,
     asset,
 )
 from sqlalchemy import Engine
@@ -52,13 +53,14 @@ def build_badge_write_back_asset(partitions: MultiPartitionsDefinition) -> Asset
         name="esse3_badge_write_back",
         partitions_def=partitions,
         deps=["esc_cards", "qr_images"],
-        required_resource_keys={"esc"},
         group_name="esse3_write_back",
         kinds={"sql"},
         description="ESCN, QR payload and Router status (optionally the QR PNG) stored on each Esse3 badge.",
     )
-    def esse3_badge_write_back(context: AssetExecutionContext) -> MaterializeResult:
-        runtime: Runtime = context.resources.esc
+    def esse3_badge_write_back(
+        context: AssetExecutionContext, esc: ResourceParam[Runtime]
+    ) -> MaterializeResult:
+        runtime = esc
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
         if not ateneo.write_back_badge:

@@ -11,6 +11,7 @@ from dagster import (
     AssetsDefinition,
     MaterializeResult,
     MultiPartitionsDefinition,
+    ResourceParam,
     asset,
 )
 from sqlalchemy import Engine
@@ -106,13 +107,12 @@ def build_badges_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
         name="badges",
         partitions_def=partitions,
         deps=["careers"],
-        required_resource_keys={"esc"},
         group_name="esse3",
         kinds={"sql"},
         description="Esse3 badges (P01_BADGE) of the partition's careers, validated; bad rows quarantined.",
     )
-    def badges(context: AssetExecutionContext) -> MaterializeResult:
-        runtime: Runtime = context.resources.esc
+    def badges(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
+        runtime = esc
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
         with partition_lock(runtime.engine, partition.key, context.run_id):

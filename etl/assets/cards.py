@@ -12,6 +12,7 @@ from dagster import (
     AssetsDefinition,
     MaterializeResult,
     MultiPartitionsDefinition,
+    ResourceParam,
     asset,
 )
 from sqlalchemy import Engine
@@ -272,14 +273,13 @@ def build_cards_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition
         name="esc_cards",
         partitions_def=partitions,
         deps=["esi_assignments", "badges"],
-        required_resource_keys={"esc"},
         group_name="router",
         kinds={"sql"},
         pool=ROUTER_POOL,
         description="A card per badge (ESCN minted offline, PASSIVE or SMART_PASSIVE) at the ESC Router.",
     )
-    def esc_cards(context: AssetExecutionContext) -> MaterializeResult:
-        runtime: Runtime = context.resources.esc
+    def esc_cards(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
+        runtime = esc
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
         report = CallReport()

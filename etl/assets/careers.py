@@ -17,6 +17,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     MultiPartitionsDefinition,
+    ResourceParam,
     asset,
 )
 from sqlalchemy import Connection, Engine
@@ -198,7 +199,6 @@ def build_careers_asset(partitions: MultiPartitionsDefinition) -> AssetsDefiniti
     @asset(
         name="careers",
         partitions_def=partitions,
-        required_resource_keys={"esc"},
         group_name="esse3",
         kinds={"sql"},
         description="Esse3 careers (P01_STU ⋈ P01_ANAPER ⋈ P06_CDS) validated into the state DB.",
@@ -209,8 +209,8 @@ def build_careers_asset(partitions: MultiPartitionsDefinition) -> AssetsDefiniti
             ),
         ],
     )
-    def careers(context: AssetExecutionContext) -> MaterializeResult:
-        runtime: Runtime = context.resources.esc
+    def careers(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
+        runtime = esc
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
         with partition_lock(runtime.engine, partition.key, context.run_id):

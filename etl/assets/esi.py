@@ -13,6 +13,7 @@ from dagster import (
     AssetsDefinition,
     MaterializeResult,
     MultiPartitionsDefinition,
+    ResourceParam,
     asset,
 )
 from sqlalchemy import Engine
@@ -203,14 +204,13 @@ def build_esi_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
         name="esi_assignments",
         partitions_def=partitions,
         deps=["careers"],
-        required_resource_keys={"esc"},
         group_name="router",
         kinds={"sql"},
         pool=ROUTER_POOL,
         description="ESIs of finalised careers, registered at the ESC Router and written back to Esse3.",
     )
-    def esi_assignments(context: AssetExecutionContext) -> MaterializeResult:
-        runtime: Runtime = context.resources.esc
+    def esi_assignments(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
+        runtime = esc
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
         report = CallReport()

@@ -35,6 +35,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     MultiPartitionsDefinition,
+    ResourceParam,
     asset,
 )
 from sqlalchemy import Engine
@@ -357,13 +358,12 @@ def build_export_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
         name="export_files",
         partitions_def=partitions,
         deps=["qr_images"],
-        required_resource_keys={"esc"},
         group_name="exports",
         kinds={"parquet"},
         description="Vendor exports (Parquet + ZIP of QR images), full and incremental, with retention.",
     )
-    def export_files(context: AssetExecutionContext) -> MaterializeResult:
-        runtime: Runtime = context.resources.esc
+    def export_files(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
+        runtime = esc
         partition = Partition.parse(context.partition_key)
         settings = runtime.settings
         result = export_partition(

@@ -13,6 +13,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     MultiPartitionsDefinition,
+    ResourceParam,
     asset,
 )
 from sqlalchemy import Date, Engine, text
@@ -83,14 +84,13 @@ def build_prints_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
         name="badge_sheets",
         partitions_def=partitions,
         deps=["qr_images"],
-        required_resource_keys={"esc"},
         group_name="exports",
         kinds={"pdf"},
         description="A4 sheets (ID-1 cards, crop marks) of the active printed badges, for universities "
         "that print physical badges.",
     )
-    def badge_sheets(context: AssetExecutionContext) -> MaterializeResult:
-        runtime: Runtime = context.resources.esc
+    def badge_sheets(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
+        runtime = esc
         partition = Partition.parse(context.partition_key)
         if not runtime.settings.ateneo(partition.institution).prints_physical_badges:
             return MaterializeResult(metadata={"cards": 0, "skipped": "university does not print badges"})

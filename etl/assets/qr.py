@@ -20,6 +20,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     MultiPartitionsDefinition,
+    ResourceParam,
     asset,
 )
 from sqlalchemy import Engine
@@ -131,7 +132,6 @@ def build_qr_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
         name="qr_images",
         partitions_def=partitions,
         deps=["esc_cards"],
-        required_resource_keys={"esc"},
         group_name="exports",
         kinds={"python", "sql"},
         description="QR symbols (version 4-M, PNG + SVG) of the registered cards, in the state DB.",
@@ -141,8 +141,8 @@ def build_qr_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
             )
         ],
     )
-    def qr_images(context: AssetExecutionContext) -> MaterializeResult:
-        runtime: Runtime = context.resources.esc
+    def qr_images(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
+        runtime = esc
         partition = Partition.parse(context.partition_key)
         base_url = runtime.settings.qr_base_url
         result = render_partition_qr(runtime.engine, partition, base_url)
