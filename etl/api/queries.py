@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, bindparam, select, tuple_, update
 
+from etl.domain.sync_outcomes import SyncState
 from etl.store.models import Card, Career, Export, QrImage
 
 _cards = Card.__table__.c
@@ -17,7 +18,6 @@ _qr = QrImage.__table__.c
 _exports = Export.__table__.c
 
 LISTED_EXPORT_STATUSES = ("ready", "rebuild")
-REGISTERED = "registered"  # only cards the Router confirmed: the exports and badges show the same
 
 _CAREER_OF_CARD = (_careers.institution == _cards.institution) & (_careers.stu_id == _cards.stu_id)
 
@@ -88,7 +88,9 @@ def feed_page(
     stmt = (
         select(*columns)
         .select_from(source)
-        .where(_cards.institution == university, _cards.changed_at <= until, _cards.state == REGISTERED)
+        .where(
+            _cards.institution == university, _cards.changed_at <= until, _cards.state == SyncState.REGISTERED
+        )
     )
     if after is not None:
         stmt = stmt.where(

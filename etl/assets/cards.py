@@ -32,6 +32,7 @@ from etl.domain.lifecycle import (
     card_target,
     consented,
 )
+from etl.domain.sync_outcomes import CardOutcome, SyncResult, SyncState
 from etl.partitions import Partition
 from etl.resources.router import RouterClient
 from etl.resources.router_bodies import card_body, card_update_body
@@ -100,17 +101,19 @@ def plan_cards(rows: list[Any], ateneo: Ateneo, minter: EscnMinter, today: dt.da
             synced_expiry,
             _desired,
         ) = row
-        ok = consented(ateneo.consent, consent) and person_state != "opted_out"
+        ok = consented(ateneo.consent, consent) and person_state != SyncState.OPTED_OUT
         target = card_target(BadgeFacts(career_status, annulled, valid_from, valid_to, ok), today)
         synced = (
-            CardTarget(router_status, synced_expiry) if card_state == "registered" and router_status else None
+            CardTarget(router_status, synced_expiry)
+            if card_state == SyncState.REGISTERED and router_status
+            else None
         )
         action = card_action(target, exists=escn is not None, synced=synced, today=today)
         if target.status == ACTIVE and target.expires_at < today:
             expired += 1  # reported: the university must extend the badge or issue a new one
         if action in (Action.NONE, Action.SKIP, Action.BADGE_EXPIRED):
             continue
-        if action is Action.REGISTER and person_state != "registered":
+        if action is Action.REGISTER and person_state != SyncState.REGISTERED:
             waiting += 1  # the person is not (yet) at the Router: nothing to attach a card to
             continue
         card_type = CARD_TYPE_OF_BADGE[kind]
@@ -135,25 +138,20 @@ def plan_cards(rows: list[Any], ateneo: Ateneo, minter: EscnMinter, today: dt.da
     return CardPlan(work, waiting, expired)
 
 
-async def sync_card(client: RouterClient, w: CardWork) -> dict[str, Any]:
+async def sync_card(client: RouterClient, w: CardWork) -> CardOutcome:
     """Create (POST; on ``409 ER-0002`` read the number back: ours → reconcile, anyone else's → a
-    fresh number) or update (PUT) one card. Never raises but for auth errors."""
-    ok = {
-        "escn": w.escn,
-        "bdg_id": w.bdg_id,
-        "state": "registered",
-        "router_status": w.target.status,
-        "desired_status": w.target.status,
-        "expires_at": w.target.expires_at,
-        "synced_hash": body_hash(w.body),
-    }
+    fresh number) or update (PUT) one card. Never raises but for errors that stop the run."""
+
+    def confirmed(result: SyncResult) -> CardOutcome:
+        return CardOutcome(w.escn, w.bdg_id, result, confirmed=w.target, synced_hash=body_hash(w.body))
+
     try:
         if not w.create:
             await client.update_card(w.escn, w.put_body)
-            return ok | {"result": "updated"}
+            return confirmed(SyncResult.UPDATED)
         try:
             await client.create_card(w.body)
-            return ok | {"result": "registered"}
+            return confirmed(SyncResult.REGISTERED)
         except RouterConflict as e:
             if e.code != "ER-0002":
                 raise
@@ -162,41 +160,24 @@ async def sync_card(client: RouterClient, w: CardWork) -> dict[str, Any]:
         try:
             existing = read_card(await client.get_card(w.escn))
         except (RouterNotFound, RouterAccessDenied):
-            return _remint(w)
+            return CardOutcome(w.escn, w.bdg_id, SyncResult.REMINTED)
         if not existing.is_ours(w.pic, w.esi):
-            return _remint(w)
+            return CardOutcome(w.escn, w.bdg_id, SyncResult.REMINTED)
         if w.target_expired and existing.expired(w.today):
             # The Router revives an expired card only with a future expiry, and we want none:
             # it already reads EXPIRED, which is all a verifier needs to know.
-            return ok | {"result": "reconciled"}
+            return confirmed(SyncResult.RECONCILED)
         await client.update_card(w.escn, w.put_body)
-        return ok | {"result": "reconciled"}
+        return confirmed(SyncResult.RECONCILED)
     except RouterError as e:
         if e.stops_run:
             raise
+        # The confirmed Router state is left as it was: only success moves it.
         if e.is_permanent:
-            return _failed(w, f"Router refused the card: HTTP {e.status} {e.code or ''}".strip())
-        return _failed(w, None, last_error=f"Router unavailable: HTTP {e.status}")
-
-
-def _remint(w: CardWork) -> dict[str, Any]:
-    """The recorded number is not (or no longer) ours to use: forget it; the badge gets a fresh one."""
-    return {"escn": w.escn, "bdg_id": w.bdg_id, "result": "reminted", "remint": True, "keep": True}
-
-
-def _failed(w: CardWork, reason: str | None, last_error: str | None = None) -> dict[str, Any]:
-    """A permanent failure (``reason``: quarantined) or a transient one (retried next run). The
-    confirmed Router state is left as it was: only success moves it."""
-    out = {
-        "escn": w.escn,
-        "bdg_id": w.bdg_id,
-        "result": "failed",
-        "last_error": reason or last_error,
-        "keep": True,
-    }
-    if reason:
-        out["reason"] = reason
-    return out
+            reason = f"Router refused the card: HTTP {e.status} {e.code or ''}".strip()
+            return CardOutcome(w.escn, w.bdg_id, SyncResult.FAILED, reason=reason, last_error=reason)
+        error = f"Router unavailable: HTTP {e.status}"
+        return CardOutcome(w.escn, w.bdg_id, SyncResult.FAILED, last_error=error)
 
 
 REMINT_ROUNDS = 4  # rounds of calls; a number clash is rare, four in a row means something else
@@ -222,8 +203,8 @@ def sync_cards(
             {
                 "escn": w.escn, "institution": inst, "academic_year": year, "bdg_id": w.bdg_id,
                 "stu_id": w.stu_id, "esi": w.esi, "card_type": w.card_type, "issued_at": w.issued_at,
-                "expires_at": w.target.expires_at, "desired_status": w.target.status, "state": "pending",
-                "changed_at": now, "created_at": now,
+                "expires_at": w.target.expires_at, "desired_status": w.target.status,
+                "state": SyncState.PENDING, "changed_at": now, "created_at": now,
             }
             for w in chunk
             if w.new
@@ -233,18 +214,18 @@ def sync_cards(
 
     reminted = 0
 
-    def confirm(outcomes: list[dict[str, Any]]) -> None:
+    def confirm(outcomes: list[CardOutcome]) -> None:
         nonlocal reminted
-        done = [o for o in outcomes if not o.get("keep")]
+        done = [o for o in outcomes if o.confirmed is not None]
         with engine.begin() as conn:
             store.confirm_cards(conn, done)
-            store.record_card_errors(conn, [o for o in outcomes if o.get("keep") and not o.get("remint")])
-            store.forget_card_intents(conn, [o["escn"] for o in outcomes if o.get("remint")])
-            bad = [Rejection(o["bdg_id"], (o["reason"],)) for o in outcomes if "reason" in o]
+            store.record_card_errors(conn, [o for o in outcomes if o.result is SyncResult.FAILED])
+            store.forget_card_intents(conn, [o.escn for o in outcomes if o.reminted])
+            bad = [Rejection(o.bdg_id, (o.reason,)) for o in outcomes if o.reason]
             common.quarantine(conn, inst, year, STAGE, "P01_BADGE", bad)
-            common.resolve_quarantine(conn, inst, STAGE, "P01_BADGE", (str(o["bdg_id"]) for o in done))
-        reminted += sum(1 for o in outcomes if o.get("remint"))
-        report.counts.update(o["result"] for o in outcomes)
+            common.resolve_quarantine(conn, inst, STAGE, "P01_BADGE", (str(o.bdg_id) for o in done))
+        reminted += sum(1 for o in outcomes if o.reminted)
+        report.counts.update(o.result.value for o in outcomes)
 
     def plan() -> list[CardWork]:
         with engine.connect() as conn:

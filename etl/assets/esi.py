@@ -23,6 +23,7 @@ from etl.config import Ateneo
 from etl.domain.careers import Rejection
 from etl.domain.esi import InvalidEsi, compose_esi, same_esi
 from etl.domain.lifecycle import body_hash, consented
+from etl.domain.sync_outcomes import PersonOutcome, SyncResult, SyncState
 from etl.partitions import Partition
 from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
@@ -53,7 +54,7 @@ class PersonWork:
 @dataclass(frozen=True)
 class PersonPlan:
     work: list[PersonWork]
-    opted_out: list[tuple[int, str, str, str]]  # persons intents with state 'opted_out'
+    opted_out: list[tuple[int, str, str, SyncState]]  # person intents never sent (no consent)
     rejections: list[Rejection]
     fine: list[int]  # stu_ids with nothing to do and nothing wrong (quarantine can be resolved)
     not_eligible: int  # careers whose course has no ESC academic level
@@ -81,7 +82,7 @@ def plan_persons(
             continue
         if not consented(ateneo.consent, consent):
             if state is None:
-                opted_out.append((pers_id, person_key, esi, "opted_out"))
+                opted_out.append((pers_id, person_key, esi, SyncState.OPTED_OUT))
             fine.append(stu_id)
             continue
         if level is None:
@@ -94,22 +95,26 @@ def plan_persons(
             rejections.append(Rejection(stu_id, (f"invalid Router body: {str(e).split(':')[0]}",)))
             continue
         h = body_hash(body)
-        if state == "registered" and synced == h:
+        if state == SyncState.REGISTERED and synced == h:
             fine.append(stu_id)
             continue
-        work.append(PersonWork(pers_id, person_key, stu_id, esi, body, h, create=state != "registered"))
+        work.append(
+            PersonWork(pers_id, person_key, stu_id, esi, body, h, create=state != SyncState.REGISTERED)
+        )
     return PersonPlan(work, opted_out, rejections, fine + not_eligible, len(not_eligible))
 
 
-async def sync_person(client: RouterClient, w: PersonWork) -> dict[str, Any]:
-    outcome: dict[str, Any] = {"esi": w.esi, "stu_id": w.stu_id, "synced_hash": w.body_hash}
+async def sync_person(client: RouterClient, w: PersonWork) -> PersonOutcome:
+    def outcome(state: SyncState, result: SyncResult, **more: Any) -> PersonOutcome:
+        return PersonOutcome(w.esi, w.stu_id, state, result, more.pop("synced_hash", w.body_hash), **more)
+
     try:
         if not w.create:
             await client.update_person(w.esi, w.body)
-            return outcome | {"state": "registered", "result": "updated"}
+            return outcome(SyncState.REGISTERED, SyncResult.UPDATED)
         try:
             await client.create_person(w.body)
-            return outcome | {"state": "registered", "result": "registered"}
+            return outcome(SyncState.REGISTERED, SyncResult.REGISTERED)
         except RouterConflict as e:
             if e.code != "ER-0019":
                 raise
@@ -117,27 +122,23 @@ async def sync_person(client: RouterClient, w: PersonWork) -> dict[str, Any]:
         # if it is the same identifier, then make our relation match what we would have sent.
         held = person_identifier(await client.get_person(w.esi))
         if held is None or not same_esi(held, w.esi):
-            return outcome | {
-                "state": "failed",
-                "result": "failed",
-                "synced_hash": None,
-                "reason": "ER-0019 but the Router holds another identifier",
-            }
+            reason = "ER-0019 but the Router holds another identifier"
+            return outcome(SyncState.FAILED, SyncResult.FAILED, synced_hash=None, reason=reason)
         await client.update_person(w.esi, w.body)
-        return outcome | {"state": "registered", "result": "adopted"}
+        return outcome(SyncState.REGISTERED, SyncResult.ADOPTED)
     except RouterError as e:
         if e.stops_run:
             raise
         if e.is_permanent:
             reason = f"Router refused the person: HTTP {e.status} {e.code or ''}".strip()
-            return outcome | {"state": "failed", "result": "failed", "synced_hash": None, "reason": reason}
-        # Transient (retries exhausted): stays pending, retried by the next run.
-        return outcome | {
-            "state": "pending" if w.create else "registered",
-            "result": "failed",
-            "synced_hash": None,
-            "last_error": f"Router unavailable: HTTP {e.status}",
-        }
+            return outcome(SyncState.FAILED, SyncResult.FAILED, synced_hash=None, reason=reason)
+        # Transient (retries exhausted): stays as it was, retried by the next run.
+        return outcome(
+            SyncState.PENDING if w.create else SyncState.REGISTERED,
+            SyncResult.FAILED,
+            synced_hash=None,
+            last_error=f"Router unavailable: HTTP {e.status}",
+        )
 
 
 def assign_esis(
@@ -163,17 +164,19 @@ def assign_esis(
     def record(chunk: list[PersonWork]) -> None:  # the intent: the deterministic ESI, before any call
         with engine.begin() as conn:
             store.record_person_intents(
-                conn, ateneo.code, [(w.pers_id, w.person_key, w.esi, "pending") for w in chunk if w.create]
+                conn,
+                ateneo.code,
+                [(w.pers_id, w.person_key, w.esi, SyncState.PENDING) for w in chunk if w.create],
             )
 
-    def confirm(outcomes: list[dict[str, Any]]) -> None:
+    def confirm(outcomes: list[PersonOutcome]) -> None:
         with engine.begin() as conn:
             store.confirm_persons(conn, ateneo.code, outcomes)
-            bad = [Rejection(o["stu_id"], (o["reason"],)) for o in outcomes if "reason" in o]
+            bad = [Rejection(o.stu_id, (o.reason,)) for o in outcomes if o.reason]
             quarantine_store.quarantine(conn, ateneo.code, year, STAGE, "P01_STU", bad)
-            ok = [str(o["stu_id"]) for o in outcomes if o["state"] == "registered"]
+            ok = [str(o.stu_id) for o in outcomes if o.state is SyncState.REGISTERED]
             quarantine_store.resolve_quarantine(conn, ateneo.code, STAGE, "P01_STU", ok)
-        report.counts.update(o["result"] for o in outcomes)
+        report.counts.update(o.result.value for o in outcomes)
 
     async def body(client: RouterClient) -> None:
         await run_chunks(client, plan.work, CHUNK, record, sync_person, confirm)

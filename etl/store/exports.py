@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Connection, Select, and_, case, func, insert, select, update
 from sqlalchemy.engine import Row
 
+from etl.domain.sync_outcomes import SyncState
 from etl.store.bulk import refresh_statistics
 from etl.store.models import Card, Career, Export, QrImage
-from etl.store.qr import REGISTERED
 
 if TYPE_CHECKING:
     from etl.exports import ExportFiles
@@ -54,7 +54,11 @@ def _exportable(stmt: AnySelect, institution: str, academic_year: int) -> AnySel
         stmt.select_from(Card)
         .join(Career, and_(Career.institution == Card.institution, Career.stu_id == Card.stu_id))
         .join(QrImage, QrImage.escn == Card.escn)
-        .where(Card.institution == institution, Card.academic_year == academic_year, Card.state == REGISTERED)
+        .where(
+            Card.institution == institution,
+            Card.academic_year == academic_year,
+            Card.state == SyncState.REGISTERED,
+        )
     )
 
 
@@ -71,7 +75,9 @@ def change_counts(
     all of them when ``since`` is None)."""
     registered = conn.execute(
         select(func.count()).where(
-            Card.institution == institution, Card.academic_year == academic_year, Card.state == REGISTERED
+            Card.institution == institution,
+            Card.academic_year == academic_year,
+            Card.state == SyncState.REGISTERED,
         )
     ).scalar_one()
     changed = func.count() if since is None else func.sum(case((_change_time > since, 1), else_=0))

@@ -24,10 +24,9 @@ from sqlalchemy import (
     update,
 )
 
+from etl.domain.sync_outcomes import SyncState
 from etl.store.bulk import Bulk
 from etl.store.models import Card, QrImage
-
-REGISTERED = "registered"  # only cards the Router confirmed are valid: a pending one gets no QR
 
 QR_COLUMNS = ("escn", "institution", "academic_year", "payload", "png", "svg", "rendered_at")
 
@@ -40,7 +39,9 @@ def _current(base_url: str) -> ColumnElement[bool]:
 
 def _registered(institution: str, academic_year: int) -> ColumnElement[bool]:
     return and_(
-        Card.institution == institution, Card.academic_year == academic_year, Card.state == REGISTERED
+        Card.institution == institution,
+        Card.academic_year == academic_year,
+        Card.state == SyncState.REGISTERED,  # a pending card gets no QR
     )
 
 

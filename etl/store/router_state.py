@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Boolean, Connection, Date, Integer, bindparam, text, update
 
 from etl.domain.careers import CareerRecord
+from etl.domain.sync_outcomes import CardOutcome, PersonOutcome, SyncState
 from etl.store.bulk import Bulk
 from etl.store.models import Card, Career, Person, utcnow
 
@@ -94,7 +95,7 @@ def card_candidates(conn: Connection, institution: str, year: int) -> list[Any]:
 
 
 def record_person_intents(
-    conn: Connection, institution: str, rows: Sequence[tuple[int, str, str, str]]
+    conn: Connection, institution: str, rows: Sequence[tuple[int, str, str, SyncState]]
 ) -> None:
     """(pers_id, person_key, esi, state) committed *before* the Router is called."""
     Bulk(conn).upsert(
@@ -107,8 +108,8 @@ def record_person_intents(
     )
 
 
-def confirm_persons(conn: Connection, institution: str, outcomes: Iterable[dict[str, Any]]) -> None:
-    """Each outcome: esi, state, synced_hash (None keeps the old one), last_error."""
+def confirm_persons(conn: Connection, institution: str, outcomes: Iterable[PersonOutcome]) -> None:
+    """Each outcome's state, synced hash (None keeps the old one) and last error."""
     now = utcnow()
     stmt = (
         update(Person)
@@ -121,13 +122,7 @@ def confirm_persons(conn: Connection, institution: str, outcomes: Iterable[dict[
         )
     )
     params = [
-        {
-            "i": institution,
-            "e": o["esi"],
-            "state": o["state"],
-            "h": o["synced_hash"],
-            "err": o.get("last_error"),
-        }
+        {"i": institution, "e": o.esi, "state": o.state, "h": o.synced_hash, "err": o.last_error}
         for o in outcomes
     ]
     if params:
@@ -205,20 +200,21 @@ def record_card_intents(conn: Connection, rows: Sequence[dict[str, Any]]) -> Non
     )
 
 
-def confirm_cards(conn: Connection, outcomes: Iterable[dict[str, Any]]) -> None:
-    """Each outcome: escn, state, router_status, desired_status, expires_at, synced_hash, last_error."""
+def confirm_cards(conn: Connection, outcomes: Iterable[CardOutcome]) -> None:
+    """Cards the Router confirmed: registered, with the status and expiry it now holds."""
     now = utcnow()
     params = [
         {
-            "k": o["escn"],
-            "state": o["state"],
-            "rs": o.get("router_status"),
-            "ds": o["desired_status"],
-            "exp": o["expires_at"],
-            "h": o.get("synced_hash"),
-            "err": o.get("last_error"),
+            "k": o.escn,
+            "state": SyncState.REGISTERED,
+            "rs": o.confirmed.status,
+            "ds": o.confirmed.status,
+            "exp": o.confirmed.expires_at,
+            "h": o.synced_hash,
+            "err": o.last_error,
         }
         for o in outcomes
+        if o.confirmed is not None
     ]
     if not params:
         return
@@ -330,7 +326,7 @@ def forget_card_intents(conn: Connection, escns: Sequence[str]) -> None:
         )
 
 
-def record_card_errors(conn: Connection, outcomes: Sequence[dict[str, Any]]) -> None:
+def record_card_errors(conn: Connection, outcomes: Sequence[CardOutcome]) -> None:
     """A failed call leaves the confirmed Router state alone; a permanent refusal of a card never
     registered marks it failed (it stays quarantined until the data changes)."""
     if not outcomes:
@@ -342,7 +338,7 @@ def record_card_errors(conn: Connection, outcomes: Sequence[dict[str, Any]]) -> 
             "WHERE escn = :escn"
         ),
         [
-            {"err": o["last_error"], "now": utcnow(), "permanent": "reason" in o, "escn": o["escn"]}
+            {"err": o.last_error, "now": utcnow(), "permanent": o.reason is not None, "escn": o.escn}
             for o in outcomes
         ],
     )
