@@ -22,6 +22,7 @@ from etl.domain.lifecycle import (
     card_target,
     consented,
 )
+from etl.store.router_state import PersonCandidate
 
 TODAY = dt.date(2026, 11, 2)
 FROM, TO = dt.date(2024, 9, 20), dt.date(2027, 10, 31)
@@ -100,22 +101,22 @@ def _ateneo(code: str = "unife"):
     return parse_settings(raw, home=Path("."), database_url="sqlite://", config_path=Path("x")).ateneo(code)
 
 
-def row(**over):
-    base = {
-        "pers_id": 70,
-        "person_key": "70",
-        "stu_id": 7,
-        "first": "Giulia",
-        "last": "Rossi",
-        "email": "g.rossi@studenti.unife.it",
-        "level": "BACHELOR",
-        "consent": None,
-        "course_type": "L2",
-        "esi": None,
-        "state": None,
-        "synced": None,
-    }
-    return tuple((base | over).values())
+def row(**over: object) -> PersonCandidate:
+    base = PersonCandidate(
+        pers_id=70,
+        person_key="70",
+        stu_id=7,
+        first_name="Giulia",
+        last_name="Rossi",
+        email="g.rossi@studenti.unife.it",
+        academic_level="BACHELOR",
+        consent=None,
+        course_type="L2",
+        esi=None,
+        state=None,
+        synced_hash=None,
+    )
+    return base._replace(**over)
 
 
 def test_plan_persons_composes_esi_from_the_person_key_and_decides() -> None:
@@ -124,10 +125,10 @@ def test_plan_persons_composes_esi_from_the_person_key_and_decides() -> None:
     assert w.esi == "urn:schac:personalUniqueCode:int:esi:unife.it:70"
     assert w.create and w.body["personOrganisationUpdateViews"][0]["organisationIdentifier"] == "999978433"
     # Registered with the same body: nothing to do. A changed name: PUT, same ESI.
-    same = plan_persons([row(esi=w.esi, state="registered", synced=w.body_hash)], _ateneo())
+    same = plan_persons([row(esi=w.esi, state="registered", synced_hash=w.body_hash)], _ateneo())
     assert same.work == [] and same.fine == [7]
     renamed = plan_persons(
-        [row(esi=w.esi, state="registered", synced=w.body_hash, first="Giuliana")], _ateneo()
+        [row(esi=w.esi, state="registered", synced_hash=w.body_hash, first_name="Giuliana")], _ateneo()
     )
     assert [(x.esi, x.create) for x in renamed.work] == [(w.esi, False)]
 
@@ -136,7 +137,7 @@ def test_plan_persons_consent_eligibility_and_bad_data() -> None:
     unipa = _ateneo("unipa")  # opt_in
     assert plan_persons([row(consent=None)], unipa).opted_out and not plan_persons([row()], unipa).work
     assert plan_persons([row(consent="S")], unipa).work
-    not_eligible = plan_persons([row(level=None, course_type="CS")], _ateneo())
+    not_eligible = plan_persons([row(academic_level=None, course_type="CS")], _ateneo())
     assert not_eligible.work == [] and not_eligible.rejections == [] and not_eligible.not_eligible == 1
     bad = plan_persons([row(person_key="70 71")], _ateneo())
     assert bad.rejections and "cannot compose ESI" in bad.rejections[0].reason

@@ -4,6 +4,7 @@ reconcile). Lifecycle changes from career and badge data are pushed with PUT."""
 # No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -43,6 +44,7 @@ from etl.store import careers as common
 from etl.store import router_state as store
 from etl.store.locks import partition_lock
 from etl.store.models import utcnow
+from etl.store.router_state import CardCandidate
 
 STAGE = "cards"
 CHUNK = 1000
@@ -80,57 +82,40 @@ class CardPlan(NamedTuple):
     badge_expired: int  # badges of active careers whose validity ended: never extended, reported
 
 
-def plan_cards(rows: list[Any], ateneo: Ateneo, minter: EscnMinter, today: dt.date) -> CardPlan:
+def plan_cards(rows: Sequence[CardCandidate], ateneo: Ateneo, minter: EscnMinter, today: dt.date) -> CardPlan:
     """Pure decision per badge."""
     work, waiting, expired = [], 0, 0
-    for row in rows:
-        (
-            bdg_id,
-            stu_id,
-            kind,
-            valid_from,
-            valid_to,
-            annulled,
-            career_status,
-            consent,
-            esi,
-            person_state,
-            escn,
-            card_state,
-            router_status,
-            synced_expiry,
-            _desired,
-        ) = row
-        ok = consented(ateneo.consent, consent) and person_state != SyncState.OPTED_OUT
-        target = card_target(BadgeFacts(career_status, annulled, valid_from, valid_to, ok), today)
+    for r in rows:
+        ok = consented(ateneo.consent, r.consent) and r.person_state != SyncState.OPTED_OUT
+        target = card_target(BadgeFacts(r.career_status, r.annulled, r.valid_from, r.valid_to, ok), today)
         synced = (
-            CardTarget(router_status, synced_expiry)
-            if card_state == SyncState.REGISTERED and router_status
+            CardTarget(r.router_status, r.synced_expiry)
+            if r.card_state == SyncState.REGISTERED and r.router_status and r.synced_expiry
             else None
         )
-        action = card_action(target, exists=escn is not None, synced=synced, today=today)
+        action = card_action(target, exists=r.escn is not None, synced=synced, today=today)
         if target.status == ACTIVE and target.expires_at < today:
             expired += 1  # reported: the university must extend the badge or issue a new one
         if action in (Action.NONE, Action.SKIP, Action.BADGE_EXPIRED):
             continue
-        if action is Action.REGISTER and person_state != SyncState.REGISTERED:
+        if action is Action.REGISTER and r.person_state != SyncState.REGISTERED:
             waiting += 1  # the person is not (yet) at the Router: nothing to attach a card to
             continue
-        card_type = CARD_TYPE_OF_BADGE[kind]
-        number = escn or minter.mint()
-        body = card_body(number, esi, ateneo.pic, card_type, target.status, valid_from, target.expires_at)
+        card_type = CARD_TYPE_OF_BADGE[r.kind]
+        number = r.escn or minter.mint()
+        body = card_body(number, r.esi, ateneo.pic, card_type, target.status, r.valid_from, target.expires_at)
         work.append(
             CardWork(
                 number,
-                bdg_id,
-                stu_id,
-                esi,
+                r.bdg_id,
+                r.stu_id,
+                r.esi,
                 card_type,
-                valid_from,
+                r.valid_from,
                 target,
                 body,
                 create=action is Action.REGISTER,
-                new=escn is None,
+                new=r.escn is None,
                 pic=ateneo.pic,
                 today=today,
             )

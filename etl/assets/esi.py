@@ -4,7 +4,7 @@ confirmation: a crash anywhere is recovered by re-running (409 ER-0019 → read 
 # No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from etl.store import careers as quarantine_store
 from etl.store import router_state as store
 from etl.store.bulk import refresh_statistics
 from etl.store.locks import partition_lock
+from etl.store.router_state import PersonCandidate
 
 STAGE = "esi"
 CHUNK = 1000  # persons per intent/call/confirm round: bounds what a crash can leave pending
@@ -64,13 +65,20 @@ ESI_CONFLICT = "career already carries a different ESI (CODICE_ESI)"
 
 
 def plan_persons(
-    rows: list[Any], ateneo: Ateneo, source_esis: Mapping[int, set[str]] | None = None
+    rows: Sequence[PersonCandidate], ateneo: Ateneo, source_esis: Mapping[int, set[str]] | None = None
 ) -> PersonPlan:
     """Pure decision per candidate row (see router_state.PERSON_CANDIDATES). ``source_esis``: the ESIs
     already on the person's Esse3 careers; another one than ours stops the person before any call."""
     work, opted_out, rejections, fine, not_eligible = [], [], [], [], []
     for r in rows:
-        (pers_id, person_key, stu_id, first, last, email, level, consent, _course, esi, state, synced) = r
+        pers_id, person_key, stu_id, consent, esi, state = (
+            r.pers_id,
+            r.person_key,
+            r.stu_id,
+            r.consent,
+            r.esi,
+            r.state,
+        )
         if not esi:
             try:
                 esi = compose_esi(ateneo.schac_home_organization, person_key)
@@ -85,17 +93,17 @@ def plan_persons(
                 opted_out.append((pers_id, person_key, esi, SyncState.OPTED_OUT))
             fine.append(stu_id)
             continue
-        if level is None:
+        if r.academic_level is None:
             # Valid data, just not eligible: single courses and the like have no ESC level.
             not_eligible.append(stu_id)
             continue
         try:
-            body = person_body(esi, ateneo.pic, f"{first} {last}", email, level)
+            body = person_body(esi, ateneo.pic, f"{r.first_name} {r.last_name}", r.email, r.academic_level)
         except ValueError as e:
             rejections.append(Rejection(stu_id, (f"invalid Router body: {str(e).split(':')[0]}",)))
             continue
         h = body_hash(body)
-        if state == SyncState.REGISTERED and synced == h:
+        if state == SyncState.REGISTERED and r.synced_hash == h:
             fine.append(stu_id)
             continue
         work.append(

@@ -3,8 +3,9 @@ confirmation writes on persons and cards."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Boolean, Connection, Date, Integer, bindparam, text, update
 
@@ -75,8 +76,46 @@ ORDER BY b.bdg_id
 """).columns(valid_from=Date, valid_to=Date, expires_at=Date, annulled=Boolean)
 
 
-def person_candidates(conn: Connection, institution: str, year: int) -> list[Any]:
-    return list(conn.execute(PERSON_CANDIDATES, {"i": institution, "y": year, "true": True}))
+class PersonCandidate(NamedTuple):
+    """A person with a usable career in the partition (their current career), and what we hold."""
+
+    pers_id: int
+    person_key: str
+    stu_id: int
+    first_name: str
+    last_name: str
+    email: str | None
+    academic_level: str | None
+    consent: str | None
+    course_type: str
+    esi: str | None  # None: never recorded
+    state: str | None  # a SyncState
+    synced_hash: str | None
+
+
+class CardCandidate(NamedTuple):
+    """A badge of the partition with its career, person and card (if any)."""
+
+    bdg_id: int
+    stu_id: int
+    kind: str
+    valid_from: dt.date
+    valid_to: dt.date
+    annulled: bool
+    career_status: str
+    consent: str | None
+    esi: str
+    person_state: str  # a SyncState
+    escn: str | None  # None: no card yet
+    card_state: str | None
+    router_status: str | None
+    synced_expiry: dt.date | None
+    desired_status: str | None
+
+
+def person_candidates(conn: Connection, institution: str, year: int) -> list[PersonCandidate]:
+    rows = conn.execute(PERSON_CANDIDATES, {"i": institution, "y": year, "true": True})
+    return [PersonCandidate(*r) for r in rows]
 
 
 def source_esis(conn: Connection, institution: str, year: int) -> dict[int, set[str]]:
@@ -90,8 +129,8 @@ def write_back_candidates(conn: Connection, institution: str, year: int) -> list
     return list(conn.execute(WRITE_BACK_CANDIDATES, {"i": institution, "y": year, "true": True}))
 
 
-def card_candidates(conn: Connection, institution: str, year: int) -> list[Any]:
-    return list(conn.execute(CARD_CANDIDATES, {"i": institution, "y": year}))
+def card_candidates(conn: Connection, institution: str, year: int) -> list[CardCandidate]:
+    return [CardCandidate(*r) for r in conn.execute(CARD_CANDIDATES, {"i": institution, "y": year})]
 
 
 def record_person_intents(
