@@ -23,7 +23,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from etl.resources.router import RouterClient, RouterStats, _retry_after
+from etl.resources.router import RouterClient
 from etl.resources.router_bodies import card_body, person_body
 from etl.resources.router_errors import (
     RouterAccessDenied,
@@ -34,6 +34,7 @@ from etl.resources.router_errors import (
     RouterNotFound,
     RouterUnavailable,
 )
+from etl.resources.router_http import RouterStats, retry_after_seconds
 from etl.resources.throttle import Throttle
 
 KEY = "k3y-5ecr3t-do-not-leak-0123456789"
@@ -373,7 +374,7 @@ async def test_retry_after_is_capped_at_backoff_max() -> None:
     ],
 )
 def test_retry_after_parsing(value: str | None, expected: float | None) -> None:
-    assert _retry_after(value, 10.0) == expected
+    assert retry_after_seconds(value, 10.0) == expected
 
 
 # ---- errors that are not retried -----------------------------------------------------------------

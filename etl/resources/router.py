@@ -15,20 +15,15 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import email.utils
 import json
 import logging
 import random
 import re
 import time
-from array import array
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -43,72 +38,27 @@ from etl.resources.router_errors import (
     RouterUnreachable,
     auth_error_message,
 )
+from etl.resources.router_http import (
+    KEY_CHARS,
+    PAGE_SIZE_CAP,
+    TRANSPORT_ERRORS,
+    RouterStats,
+    check_page_size,
+    encode_json,
+    is_item_path,
+    item_path,
+    log_path,
+    no_cookies,
+    retry_after_seconds,
+    transport_cause,
+)
 from etl.resources.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-PAGE_SIZE_CAP = 10  # the Router silently caps `size` at 10
 GENERATE_ESCN_MAX = 100  # more per call answers 500, not 400
 ACCESS_DENIED_CODE = "SE-0000"  # on one person/card: it belongs only to other organisations
-# Identifiers go raw into the path. Allow RFC 2141 characters minus '%' (would be decoded by the
-# server) and ';' (Spring strips matrix parameters from paths): anything else changes the URL's meaning.
-_PATH_ID = re.compile(r"^[A-Za-z0-9()+,\-.:=@$_!*']{1,255}$")
-_KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")
-_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    httpx.TimeoutException,
-    httpx.NetworkError,  # connect, read, write, close errors
-    httpx.RemoteProtocolError,  # connection dropped mid-answer, garbage status line
-    # httpx-aiohttp maps only some aiohttp exceptions; the rest surface as themselves.
-    aiohttp.ClientError,
-    TimeoutError,
-)
-
-
-class RouterStats:
-    """Counters cumulated over the client's life, for run metadata. Latency is one HTTP exchange
-    (throttle and backoff waits excluded); a reservoir keeps memory flat over millions of calls."""
-
-    RESERVOIR = 50_000
-
-    def __init__(self) -> None:
-        self.calls = 0  # API method calls (one may take several attempts)
-        self.attempts = 0  # HTTP requests sent
-        self.retries = 0
-        self.retries_by_cause: Counter[str] = Counter()  # "429", "503", "timeout", "connect", ...
-        self.errors_by_kind: Counter[str] = Counter()  # RouterError.kind raised to callers
-        self._latencies = array("d")
-        self._seen = 0
-        self._rng = random.Random(0)
-
-    def record_latency(self, seconds: float) -> None:
-        self._seen += 1
-        if len(self._latencies) < self.RESERVOIR:
-            self._latencies.append(seconds)
-        elif (i := self._rng.randrange(self._seen)) < self.RESERVOIR:
-            self._latencies[i] = seconds
-
-    def latency_percentile(self, p: float) -> float | None:
-        """Nearest-rank percentile in seconds, None before any answer."""
-        if not 0 <= p <= 100:
-            raise ValueError(f"percentile must be within 0..100, got {p!r}")
-        if not self._latencies:
-            return None
-        ordered = sorted(self._latencies)
-        rank = max(1, -(-len(ordered) * p // 100))  # ceil
-        return ordered[int(rank) - 1]
-
-    def as_dict(self) -> dict[str, Any]:
-        p50, p95 = self.latency_percentile(50), self.latency_percentile(95)
-        return {
-            "calls": self.calls,
-            "attempts": self.attempts,
-            "retries": self.retries,
-            "retries_by_cause": dict(self.retries_by_cause),
-            "errors_by_kind": dict(self.errors_by_kind),
-            "latency_p50_ms": None if p50 is None else round(p50 * 1000, 2),
-            "latency_p95_ms": None if p95 is None else round(p95 * 1000, 2),
-        }
 
 
 class RouterClient:
@@ -132,7 +82,7 @@ class RouterClient:
                 f"university {institution}: Router base_url must be http(s)://, got {base_url!r}"
             )
         api_key = (api_key or "").strip()  # keys read from files often end with a newline
-        if not _KEY_CHARS.match(api_key):
+        if not KEY_CHARS.match(api_key):
             # Never quote it: a header-encoding error later would print the key.
             raise ValueError(
                 f"university {institution}: the Router API key in environment variable {api_key_env} is "
@@ -172,7 +122,7 @@ class RouterClient:
         )
         # The Router sets no cookies, but httpx parses every response for them through
         # http.cookiejar: a large share of the client's CPU per call (cProfile), so skip it.
-        self._http.cookies.extract_cookies = _no_cookies  # type: ignore[method-assign]
+        self._http.cookies.extract_cookies = no_cookies  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"RouterClient(institution={self.institution!r}, base_url={self.base_url!r}, pic={self.pic!r})"
@@ -195,16 +145,16 @@ class RouterClient:
         return self._json_object(await self._call("POST", "/api/v2/persons", json_body=body))
 
     async def get_person(self, esi: str) -> dict[str, Any]:
-        return self._json_object(await self._call("GET", _item("persons", esi)))
+        return self._json_object(await self._call("GET", item_path("persons", esi)))
 
     async def update_person(self, esi: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self._json_object(await self._call("PUT", _item("persons", esi), json_body=body))
+        return self._json_object(await self._call("PUT", item_path("persons", esi), json_body=body))
 
     async def delete_person(self, esi: str) -> dict[str, Any]:
-        return self._json_object(await self._call("DELETE", _item("persons", esi)))
+        return self._json_object(await self._call("DELETE", item_path("persons", esi)))
 
     def iter_persons(self, page_size: int = PAGE_SIZE_CAP) -> AsyncIterator[dict[str, Any]]:
-        _check_page_size(page_size)
+        check_page_size(page_size)
         return self._walk("/api/v2/persons", {}, page_size)
 
     # ---- cards ---------------------------------------------------------------------------------
@@ -213,29 +163,29 @@ class RouterClient:
         return self._json_object(await self._call("POST", "/api/v2/cards", json_body=body))
 
     async def get_card(self, escn: str) -> dict[str, Any]:
-        return self._json_object(await self._call("GET", _item("cards", escn)))
+        return self._json_object(await self._call("GET", item_path("cards", escn)))
 
     async def update_card(self, escn: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self._json_object(await self._call("PUT", _item("cards", escn), json_body=body))
+        return self._json_object(await self._call("PUT", item_path("cards", escn), json_body=body))
 
     async def delete_card(self, escn: str) -> dict[str, Any]:
-        return self._json_object(await self._call("DELETE", _item("cards", escn)))
+        return self._json_object(await self._call("DELETE", item_path("cards", escn)))
 
     def iter_cards(
         self, person_esi: str | None = None, page_size: int = PAGE_SIZE_CAP
     ) -> AsyncIterator[dict[str, Any]]:
         params: dict[str, str] = {}
         if person_esi is not None:
-            _item("persons", person_esi)  # same character rules as in a path
+            item_path("persons", person_esi)  # same character rules as in a path
             params["search"] = f"person.identifierCode:ESI<+>person.identifier:{person_esi}"
-        _check_page_size(page_size)
+        check_page_size(page_size)
         return self._walk("/api/v2/cards", params, page_size)
 
     async def card_status(self, escn: str) -> dict[str, Any]:
-        return self._json_object(await self._call("GET", _item("cards", escn) + "/status"))
+        return self._json_object(await self._call("GET", item_path("cards", escn) + "/status"))
 
     async def card_qr_svg(self, escn: str) -> str:
-        path = _item("cards", escn) + "/qr"
+        path = item_path("cards", escn) + "/qr"
         resp = await self._call("GET", path, accept="image/svg+xml")
         text = resp.text
         if "<svg" not in text[:2000]:  # e.g. a gateway's HTML page answered 200
@@ -315,7 +265,7 @@ class RouterClient:
         json_body: Mapping[str, Any] | None,
         accept: str,
     ) -> httpx.Response:
-        content = None if json_body is None else _encode_json(json_body)
+        content = None if json_body is None else encode_json(json_body)
         headers = {"Accept": accept}
         if content is not None:
             headers["Content-Type"] = "application/json"
@@ -333,10 +283,10 @@ class RouterClient:
                     resp = await self._http.request(
                         method, path, params=params, content=content, headers=headers
                     )
-                except _TRANSPORT_ERRORS as e:
+                except TRANSPORT_ERRORS as e:
                     # Keep text, not the exception: aiohttp's carry the request headers (the key) in
                     # their repr, so they are never chained onto what we raise.
-                    cause, failure = _transport_cause(e), self._excerpt(f"{type(e).__name__}: {e}") or ""
+                    cause, failure = transport_cause(e), self._excerpt(f"{type(e).__name__}: {e}") or ""
                 except httpx.HTTPError as e:  # unsupported protocol, invalid URL...: not transient
                     raise RouterUnavailable(
                         self._msg(method, path, f"request failed: {self._scrub(e)}")
@@ -351,7 +301,7 @@ class RouterClient:
                 if status not in RETRYABLE_STATUS:
                     raise self._error_for(method, path, resp)
                 cause = str(status)
-                retry_after = _retry_after(resp.headers.get("Retry-After"), self.backoff_max_s)
+                retry_after = retry_after_seconds(resp.headers.get("Retry-After"), self.backoff_max_s)
             if attempt >= self.max_retries:
                 raise self._exhausted(method, path, attempt + 1, cause, resp, failure)
             delay = retry_after if retry_after is not None else self._backoff(attempt)
@@ -362,7 +312,7 @@ class RouterClient:
             self.stats.retries_by_cause[cause] += 1
             log.info(  # counted in the run's metadata and progress line; one line each would flood stderr
                 "university %s: Router %s %s failed (%s), retry %d/%d in %.2fs",
-                self.institution, method, _log_path(path), cause, attempt, self.max_retries, delay,
+                self.institution, method, log_path(path), cause, attempt, self.max_retries, delay,
             )  # fmt: skip
             await asyncio.sleep(delay)
 
@@ -384,7 +334,7 @@ class RouterClient:
                 "not travel elsewhere): check the Router URL in the configuration"
             )
             return RouterUnavailable(self._msg(method, path, msg), **kw)
-        if status == 403 and code == ACCESS_DENIED_CODE and _is_item_path(path):
+        if status == 403 and code == ACCESS_DENIED_CODE and is_item_path(path):
             return RouterAccessDenied(self._msg(method, path, f"access denied: {detail}"), **kw)
         if status in (401, 403):
             text = auth_error_message(
@@ -483,79 +433,3 @@ class RouterClient:
 
     def _msg(self, method: str, path: str, what: str) -> str:
         return f"university {self.institution}: ESC Router {method} {path} {what}"
-
-
-def _no_cookies(response: httpx.Response) -> None:
-    return None
-
-
-def _item(collection: str, identifier: str) -> str:
-    """``/api/v2/<collection>/<identifier>`` with the identifier raw (ESIs keep their colons)."""
-    if not isinstance(identifier, str) or not _PATH_ID.match(identifier):
-        raise RouterBadRequest(
-            f"refusing to call the Router: {identifier!r} is not a valid {collection[:-1]} identifier "
-            "(1-255 URN characters, no '/', '%', ';', '?', '#' or spaces)"
-        )
-    return f"/api/v2/{collection}/{identifier}"
-
-
-def _check_page_size(page_size: int) -> None:
-    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-        raise ValueError(f"page_size must be a positive int, got {page_size!r}")
-
-
-def _log_path(path: str) -> str:
-    """The path with the ESI/ESCN replaced: logs are kept longer and wider than quarantine rows."""
-    parts = path.split("/")
-    if _is_item_path(path):
-        parts[4] = "{esi}" if parts[3] == "persons" else "{escn}"
-    return "/".join(parts)
-
-
-def _is_item_path(path: str) -> bool:
-    parts = path.split("/")  # "", api, v2, collection, id[, sub]
-    return len(parts) >= 5 and parts[3] in ("persons", "cards") and parts[4] != "generate-escn"
-
-
-def _transport_cause(e: BaseException) -> str:
-    """A short label for stats and logs. httpx-aiohttp maps every aiohttp connection error to
-    ConnectTimeout, so look at the aiohttp exception it chained first."""
-    inner = e.__cause__ if isinstance(e.__cause__, aiohttp.ClientError) else e
-    for kinds, label in (
-        (aiohttp.ServerDisconnectedError, "disconnected"),
-        (aiohttp.ClientConnectorError | httpx.ConnectError | httpx.ConnectTimeout, "connect"),
-        (aiohttp.ServerTimeoutError | httpx.TimeoutException | TimeoutError, "timeout"),
-        (aiohttp.ClientPayloadError | httpx.ReadError, "read"),
-        (aiohttp.ClientOSError | httpx.NetworkError, "connection"),
-    ):
-        if isinstance(inner, kinds):
-            return label
-    return "protocol"
-
-
-def _retry_after(value: str | None, cap: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), capped; None if absent
-    or unreadable (the caller then uses its own backoff)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # HTTP-dates are GMT
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), cap)
-
-
-def _encode_json(body: Mapping[str, Any]) -> bytes:
-    if not isinstance(body, Mapping):
-        raise TypeError(f"body must be a mapping, got {type(body).__name__}")
-    # Unset fields are omitted, never sent as null (the Router's documented convention).
-    return json.dumps({k: v for k, v in body.items() if v is not None}, ensure_ascii=False).encode()
