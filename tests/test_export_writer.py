@@ -31,7 +31,7 @@ from etl.exports import (
     validate_row,
     verify_file,
     write_export,
-    writer,
+    zipstream,
 )
 
 PIC = "999978433"
@@ -195,8 +195,8 @@ def test_zip_passes_info_zip_test(exported) -> None:
 def test_zip64_records_when_limits_are_crossed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Real ZIP64 needs > 65,534 members (the bench writes 200,003) or > 2 GiB; lowered limits take the
     # same code paths: ZIP64 extras in local and central headers and the ZIP64 end records.
-    monkeypatch.setattr(writer, "_ZIP64_LIMIT", 300)
-    monkeypatch.setattr(writer, "_ZIP_COUNT_LIMIT", 4)
+    monkeypatch.setattr(zipstream, "_ZIP64_LIMIT", 300)
+    monkeypatch.setattr(zipstream, "_ZIP_COUNT_LIMIT", 4)
     rows = [make_row(i, real_qr=True) for i in range(3)]
     files = write_export(rows, tmp_path, "zip64")
     raw = files.zip.path.read_bytes()
