@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import create_engine, make_url, select, text
 
 from etl.demo.generate import BAD_KINDS, generate, is_generated
-from etl.demo.mutate import VALID_EMAIL, MutationStats, detect_bad, mutate
+from etl.demo.mutate import MutationStats, mutate
 from etl.demo.schema import P01_ANAPER, P01_BADGE, P01_STU, P06_CDS
+from etl.demo.snapshot import VALID_EMAIL, detect_bad
 from etl.errors import EscSyncError
 
 NOW = dt.datetime(2025, 11, 20, 12, 0, 0)

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import string
-import unicodedata
-from bisect import bisect
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from itertools import accumulate
-from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.demo import names
+from etl.demo.esse3_db import Row, insert_rows, missing_sqlite_file, open_engine, redacted
+from etl.demo.people import DURATION, TYPE_WEIGHTS, badge_end, below, make_person, pick, weighted
 from etl.demo.schema import P01_ANAPER, P01_BADGE, P01_STU, P06_CDS, metadata
 from etl.errors import EscSyncError
 
@@ -34,19 +28,12 @@ BAD_KINDS: tuple[str, ...] = (
     "duplicate_matricola",
     "unknown_course",
 )
-# Normal length in years per course type; CS (single courses) last one year.
-DURATION: dict[str, int] = {"L2": 3, "LM": 2, "LM5": 5, "D": 3, "CS": 1}
-TYPE_WEIGHTS: dict[str, int] = {"L2": 52, "LM": 25, "LM5": 14, "D": 5, "CS": 4}
 _MIDNIGHT = dt.time()
 FINALISED = frozenset({"A", "S", "X"})
-_BATCH = 5000
 _TWO_CAREER_SHARE = 0.15
-_FOREIGN_SHARE = 0.03
 _BADGE_SHARE = 0.90
 _PHYSICAL_SHARE = 0.30
 _ANNUL_SHARE = 0.03
-
-Row = dict[str, Any]
 
 
 @dataclass
@@ -56,32 +43,6 @@ class GenerateStats:
     courses: int
     badges: int
     bad: dict[str, list[int]] = field(default_factory=dict)  # kind -> STU_IDs
-
-
-def open_engine(url: str) -> Engine:
-    """Engine for the demo database; on SQLite, WAL so readers are not blocked by the sync writers."""
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-    return engine
-
-
-def missing_sqlite_file(url: str) -> bool:
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return False
-    return not Path(u.database).exists()
-
-
-def redacted(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def is_generated(url: str) -> bool:
@@ -153,187 +114,6 @@ def generate(
         badges=len(data.badges),
         bad=data.bad,
     )
-
-
-def insert_rows(conn: Connection, table: Table, rows: Sequence[Row]) -> None:
-    """executemany in batches. All rows must have the same keys."""
-    if not rows:
-        return
-    if conn.dialect.driver == "psycopg":
-        # COPY is several times faster than executemany on PostgreSQL; psycopg adapts the values.
-        keys = list(rows[0])
-        prep = conn.dialect.identifier_preparer
-        cols = ", ".join(prep.quote(k) for k in keys)
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor, cursor.copy(f"COPY {prep.format_table(table)} ({cols}) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row([r[k] for k in keys])
-        return
-    if conn.dialect.name != "sqlite":
-        for i in range(0, len(rows), _BATCH):
-            conn.execute(table.insert(), list(rows[i : i + _BATCH]))
-        return
-    # On SQLite, SQLAlchemy's per-row parameter handling costs more than SQLite itself (~2/3 of 100k
-    # careers' time). Convert with the columns' own bind processors, so values are stored exactly as
-    # SQLAlchemy stores them (dates are strings in SQLite), and hand tuples to the driver.
-    keys = list(rows[0])
-    procs = [_sqlite_processor(table.c[k].type, conn.dialect) for k in keys]
-    prep = conn.dialect.identifier_preparer
-    sql = (
-        f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(k) for k in keys)}) "
-        f"VALUES ({', '.join('?' * len(keys))})"
-    )
-    plan = list(zip(keys, procs, strict=True))
-    for i in range(0, len(rows), _BATCH):
-        params = [tuple([r[k] if p is None else p(r[k]) for k, p in plan]) for r in rows[i : i + _BATCH]]
-        conn.exec_driver_sql(sql, params)
-
-
-def _sqlite_processor(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
-    """The column type's bind processor, or the C-speed isoformat when it gives the same text."""
-    proc = type_.dialect_impl(dialect).bind_processor(dialect)
-    if proc is None:
-        return None
-    try:
-        python_type = type_.python_type
-    except NotImplementedError:
-        return proc
-    if python_type not in _FAST_FORMATS:
-        return proc
-    fast, probes = _FAST_FORMATS[python_type]
-    return fast if all(fast(v) == proc(v) for v in probes) else proc
-
-
-def _iso_datetime(v: dt.datetime | None) -> str | None:
-    return None if v is None else v.isoformat(" ", "microseconds")
-
-
-def _iso_date(v: dt.date | None) -> str | None:
-    return None if v is None else v.isoformat()
-
-
-# Each fast formatter with the values that must format exactly as SQLAlchemy's own processor does.
-_FAST_FORMATS: dict[type, tuple[Callable[[Any], Any], tuple[Any, ...]]] = {
-    dt.datetime: (_iso_datetime, (dt.datetime(2001, 2, 3, 4, 5, 6, 7), dt.datetime(2001, 2, 3, 4, 5, 6))),
-    dt.date: (_iso_date, (dt.date(2001, 2, 3),)),
-}
-
-
-# --- persons (shared with mutate) -------------------------------------------------------------------
-
-_CF_MONTHS = "ABCDEHLMPRST"
-_ODD_VALUES = (1, 0, 5, 7, 9, 13, 15, 17, 19, 21, 2, 4, 18, 20, 11, 3, 6, 8, 12, 14, 16, 10, 22, 25, 24, 23)
-_CF_ODD = dict(zip(string.digits, _ODD_VALUES[:10], strict=True)) | dict(
-    zip(string.ascii_uppercase, _ODD_VALUES, strict=True)
-)
-_CF_EVEN = {c: (int(c) if c.isdigit() else ord(c) - 65) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
-_VOWELS = frozenset("AEIOU")
-
-
-@lru_cache(maxsize=4096)
-def ascii_letters(text: str) -> str:
-    """'Nicolò D'Amico' -> 'NicoloDAmico': accents folded, everything but letters dropped."""
-    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return "".join(c for c in folded if c.isalpha())
-
-
-def codice_fiscale(nome: str, cognome: str, birth: dt.date, female: bool, place: str) -> str:
-    """A well-formed codice fiscale (right structure and check character) for synthetic data."""
-
-    names_part = _cf_part(cognome, False) + _cf_part(nome, True)
-    day = birth.day + (40 if female else 0)
-    birth_part = f"{birth.year % 100:02d}{_CF_MONTHS[birth.month - 1]}{day:02d}"
-    total = _cf_weight(names_part, 0) + _cf_weight(birth_part, 6) + _cf_weight(place, 11)
-    return f"{names_part}{birth_part}{place}{chr(65 + total % 26)}"
-
-
-@lru_cache(maxsize=65536)
-def _cf_weight(segment: str, offset: int) -> int:
-    """Check-character weight of a segment starting at ``offset`` (0-based: even index = odd position)."""
-    return sum(_CF_ODD[c] if (offset + i) % 2 == 0 else _CF_EVEN[c] for i, c in enumerate(segment))
-
-
-@lru_cache(maxsize=4096)
-def _cf_part(name: str, first_name: bool) -> str:
-    """Three letters from consonants then vowels; a first name with 4+ consonants skips the second."""
-    up = ascii_letters(name).upper()
-    cons = "".join(c for c in up if c not in _VOWELS)
-    if first_name and len(cons) >= 4:
-        return cons[0] + cons[2] + cons[3]
-    return (cons + "".join(c for c in up if c in _VOWELS) + "XXX")[:3]
-
-
-def email_alias(nome: str, cognome: str, taken: set[str]) -> str:
-    """Institutional local part nome.cognome, then nome.cognome2, 3, ... for namesakes."""
-    base = f"{ascii_letters(nome).lower()}.{ascii_letters(cognome).lower()}"
-    alias, n = base, 1
-    while alias in taken:
-        n += 1
-        alias = f"{base}{n}"
-    taken.add(alias)
-    return alias
-
-
-def personal_email(rng: random.Random, nome: str, cognome: str, birth: dt.date) -> str:
-    n, c = ascii_letters(nome).lower(), ascii_letters(cognome).lower()
-    style = below(rng, 4)
-    if style == 0:
-        local = f"{n}.{c}{birth.year % 100:02d}"
-    elif style == 1:
-        local = f"{n}{c}{1 + below(rng, 999)}"
-    elif style == 2:
-        local = f"{c}.{n}{1 + below(rng, 99)}"
-    else:
-        local = f"{n[:1]}{c}{birth.day:02d}{birth.month:02d}"
-    return f"{local}@{pick(rng, names.PERSONAL_EMAIL_DOMAINS)}"
-
-
-def make_person(rng: random.Random, birth_year: int, email_domain: str, taken_aliases: set[str]) -> Row:
-    """A P01_ANAPER row without PERS_ID and DATA_MOD."""
-    birth = dt.date(birth_year, 1, 1) + dt.timedelta(days=below(rng, 365))
-    if rng.random() < _FOREIGN_SHARE:
-        nome, cognome = pick(rng, names.FOREIGN_FIRST_NAMES), pick(rng, names.FOREIGN_SURNAMES)
-        cod_fis = None
-    else:
-        female = rng.random() < 0.55
-        nome = pick(rng, names.FEMALE_NAMES if female else names.MALE_NAMES)
-        cognome = pick(rng, names.SURNAMES)
-        cod_fis = codice_fiscale(nome, cognome, birth, female, pick(rng, names.BIRTHPLACES))
-    r = rng.random()
-    return {
-        "COGNOME": cognome,
-        "NOME": nome,
-        "COD_FIS": cod_fis,
-        "DATA_NASCITA": birth,
-        "EMAIL": personal_email(rng, nome, cognome, birth),
-        "EMAIL_ATE": f"{email_alias(nome, cognome, taken_aliases)}@{email_domain}",
-        "CONSENSO_ESC": "S" if r < 0.8 else "N" if r < 0.9 else None,
-    }
-
-
-def pick(rng: random.Random, seq: Sequence[Any]) -> Any:
-    """rng.choice without its per-call overhead (millions of calls for a large ateneo)."""
-    return seq[int(rng.random() * len(seq))]
-
-
-def below(rng: random.Random, n: int) -> int:
-    """Like rng.randrange(n), faster."""
-    return int(rng.random() * n)
-
-
-def badge_end(aa_id: int, course_type: str | None) -> dt.date:
-    """31 October of the year after the course normally ends."""
-    return dt.date(aa_id + DURATION.get(course_type or "", 3) + 1, 10, 31)
-
-
-def pick_type(rng: random.Random, types: Iterable[str]) -> str:
-    present = [t for t in TYPE_WEIGHTS if t in set(types)]
-    return weighted(rng, present, list(accumulate(TYPE_WEIGHTS[t] for t in present)))
-
-
-def weighted(rng: random.Random, items: Sequence[Any], cum_weights: Sequence[float]) -> Any:
-    """rng.choices(items, cum_weights=...)[0] without its per-call overhead."""
-    return items[bisect(cum_weights, rng.random() * cum_weights[-1])]
 
 
 # --- the builder --------------------------------------------------------------------------------------

@@ -10,36 +10,29 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import re
-from collections import Counter, defaultdict, namedtuple
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, Update, bindparam, func, inspect, select, update
+from sqlalchemy import Connection, Table, Update, bindparam, func, inspect, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.demo import names
-from etl.demo.generate import (
-    BAD_KINDS,
+from etl.demo.esse3_db import Row, insert_rows, missing_sqlite_file, open_engine, redacted
+from etl.demo.people import (
     DURATION,
-    Row,
     badge_end,
     below,
     email_alias,
-    insert_rows,
     make_person,
-    missing_sqlite_file,
-    open_engine,
     personal_email,
     pick,
     pick_type,
-    redacted,
 )
-from etl.demo.schema import P01_ANAPER, P01_BADGE, P01_STU, P06_CDS
+from etl.demo.schema import P01_ANAPER, P01_BADGE, P01_STU
+from etl.demo.snapshot import VALID_EMAIL, blank, classify, load
 from etl.errors import EscSyncError
 
-# What the generator's addresses look like; anything else is a malformed_email.
-VALID_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # Share of a batch per kind of activity; the rest of ``size`` are new provisional enrolments.
 _MIX = {
     "finalisations": 0.20,
@@ -65,24 +58,6 @@ class MutationStats:
     fixed: int = 0  # missing_name persons given a name
     fixed_stu_ids: list[int] = field(default_factory=list)
     touched_years: set[int] = field(default_factory=set)
-
-
-@dataclass
-class _Snapshot:
-    careers: list[Any]  # rows in STU_ID order
-    persons: dict[int, Any]
-    course_types: dict[int, str]
-    badges: list[Any]  # rows in BDG_ID order
-
-
-def detect_bad(url: str, now: dt.datetime) -> dict[str, list[int]]:
-    """The bad careers as ``generate`` reports them (kind -> STU_IDs), found from the data alone."""
-    engine = open_engine(url)
-    try:
-        with engine.connect() as conn:
-            return _classify(_load(conn), now.date())
-    finally:
-        engine.dispose()
 
 
 def mutate(url: str, *, seed: int, now: dt.datetime, size: int = 50) -> MutationStats:
@@ -114,72 +89,12 @@ def mutate(url: str, *, seed: int, now: dt.datetime, size: int = 50) -> Mutation
         engine.dispose()
 
 
-def _load(conn: Connection) -> _Snapshot:
-    s, p, b = P01_STU.c, P01_ANAPER.c, P01_BADGE.c
-    careers = _rows(
-        conn,
-        "Career",
-        select(
-            s.STU_ID,
-            s.PERS_ID,
-            s.MATRICOLA,
-            s.CDS_ID,
-            s.AA_ID,
-            s.DATA_IMM,
-            s.STA_STU_COD,
-            s.MOT_STASTU_COD,
-            s.DATA_MOD,
-        ).order_by(s.STU_ID),
-    )
-    persons = _rows(
-        conn, "Person", select(p.PERS_ID, p.NOME, p.COGNOME, p.DATA_NASCITA, p.EMAIL_ATE).order_by(p.PERS_ID)
-    )
-    courses = dict(conn.execute(select(P06_CDS.c.CDS_ID, P06_CDS.c.TIPO_CORSO_COD)).tuples().all())
-    badges = _rows(conn, "Badge", select(b.BDG_ID, b.STU_ID, b.DATA_FIN, b.ANN_FLG).order_by(b.BDG_ID))
-    return _Snapshot(careers, {r.PERS_ID: r for r in persons}, courses, badges)
-
-
-def _rows(conn: Connection, name: str, query: Select[Any]) -> list[Any]:
-    """Named tuples: attribute access on SQLAlchemy rows costs seconds over 100k careers."""
-    result = conn.execute(query)
-    row_type = namedtuple(name, list(result.keys()))  # type: ignore[misc]  # fields: the query's columns
-    make = row_type._make
-    return [make(r) for r in result.tuples()]
-
-
-def _blank(value: str | None) -> bool:
-    return not (value or "").strip()
-
-
-def _classify(snap: _Snapshot, today: dt.date) -> dict[str, list[int]]:
-    bad: dict[str, list[int]] = {k: [] for k in BAD_KINDS}
-    seen_matricole: set[str] = set()
-    nameless = {pid for pid, p in snap.persons.items() if _blank(p.NOME) or _blank(p.COGNOME)}
-    bad_email = {pid for pid, p in snap.persons.items() if not VALID_EMAIL.match(p.EMAIL_ATE or "")}
-    for c in snap.careers:
-        if c.PERS_ID in nameless or c.PERS_ID not in snap.persons:
-            bad["missing_name"].append(c.STU_ID)
-        if c.PERS_ID in bad_email:
-            bad["malformed_email"].append(c.STU_ID)
-        # A valid DATA_IMM is never after the row's last modification.
-        imm = c.DATA_IMM
-        if imm is not None and (imm > today or imm > c.DATA_MOD.date()):
-            bad["future_enrolment"].append(c.STU_ID)
-        if c.MATRICOLA is not None:
-            if c.MATRICOLA in seen_matricole:
-                bad["duplicate_matricola"].append(c.STU_ID)  # the later career; the first one is fine
-            seen_matricole.add(c.MATRICOLA)
-        if c.CDS_ID not in snap.course_types:
-            bad["unknown_course"].append(c.STU_ID)
-    return bad
-
-
 class _Batch:
     def __init__(self, conn: Connection, rng: random.Random, now: dt.datetime) -> None:
         self.conn, self.rng, self.now, self.today = conn, rng, now, now.date()
-        self.snap = _load(conn)
+        self.snap = load(conn)
         self.stats = MutationStats()
-        self.bad = _classify(self.snap, self.today)
+        self.bad = classify(self.snap, self.today)
         self.careers_of: dict[int, list[Any]] = defaultdict(list)
         for c in self.snap.careers:
             self.careers_of[c.PERS_ID].append(c)
@@ -265,8 +180,8 @@ class _Batch:
         self.person_updates.append(
             {
                 "k": person.PERS_ID,
-                "nome": nome if _blank(person.NOME) else person.NOME,
-                "cognome": pick(self.rng, names.SURNAMES) if _blank(person.COGNOME) else person.COGNOME,
+                "nome": nome if blank(person.NOME) else person.NOME,
+                "cognome": pick(self.rng, names.SURNAMES) if blank(person.COGNOME) else person.COGNOME,
                 "mod": self.now,
             }
         )
