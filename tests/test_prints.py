@@ -35,3 +35,15 @@ def test_sheet_holds_active_printed_cards_and_is_rewritten_only_on_change(sqlite
     changed, n = write_badge_sheets(rt.engine, rt.settings, PART, today=TODAY)
     assert n == 11 and changed != path and not path.exists()  # only the current sheet is kept
     assert write_badge_sheets(rt.engine, rt.settings, Partition(2019, "unife"), today=TODAY) == (None, 0)
+
+
+def test_print_rules_take_active_valid_physical_cards_and_a_digest_that_follows_them() -> None:
+    from etl.domain.prints import printable, sheet_digest
+
+    today = dt.date(2026, 1, 10)
+    assert printable("PASSIVE", "ACTIVE", today, today)
+    assert not printable("SMART_PASSIVE", "ACTIVE", today, today)  # virtual badges are never printed
+    assert not printable("PASSIVE", "INACTIVE", today, today)
+    assert not printable("PASSIVE", "ACTIVE", today - dt.timedelta(days=1), today)  # expired yesterday
+    card = ("e1", "Ana", today, "ACTIVE")
+    assert sheet_digest([card]) == sheet_digest([card]) != sheet_digest([(*card[:3], "INACTIVE")])

@@ -4,7 +4,6 @@ Rewritten only when what would be printed changed; written atomically."""
 # No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
 
 import datetime as dt
-import hashlib
 from pathlib import Path
 
 from dagster import (
@@ -16,27 +15,17 @@ from dagster import (
     ResourceParam,
     asset,
 )
-from sqlalchemy import Date, Engine, text
+from sqlalchemy import Engine
 
 from etl.config import Settings
+from etl.domain.prints import printable, sheet_digest
 from etl.files import write_atomically
 from etl.partitions import Partition
 from etl.render.badge_pdf import render_badge_sheet_pdf
 from etl.render.badge_source import badge_view, qr_images
 from etl.render.logo import load_logo
 from etl.resources.runtime import Runtime
-
-PRINTABLE = text("""
-SELECT k.escn, k.institution, k.esi, k.card_type, k.issued_at, k.expires_at, k.desired_status,
-       c.matricola, c.first_name, c.last_name, c.course_name, c.academic_year,
-       q.payload, q.png, q.svg
-FROM cards k
-JOIN careers c ON c.institution = k.institution AND c.stu_id = k.stu_id
-LEFT JOIN qr_images q ON q.escn = k.escn
-WHERE k.institution = :i AND k.academic_year = :y AND k.state = 'registered'
-  AND k.card_type = 'PASSIVE' AND k.desired_status = 'ACTIVE'
-ORDER BY c.last_name, c.first_name, k.escn
-""").columns(issued_at=Date, expires_at=Date)
+from etl.store.qr import print_candidates
 
 
 def sheets_dir(settings: Settings, partition: Partition) -> Path:
@@ -51,22 +40,20 @@ def write_badge_sheets(
     today = today or dt.date.today()
     ateneo = settings.ateneo(partition.institution)
     with engine.connect() as conn:
-        rows = conn.execute(PRINTABLE, {"i": ateneo.code, "y": partition.academic_year}).all()
+        rows = print_candidates(conn, ateneo.code, partition.academic_year)
     views = [
         (
             badge_view(r, ateneo.name, settings.qr_base_url, today),
             qr_images(r.escn, settings.qr_base_url, r.payload, r.png, r.svg).png,
         )
         for r in rows
-        if r.expires_at >= today
+        if printable(r.card_type, r.desired_status, r.expires_at, today)
     ]
     if not views:
         return None, 0
-    digest = hashlib.sha256(repr([(v.escn, v.full_name, v.expires_at, v.status) for v, _ in views]).encode())
+    digest = sheet_digest((v.escn, v.full_name, v.expires_at, v.status) for v, _ in views)
     folder = sheets_dir(settings, partition)
-    target = (
-        folder / f"badges-{partition.institution}-{partition.academic_year}-{digest.hexdigest()[:12]}.pdf"
-    )
+    target = folder / f"badges-{partition.institution}-{partition.academic_year}-{digest}.pdf"
     if target.exists():
         return target, len(views)
     folder.mkdir(parents=True, exist_ok=True)
