@@ -121,19 +121,58 @@ def test_a_status_change_is_written_and_another_escn_is_never_overwritten(world)
 
 def test_a_reminted_number_replaces_ours_and_a_deleted_badge_is_reported(world) -> None:
     rt, esse3 = world
-    first, gone = sorted(_cards(rt))[:2]
+    first, second, gone = sorted(_cards(rt))[:3]
     ours = _badges(esse3)[first][0]
-    new = "00000000-0000-1000-8000-000000000002"
+    new, newer = "00000000-0000-1000-8000-000000000002", "00000000-0000-1000-8000-000000000003"
     source = rt.esse3("unife")
-    wanted = [
-        BadgeWriteBack(first, new, f"https://s.esc-r.eu/{new}", "ACTIVE", None, previous_escn=ours),
-        BadgeWriteBack(gone, new, f"https://s.esc-r.eu/{new}", "ACTIVE", None, previous_escn=None),
-    ]
+
+    def want(bdg_id: int, escn: str, **ours: str | None) -> BadgeWriteBack:
+        return BadgeWriteBack(bdg_id, escn, f"https://s.esc-r.eu/{escn}", "ACTIVE", None, **ours)
+
+    wanted = [want(first, new, previous_escn=ours), want(gone, new)]
     with esse3.begin() as conn:
         conn.execute(text('DELETE FROM "P01_BADGE" WHERE "BDG_ID" = :b'), {"b": gone})
     carried = source.write_back_badges(wanted, with_png=False)
     assert carried == {first: new}
     assert unwritten(wanted, carried) == {gone: BADGE_GONE}
+    # A run that wrote `new` died before confirming it: recorded as pending, it is still ours.
+    assert source.write_back_badges([want(first, newer, previous_escn=ours)], with_png=False) == {first: new}
+    again = [want(first, newer, previous_escn=ours, pending_escn=new)]
+    assert source.write_back_badges(again, with_png=False) == {first: newer}
+    assert _badges(esse3)[second][0] not in (new, newer)  # nobody else touched
+
+
+def test_the_write_is_recorded_before_esse3_and_confirmed_after(world, monkeypatch) -> None:
+    """A crash between the Esse3 write and its confirmation leaves the number recorded as being
+    written; the rerun confirms it (the update is idempotent) and clears the record."""
+    from etl.store import badge_write_back as store
+
+    rt, esse3 = world
+    closed = sorted(_cards(rt))[0]
+    with rt.engine.begin() as conn:
+        conn.execute(text("UPDATE cards SET router_status = 'INACTIVE' WHERE bdg_id = :b"), {"b": closed})
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed between the Esse3 write and its confirmation")
+
+    monkeypatch.setattr(store, "record_written", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        _again(rt)
+    assert _badges(esse3)[closed][2] == "INACTIVE"  # Esse3 was written
+    with rt.engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT escn, pending_escn FROM badge_write_backs WHERE bdg_id = :b"), {"b": closed}
+        ).one()
+    assert row.pending_escn == _cards(rt)[closed][0] == row.escn  # the same number, being rewritten
+    monkeypatch.undo()
+    assert _again(rt)["written"] == 1
+    with rt.engine.connect() as conn:
+        assert (
+            conn.execute(
+                text("SELECT pending_escn FROM badge_write_backs WHERE bdg_id = :b"), {"b": closed}
+            ).scalar_one()
+            is None
+        )
 
 
 def test_unwritten_names_conflicts_and_missing_badges() -> None:

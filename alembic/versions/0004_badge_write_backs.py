@@ -20,9 +20,10 @@ def upgrade() -> None:
         "badge_write_backs",
         sa.Column("institution", sa.String(length=32), nullable=False),
         sa.Column("bdg_id", sa.Integer(), nullable=False),
-        sa.Column("escn", sa.String(length=36), nullable=False),
-        sa.Column("written_hash", sa.String(length=32), nullable=False),
-        sa.Column("written_at", sa.DateTime(), nullable=False),
+        sa.Column("escn", sa.String(length=36), nullable=True),
+        sa.Column("pending_escn", sa.String(length=36), nullable=True),
+        sa.Column("written_hash", sa.String(length=32), nullable=True),
+        sa.Column("written_at", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("institution", "bdg_id", name=op.f("pk_badge_write_backs")),
     )
 

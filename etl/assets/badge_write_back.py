@@ -31,9 +31,9 @@ def write_back_badges(
     engine: Engine, source: Esse3Source, ateneo: Ateneo, partition: Partition
 ) -> dict[str, int]:
     inst, year = ateneo.code, partition.academic_year
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         wanted = store.pending(conn, inst, year, with_png=ateneo.write_back_qr_png)
-    # Esse3 first: a crash before the state is recorded only makes the next run write the same again.
+        store.record_intents(conn, inst, wanted)  # recorded before: after a crash the number is still ours
     carried = source.write_back_badges(wanted, with_png=ateneo.write_back_qr_png)
     problems = unwritten(wanted, carried)
     written = [w for w in wanted if w.bdg_id not in problems]

@@ -33,7 +33,8 @@ class BadgeWriteBack:
     qr_url: str
     status: str
     png: bytes | None  # None: the site does not store the image
-    previous_escn: str | None  # what esc-sync last wrote on this badge (a re-minted card's old number)
+    previous_escn: str | None = None  # what esc-sync last wrote on this badge (a re-minted card's old number)
+    pending_escn: str | None = None  # what a run that did not finish was writing: ours too
 
     def digest(self) -> str:
         """Changes whenever anything written changes: only changed badges are written again."""

@@ -120,7 +120,7 @@ class Esse3Source:
                     text(sql("write_back_badge")),
                     [
                         {"bdg_id": w.bdg_id, "escn": w.escn, "qr_url": w.qr_url, "status": w.status,
-                         "previous_escn": w.previous_escn}
+                         "previous_escn": w.previous_escn, "pending_escn": w.pending_escn}
                         for w in rows
                     ],
                 )  # fmt: skip

@@ -12,7 +12,7 @@ from etl.store.models import utcnow
 
 _CANDIDATES = """
 SELECT c.bdg_id, c.escn, q.payload, COALESCE(c.router_status, c.desired_status), {png},
-       w.escn, w.written_hash
+       w.escn, w.pending_escn, w.written_hash
 FROM cards c
 JOIN qr_images q ON q.escn = c.escn
 LEFT JOIN badge_write_backs w ON w.institution = c.institution AND w.bdg_id = c.bdg_id
@@ -27,20 +27,31 @@ def pending(conn: Connection, institution: str, year: int, with_png: bool) -> li
         text(_CANDIDATES.format(png="q.png" if with_png else "NULL")), {"i": institution, "y": year}
     )
     out = []
-    for bdg_id, escn, payload, status, png, previous, written in rows:
-        want = BadgeWriteBack(int(bdg_id), escn, payload, status, png, previous)
+    for bdg_id, escn, payload, status, png, previous, in_flight, written in rows:
+        want = BadgeWriteBack(int(bdg_id), escn, payload, status, png, previous, in_flight)
         if want.digest() != written:
             out.append(want)
     return out
 
 
+def record_intents(conn: Connection, institution: str, wanted: Iterable[BadgeWriteBack]) -> None:
+    """Before the Esse3 write: the ESCN each badge is about to get (what was written stays as it was)."""
+    Bulk(conn).upsert(
+        "badge_write_backs",
+        ("institution", "bdg_id", "pending_escn"),
+        ("institution", "bdg_id"),
+        ((institution, w.bdg_id, w.escn) for w in wanted),
+    )
+
+
 def record_written(conn: Connection, institution: str, written: Iterable[BadgeWriteBack]) -> None:
+    """After the Esse3 write: confirmed."""
     now = utcnow()
     Bulk(conn).upsert(
         "badge_write_backs",
-        ("institution", "bdg_id", "escn", "written_hash", "written_at"),
+        ("institution", "bdg_id", "escn", "pending_escn", "written_hash", "written_at"),
         ("institution", "bdg_id"),
-        ((institution, w.bdg_id, w.escn, w.digest(), now) for w in written),
+        ((institution, w.bdg_id, w.escn, None, w.digest(), now) for w in written),
         temporal=("written_at",),
     )
 

@@ -222,16 +222,18 @@ class PartitionLock(Base):
 
 
 class BadgeWriteBack(Base):
-    """What esc-sync last wrote onto an Esse3 badge (docs/esse3-badge-write-back.md): its ESCN, and a
-    digest of everything written, so only badges whose card changed are written again."""
+    """What esc-sync wrote onto an Esse3 badge (docs/esse3-badge-write-back.md): the ESCN confirmed
+    written and a digest of everything written (only badges whose card changed are written again),
+    and the ESCN being written, recorded before the write: after a crash both count as ours."""
 
     __tablename__ = "badge_write_backs"
 
     institution: Mapped[str] = mapped_column(String(32), primary_key=True)
     bdg_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    escn: Mapped[str] = mapped_column(String(36))
-    written_hash: Mapped[str] = mapped_column(String(32))
-    written_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    escn: Mapped[str | None] = mapped_column(String(36))  # None: no write confirmed yet
+    pending_escn: Mapped[str | None] = mapped_column(String(36))
+    written_hash: Mapped[str | None] = mapped_column(String(32))
+    written_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
 class QrImage(Base):
