@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,6 +88,62 @@ def main(argv: list[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = build_parser().parse_args(argv)
+    # Commands that run partitions stop on SIGTERM as on Ctrl-C; servers (api, ui) keep their own.
+    stops = _stop_signals() if args.command in ("materialize", "sync", "demo") else nullcontext(_never)
+    with stops as terminated:
+        try:
+            return _run(args)
+        except BaseException as e:
+            # SIGINT, or SIGTERM (Dagster turns it into its own interrupt while a run executes)
+            if (
+                not isinstance(e, KeyboardInterrupt)
+                and type(e).__name__ != "DagsterExecutionInterruptedError"
+            ):
+                raise
+            if os.environ.get("ESC_SYNC_DEBUG"):
+                raise
+            print(INTERRUPTED, file=sys.stderr)
+            return ExitCode.TERMINATED if terminated() else ExitCode.INTERRUPTED
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a Dagster run: stops like Ctrl-C."""
+
+
+@contextmanager
+def _stop_signals() -> Iterator[Callable[[], bool]]:
+    """Yields a check: did SIGTERM (not SIGINT) stop us? While a run executes Dagster handles SIGTERM
+    as SIGINT, but Python writes the number of every signal it handles to a wakeup fd."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def terminated() -> bool:
+        try:
+            return signal.SIGTERM in os.read(read_fd, 4096)
+        except BlockingIOError:
+            return False
+
+    try:
+        yield terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _never() -> bool:
+    return False
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return _dispatch(args)
     except EscSyncError as e:
@@ -103,14 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         message, code = failure_message(e)
         print(f"esc-sync: {message}", file=sys.stderr)
         return code
-    except BaseException as e:
-        # SIGINT, or SIGTERM (Dagster turns it into its own interrupt while a run executes)
-        if not isinstance(e, KeyboardInterrupt) and type(e).__name__ != "DagsterExecutionInterruptedError":
-            raise
-        if os.environ.get("ESC_SYNC_DEBUG"):
-            raise
-        print(INTERRUPTED, file=sys.stderr)
-        return ExitCode.INTERRUPTED
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ class ExitCode(IntEnum):
     ROUTER = 5  # the ESC Router unreachable, or refusing a university's key or address
     FILES = 6  # disk full, permission denied
     BUSY = 7  # another run holds the partition, or a run waited too long for one
-    INTERRUPTED = 130  # SIGINT or SIGTERM
+    INTERRUPTED = 130  # SIGINT (Ctrl-C)
+    TERMINATED = 143  # SIGTERM
 
 
 class EscSyncError(Exception):
