@@ -492,6 +492,7 @@ def test_pdf_prints_non_latin_names_in_an_embedded_unicode_font(qr, name: str, f
     text, fonts = _pdf_text_and_fonts(render_badge_pdf(view(full_name=name), qr.png))
     assert name in text.splitlines()
     assert font in fonts, fonts
+    assert {f for f in fonts if f.startswith("Noto")} <= {"NotoSans", font}  # only the faces it needs
 
 
 def test_pdf_shapes_arabic_names_right_to_left(qr) -> None:

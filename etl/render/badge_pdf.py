@@ -323,13 +323,14 @@ def _fit_text(
 
 def _unicode_font(pdf: FPDF, text: str) -> tuple[str, Callable[[float], None]]:
     """Registers the faces ``text`` needs (once per document) and picks them for it."""
-    faces = fonts.chain(text)
+    text = fonts.printable(text, fonts.chain(text))
+    faces = fonts.faces_for(text)
     for face in faces:
         if face.family not in pdf.fonts:
             pdf.add_font(face.family, "", face.path, collection_font_number=face.index)
     pdf.set_text_shaping(True)  # core fonts ignore it; Arabic and Devanagari need it
     pdf.set_fallback_fonts([face.family for face in faces[1:]])
-    return fonts.printable(text, faces), functools.partial(pdf.set_font, faces[0].family, "")
+    return text, functools.partial(pdf.set_font, faces[0].family, "")
 
 
 def _rgb(hex_color: str) -> tuple[int, int, int]:

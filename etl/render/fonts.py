@@ -65,6 +65,16 @@ def chain(text: str) -> tuple[Face, ...]:
     return (SANS, ARABIC, cjk_face(text))
 
 
+def faces_for(text: str) -> tuple[Face, ...]:
+    """The faces a PDF must embed to print ``text`` (already ``printable``): Noto Sans, and a fallback
+    only for characters the faces before it lack. Each embedded face costs parsing and subsetting."""
+    chosen = [SANS]
+    for face in chain(text)[1:]:
+        if any(ord(c) in cmap(face) and not any(ord(c) in cmap(f) for f in chosen) for c in text):
+            chosen.append(face)
+    return tuple(chosen)
+
+
 def printable(text: str, faces: tuple[Face, ...]) -> str:
     """``text`` NFC-normalised, control characters as spaces, characters no face has decomposed
     (NFKD: "ﬁ" -> "fi") or replaced by "?"."""
