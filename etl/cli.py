@@ -79,9 +79,10 @@ INTERRUPTED = (
 
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # every file esc-sync (and the Dagster it starts) writes is private: 0600 / 0700
-    # A connection closed while an interrupt unwinds logs a traceback from the pool: the one line
-    # below says what happened.
+    # A connection closed while an interrupt unwinds logs a traceback from the pool, and psycopg warns
+    # again about cleaning up a connection the server dropped: the one line below says what happened.
     logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["emulator"]:
         from etl.emulator import main as emulator_main
