@@ -87,7 +87,6 @@ class Backfill:
 
 # Who runs a partition: a run whose process is gone (SIGKILL, OOM, power loss) is found by these.
 PID_TAG, HOST_TAG = "esc_sync/pid", "esc_sync/host"
-DEFAULT_WAIT_TIMEOUT_S = 600.0
 
 
 def reap_dead_runs(instance: DagsterInstance) -> int:
@@ -146,7 +145,7 @@ def run_partitions(
     *,
     progress: Callable[[int, int, PartitionRun | PartitionFailure], None] | None = None,
     say: Callable[[str], None] = lambda _: None,
-    wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
+    wait_timeout_s: float = Settings.run_wait_timeout_s,
 ) -> Backfill:
     """One run per partition, in partition order. A partition that fails is reported and the others
     go on; a failure that concerns its whole university (a refused key, Esse3 unreachable) skips that
@@ -156,25 +155,16 @@ def run_partitions(
     job = defs.resolve_job_def(JOB_NAME)
     reaped = reap_dead_runs(instance)
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    runs: list[PartitionRun] = []
-    failures: list[PartitionFailure] = []
     blocked: dict[str, PartitionFailure] = {}  # university (or "*": all) → the failure that skips it
-    for i, partition in enumerate(partitions, 1):
-        outcome: PartitionRun | PartitionFailure
-        if first := blocked.get(partition.institution) or blocked.get("*"):
-            outcome = PartitionFailure(partition, first.message, first.exit_code, skipped=True)
-            failures.append(outcome)
-            if progress:
-                progress(i, len(partitions), outcome)
-            continue
+
+    def attempt(partition: Partition) -> PartitionRun | PartitionFailure:
+        if cause := blocked.get(partition.institution) or blocked.get("*"):
+            return PartitionFailure(partition, cause.message, cause.exit_code, skipped=True)
         try:
             wait_for_router_pool(instance, wait_timeout_s, say)
         except EscSyncError as e:
-            blocked["*"] = outcome = PartitionFailure(partition, str(e), e.exit_code)
-            failures.append(outcome)
-            if progress:
-                progress(i, len(partitions), outcome)
-            continue
+            blocked["*"] = PartitionFailure(partition, str(e), e.exit_code)
+            return blocked["*"]
         started = time.perf_counter()
         try:
             result = job.execute_in_process(
@@ -184,23 +174,28 @@ def run_partitions(
             error = e.user_exception if isinstance(e, DagsterExecutionStepExecutionError) else e
             if os.environ.get("ESC_SYNC_DEBUG") and not isinstance(error, EscSyncError):
                 raise
-            outcome = PartitionFailure(partition, *failure_message(error))
+            failure = PartitionFailure(partition, *failure_message(error))
             if isinstance(error, UniversityError):
-                blocked[partition.institution] = outcome
-            failures.append(outcome)
-            if progress:
-                progress(i, len(partitions), outcome)
-            continue
+                blocked[partition.institution] = failure
+            return failure
         metadata = {
             m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
             for m in (
                 e.step_materialization_data.materialization for e in result.get_asset_materialization_events()
             )
         }
-        run = PartitionRun(partition, time.perf_counter() - started, metadata)
-        runs.append(run)
+        return PartitionRun(partition, time.perf_counter() - started, metadata)
+
+    runs: list[PartitionRun] = []
+    failures: list[PartitionFailure] = []
+    for i, partition in enumerate(partitions, 1):
+        outcome = attempt(partition)
+        if isinstance(outcome, PartitionFailure):
+            failures.append(outcome)
+        else:
+            runs.append(outcome)
         if progress:
-            progress(i, len(partitions), run)
+            progress(i, len(partitions), outcome)
     return Backfill(runs, failures, reaped)
 
 

@@ -108,9 +108,10 @@ def failures(backfill: Backfill) -> ExitCode:
     for f in backfill.failures:
         if f.skipped:
             continue
-        inst = f.partition.institution
-        skipped = sum(1 for s in backfill.failures if s.skipped and s.partition.institution == inst)
-        more = f"; {skipped} more partition(s) of {inst} not run" if skipped else ""
+        # A skipped partition carries the message of the failure that skipped it.
+        skipped = [s.partition.institution for s in backfill.failures if s.skipped and s.message == f.message]
+        whose = f" of {f.partition.institution}" if set(skipped) <= {f.partition.institution} else ""
+        more = f"; {len(skipped)} more partition(s){whose} not run" if skipped else ""
         print(f"esc-sync: {f.message} ({f.partition.key}{more})", file=sys.stderr)
     kinds = {f.exit_code for f in backfill.failures}
     return ExitCode.OK if not kinds else kinds.pop() if len(kinds) == 1 else ExitCode.MIXED

@@ -62,6 +62,7 @@ def test_good_row_maps_to_record() -> None:
         ({"EMAIL_ATE": None, "EMAIL": "no-at-sign"}, "malformed e-mail (EMAIL)"),
         ({"DATA_IMM": dt.date(2026, 12, 1)}, "enrolment dated in the future (DATA_IMM)"),
         ({"CDS_COD": None, "CDS_ID": 999}, "unknown course CDS_ID=999"),
+        ({"CDS_COD": "  ", "CDS_ID": 998}, "unknown course CDS_ID=998"),  # blank on PostgreSQL/SQLite
         ({"MATRICOLA": None}, "missing matricola"),
         ({"ANAPER_PERS_ID": None, "NOME": None, "COGNOME": None}, "person missing from P01_ANAPER"),
         ({"STA_STU_COD": "X", "MOT_STASTU_COD": "ZZZ"}, "unmapped closing reason 'ZZZ'"),

@@ -128,7 +128,7 @@ def map_career(row: Mapping[str, Any], rules: CareerRules, today: dt.date) -> Ca
     for column, text in (("NOME", first), ("COGNOME", last), (field, email), ("MATRICOLA", matricola)):
         if problem := text_problem(column, text):
             reasons.append(problem)
-    course_code = None if row["CDS_COD"] is None else str(row["CDS_COD"])
+    course_code = _clean(row["CDS_COD"])  # an empty code is no course either
     if course_code is None:
         reasons.append(f"unknown course CDS_ID={row['CDS_ID']}")
 
@@ -169,7 +169,8 @@ def map_career(row: Mapping[str, Any], rules: CareerRules, today: dt.date) -> Ca
     if reasons:
         return Rejection(stu_id, tuple(reasons))
     # No reason: every key is an integer and every required value present (tells the type checker).
-    assert isinstance(stu_id, int) and matricola and course_code and first and last
+    assert isinstance(stu_id, int) and matricola is not None and course_code is not None
+    assert first is not None and last is not None
     pers_id = int(row["PERS_ID"])
     return CareerRecord(
         stu_id,

@@ -339,7 +339,7 @@ class RouterClient:
         if status in (401, 403):
             text = auth_error_message(
                 status, institution=self.institution, pic=self.pic, api_key_env=self.api_key_env,
-                method=method, path=path,
+                method=method, path=log_path(path),
             )  # fmt: skip
             return RouterAuthError(
                 text + (f" (Router said: {detail})" if code or router_message else ""), **kw
@@ -361,7 +361,7 @@ class RouterClient:
             + (f" {code}" if code else "")
             + (f": {router_message or failure}" if router_message or failure else "")
         )
-        if cause in ("connect", "timeout") and resp is None and not self._reached:
+        if cause == "connect" and resp is None and not self._reached:
             return RouterUnreachable(
                 f"university {self.institution}: the ESC Router at {self.base_url} is unreachable "
                 f"({attempts} attempts, last: {last}): check [router] url and the network, then re-run",

@@ -118,7 +118,13 @@ def transport_cause(e: BaseException) -> str:
     inner = e.__cause__ if isinstance(e.__cause__, aiohttp.ClientError) else e
     for kinds, label in (
         (aiohttp.ServerDisconnectedError, "disconnected"),
-        (aiohttp.ClientConnectorError | httpx.ConnectError | httpx.ConnectTimeout, "connect"),
+        (
+            aiohttp.ClientConnectorError
+            | aiohttp.ConnectionTimeoutError
+            | httpx.ConnectError
+            | httpx.ConnectTimeout,
+            "connect",
+        ),
         (aiohttp.ServerTimeoutError | httpx.TimeoutException | TimeoutError, "timeout"),
         (aiohttp.ClientPayloadError | httpx.ReadError, "read"),
         (aiohttp.ClientOSError | httpx.NetworkError, "connection"),
