@@ -107,37 +107,32 @@ def main(argv: list[str] | None = None) -> int:
             return ExitCode.TERMINATED if terminated() else ExitCode.INTERRUPTED
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM outside a Dagster run: stops like Ctrl-C."""
-
-
 @contextmanager
 def _stop_signals() -> Iterator[Callable[[], bool]]:
-    """Yields a check: did SIGTERM (not SIGINT) stop us? While a run executes Dagster handles SIGTERM
-    as SIGINT, but Python writes the number of every signal it handles to a wakeup fd."""
+    """SIGTERM stops like Ctrl-C; yields a check: was it SIGTERM? While a run executes Dagster handles
+    SIGTERM as SIGINT, but Python writes the number of every signal it handles to a wakeup fd."""
     read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    os.set_blocking(write_fd, False)
-    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
-
-    def terminated() -> bool:
-        try:
-            return signal.SIGTERM in os.read(read_fd, 4096)
-        except BlockingIOError:
-            return False
-
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    previous_fd = None
     try:
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+        def terminated() -> bool:
+            try:
+                return signal.SIGTERM in os.read(read_fd, 4096)
+            except BlockingIOError:
+                return False
+
         yield terminated
     finally:
+        if previous_fd is not None:
+            signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGTERM, previous_handler)
-        signal.set_wakeup_fd(previous_fd)
         os.close(read_fd)
         os.close(write_fd)
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
 
 
 def _never() -> bool:
@@ -155,14 +150,14 @@ def _run(args: argparse.Namespace) -> int:
             raise
         print(f"esc-sync: database error: {database_reason(e)}", file=sys.stderr)
         return ExitCode.DATABASE
-    except OSError as e:  # disk full or a permission denied outside a partition (demo setup, status)
+    except (
+        OSError
+    ) as e:  # disk full, permission denied, a closed pipe outside a partition (demo setup, status)
         if os.environ.get("ESC_SYNC_DEBUG") or not e.errno:
             raise
-        from etl.orchestrate import failure_message
-
-        message, code = failure_message(e)
-        print(f"esc-sync: {message}", file=sys.stderr)
-        return code
+        where = f" on {e.filename}" if e.filename else ""
+        print(f"esc-sync: {os.strerror(e.errno)}{where}", file=sys.stderr)
+        return ExitCode.FILES
 
 
 def _dispatch(args: argparse.Namespace) -> int:

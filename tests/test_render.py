@@ -565,3 +565,5 @@ def test_font_chain_picks_one_cjk_face_per_name_and_marks_what_no_face_has() -> 
     faces = fonts.chain("王")
     assert fonts.printable("王\x07Ζ\u2028x", faces) == "王 Ζ x"
     assert fonts.printable("\U0001f600 தமிழ்", faces) == "? ?????"
+    persian = "می\u200cخواهم"  # the ZWNJ is part of the spelling: kept
+    assert fonts.printable(persian + "\u202e\u2066x", fonts.chain(persian)) == persian + "x"  # bidi: dropped

@@ -43,10 +43,18 @@ CJK_JP, CJK_KR, CJK_SC = Face("esc-cjk-jp", _CJK, 0), Face("esc-cjk-kr", _CJK, 1
 def cmap(face: Face) -> frozenset[int]:
     """The code points ``face`` has a glyph for (read once per process: ~0.1 s for the CJK face)."""
     if face.path.suffix == ".ttc":
-        font = TTCollection(face.path, lazy=True).fonts[face.index]
-    else:
-        font = TTFont(face.path, lazy=True)
-    return frozenset(font.getBestCmap())
+        with TTCollection(face.path, lazy=True) as collection:
+            return frozenset(collection.fonts[face.index].getBestCmap())
+    with TTFont(face.path, lazy=True) as font:
+        return frozenset(font.getBestCmap())
+
+
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+@functools.cache
+def _covered(faces: tuple[Face, ...]) -> frozenset[int]:
+    return frozenset().union(*(cmap(f) for f in faces))
 
 
 _HANGUL = ((0x1100, 0x11FF), (0x3130, 0x318F), (0xAC00, 0xD7AF))
@@ -76,15 +84,21 @@ def faces_for(text: str) -> tuple[Face, ...]:
 
 
 def printable(text: str, faces: tuple[Face, ...]) -> str:
-    """``text`` NFC-normalised, control characters as spaces, characters no face has decomposed
-    (NFKD: "ﬁ" -> "fi") or replaced by "?"."""
-    covered = frozenset().union(*(cmap(f) for f in faces))
+    """``text`` NFC-normalised, control characters and line breaks as spaces, format characters no
+    face has (bidi marks) dropped, other characters no face has decomposed (NFKD: "ﬁ" -> "fi") or
+    replaced by "?". A ZWNJ in a Persian name stays: the Arabic face has it."""
+    covered = _covered(faces)
     out = []
     for ch in unicodedata.normalize("NFC", text):
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):  # controls, bidi marks, separators
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Zl", "Zp"):
             out.append(" ")
+        elif ch in _BIDI_CONTROLS:
+            continue  # would reorder what is printed (the source checks quarantine them first)
         elif ord(ch) in covered:
             out.append(ch)
+        elif category == "Cf":
+            continue
         else:
             parts = [c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c)]
             out.append("".join(parts) if parts and all(ord(c) in covered for c in parts) else "?")
