@@ -32,6 +32,9 @@ _CAREER_TYPES = {
 }
 
 
+WRITE_BACK_CHUNK = 1000  # badges written in one Esse3 transaction
+
+
 @cache
 def sql(name: str) -> str:
     return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
@@ -110,29 +113,31 @@ class Esse3Source:
             raise describe_source_error(self.institution, e) from None
 
     def write_back_badges(self, rows: Sequence[BadgeWriteBack], *, with_png: bool) -> dict[int, str | None]:
-        """Write each card onto its badge; return the ESCN every badge of ``rows`` carries afterwards
-        (a badge absent from the answer is gone from Esse3)."""
-        if not rows:
-            return {}
+        """Write each card onto its badge, 1,000 badges a transaction (short row locks on a live
+        Esse3); return the ESCN every badge of ``rows`` carries afterwards (absent: gone from Esse3)."""
+        carried: dict[int, str | None] = {}
         try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    text(sql("write_back_badge")),
-                    [
-                        {"bdg_id": w.bdg_id, "escn": w.escn, "qr_url": w.qr_url, "status": w.status,
-                         "previous_escn": w.previous_escn, "pending_escn": w.pending_escn}
-                        for w in rows
-                    ],
-                )  # fmt: skip
-                if with_png:
+            for start in range(0, len(rows), WRITE_BACK_CHUNK):
+                chunk = rows[start : start + WRITE_BACK_CHUNK]
+                with self.engine.begin() as conn:
                     conn.execute(
-                        text(sql("write_back_badge_png")).bindparams(bindparam("png", type_=LargeBinary)),
-                        [{"bdg_id": w.bdg_id, "escn": w.escn, "png": w.png} for w in rows],
-                    )
-                carried = _badge_cards(conn, [w.bdg_id for w in rows])
+                        text(sql("write_back_badge")),
+                        [
+                            {"bdg_id": w.bdg_id, "escn": w.escn, "qr_url": w.qr_url, "status": w.status,
+                             "previous_escn": w.previous_escn, "pending_escn": w.pending_escn}
+                            for w in chunk
+                        ],
+                    )  # fmt: skip
+                    if with_png:
+                        conn.execute(
+                            text(sql("write_back_badge_png")).bindparams(bindparam("png", type_=LargeBinary)),
+                            [{"bdg_id": w.bdg_id, "escn": w.escn, "png": w.png} for w in chunk],
+                        )
+                    written = _badge_cards(conn, [w.bdg_id for w in chunk])
+                carried.update((bdg_id, escn) for bdg_id, (escn, _status) in written.items())
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
-        return {bdg_id: escn for bdg_id, (escn, _status) in carried.items()}
+        return carried
 
     def badge_cards(self, bdg_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
         """(ESCN, Router status) each badge carries in Esse3."""
