@@ -40,6 +40,16 @@ def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulat
 
 @pytest.fixture
 def runtime(tmp_path: Path, emulator: EmulatorProcess) -> Iterator[Runtime]:
+    yield from _runtime(tmp_path, emulator, f"sqlite:///{tmp_path / 'state.sqlite'}")
+
+
+@pytest.fixture
+def any_state_runtime(tmp_path: Path, emulator: EmulatorProcess, state_url: str) -> Iterator[Runtime]:
+    """The state DB on SQLite and on PostgreSQL."""
+    yield from _runtime(tmp_path, emulator, state_url)
+
+
+def _runtime(tmp_path: Path, emulator: EmulatorProcess, state_url: str) -> Iterator[Runtime]:
     for seed, code in ((1, "unife"), (2, "unipa")):
         generate(
             f"sqlite:///{tmp_path / f'esse3-{code}.sqlite'}",
@@ -49,9 +59,7 @@ def runtime(tmp_path: Path, emulator: EmulatorProcess) -> Iterator[Runtime]:
             last_year=2025,
             now=NOW,
         )
-    settings = demo_settings(
-        tmp_path, f"sqlite:///{tmp_path / 'state.sqlite'}", academic_years={"first": 2024, "last": 2025}
-    )
+    settings = demo_settings(tmp_path, state_url, academic_years={"first": 2024, "last": 2025})
     rt = Runtime(replace(settings, router=replace(settings.router, url=emulator.url)))
     upgrade(rt.engine)
     yield rt
@@ -133,7 +141,7 @@ def test_materialise_partition_then_sensor_sees_only_changes(runtime: Runtime) -
 
 
 def test_a_refused_key_for_one_university_never_stops_the_other(
-    runtime: Runtime,
+    any_state_runtime: Runtime,
     emulator: EmulatorProcess,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -147,7 +155,7 @@ def test_a_refused_key_for_one_university_never_stops_the_other(
 
     monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", "not-the-key")
     partitions = [Partition(y, u) for u in ("unife", "unipa") for y in (2024, 2025)]
-    defs = build_definitions(runtime.settings, runtime)
+    defs = build_definitions(any_state_runtime.settings, any_state_runtime)
     backfill = run_partitions(defs, DagsterInstance.ephemeral(), partitions, progress=progress)
     assert [r.partition.key for r in backfill.runs] == ["2024|unipa", "2025|unipa"]
     assert [(f.partition.key, f.skipped) for f in backfill.failures] == [
@@ -165,7 +173,7 @@ def test_a_refused_key_for_one_university_never_stops_the_other(
     rerun = run_partitions(defs, DagsterInstance.ephemeral(), partitions[:2])
     assert not rerun.failures and len(rerun.runs) == 2
     at_router = emulator.stats()["organisations"]
-    with runtime.engine.connect() as conn:
+    with any_state_runtime.engine.connect() as conn:
         for code, pic in PICS.items():
             local = router_state.registered_totals(conn, code)
             assert local["persons"] > 0 and local["cards"] > 0
