@@ -256,6 +256,7 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
         progress=progress,
         say=say,
         wait_timeout_s=settings.run_wait_timeout_s,
+        lock_engine=runtime.engine,
     )
     return failures(backfill)
 

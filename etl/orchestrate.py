@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from dagster import (
     Definitions,
     RunsFilter,
 )
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from etl.assets.router_calls import ROUTER_POOL
@@ -26,7 +29,7 @@ from etl.definitions import JOB_NAME
 from etl.errors import EscSyncError, ExitCode, UniversityError
 from etl.partitions import Partition
 from etl.store.db import database_reason
-from etl.store.locks import process_alive
+from etl.store.locks import partition_lock, process_alive
 
 DAGSTER_YAML = """\
 # Written by esc-sync for the embedded default. Production: storage on PostgreSQL (see README).
@@ -146,12 +149,14 @@ def run_partitions(
     progress: Callable[[int, int, PartitionRun | PartitionFailure], None] | None = None,
     say: Callable[[str], None] = lambda _: None,
     wait_timeout_s: float = Settings.run_wait_timeout_s,
+    lock_engine: Engine | None = None,
 ) -> Backfill:
     """One run per partition, in partition order. A partition that fails is reported and the others
     go on; a failure that concerns its whole university (a refused key, Esse3 unreachable) skips that
     university's remaining partitions, reported as such; one that concerns every partition (no
     Router pool slot within ``wait_timeout_s``) skips them all. Unexpected errors are reported as one
-    line too (``ESC_SYNC_DEBUG=1`` raises them with their traceback)."""
+    line too (``ESC_SYNC_DEBUG=1`` raises them with their traceback). With ``lock_engine`` (the state
+    DB) each run holds its partition's lock from start to end."""
     job = defs.resolve_job_def(JOB_NAME)
     reaped = reap_dead_runs(instance)
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
@@ -166,10 +171,18 @@ def run_partitions(
             blocked["*"] = PartitionFailure(partition, str(e), e.exit_code)
             return blocked["*"]
         started = time.perf_counter()
+        run_id = str(uuid.uuid4())  # known before the run starts, so the lock can name it
         try:
-            result = job.execute_in_process(
-                instance=instance, partition_key=partition.key, run_config=_QUIET, tags=tags
-            )
+            # The partition's lock for the whole run (its steps re-enter it): a second run of the
+            # partition is refused before its first step, never between two of ours.
+            with partition_lock(lock_engine, partition.key, run_id) if lock_engine else nullcontext():
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=partition.key,
+                    run_config=_QUIET,
+                    tags=tags,
+                    run_id=run_id,
+                )
         except Exception as e:  # Dagster raises the step's own exception (or wraps it)
             error = e.user_exception if isinstance(e, DagsterExecutionStepExecutionError) else e
             if os.environ.get("ESC_SYNC_DEBUG") and not isinstance(error, EscSyncError):

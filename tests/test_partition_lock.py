@@ -27,6 +27,19 @@ def test_a_second_writer_is_refused_with_the_holder_named(state_engine: Engine) 
         pass
 
 
+def test_a_runs_steps_re_enter_the_lock_the_command_took_for_the_run(state_engine: Engine) -> None:
+    with partition_lock(state_engine, "2025|unife", "run-dddddddd-4"):
+        with partition_lock(state_engine, "2025|unife", "run-dddddddd-4"):  # a step of that run
+            pass
+        with partition_lock(state_engine, "2025|unife", "run-dddddddd-4"):  # the next step
+            pass
+        # still held: the steps did not release it
+        with pytest.raises(PartitionBusy), partition_lock(state_engine, "2025|unife", "run-e"):
+            pass  # pragma: no cover
+    with partition_lock(state_engine, "2025|unife", "run-e"):  # released with the run
+        pass
+
+
 def test_the_lock_of_a_dead_process_is_taken_over(state_engine: Engine) -> None:
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -166,6 +166,7 @@ def run_demo(*, mutate_batch: bool = False, students: int = 5000, size: int = 60
                 progress=progress,
                 say=say,
                 wait_timeout_s=settings.run_wait_timeout_s,
+                lock_engine=runtime.engine,
             )
         summary(settings, runtime, emulator.stats()["organisations"])
         show_replacement(runtime, replaced)

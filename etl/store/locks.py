@@ -29,8 +29,26 @@ class PartitionBusy(EscSyncError):
     exit_code = ExitCode.BUSY
 
 
+# Locks this process holds, by partition, with the run holding each: a run's steps re-enter the lock
+# the command took for the whole run (another run id in this process is refused like any other).
+_held: dict[str, str] = {}
+
+
 @contextmanager
 def partition_lock(engine: Engine, partition_key: str, run_id: str) -> Iterator[None]:
+    if _held.get(partition_key) == run_id:
+        yield
+        return
+    with _partition_lock(engine, partition_key, run_id):
+        _held[partition_key] = run_id
+        try:
+            yield
+        finally:
+            del _held[partition_key]
+
+
+@contextmanager
+def _partition_lock(engine: Engine, partition_key: str, run_id: str) -> Iterator[None]:
     me = {"partition_key": partition_key, "run_id": run_id, "pid": os.getpid(), "host": socket.gethostname()}
     if engine.dialect.name == "postgresql":
         with engine.connect() as session:
