@@ -71,58 +71,56 @@ def plan_persons(
     already on the person's Esse3 careers; another one than ours stops the person before any call."""
     work, opted_out, rejections, fine, not_eligible = [], [], [], [], []
     for r in rows:
-        pers_id, person_key, stu_id, consent, esi, state = (
-            r.pers_id,
-            r.person_key,
-            r.stu_id,
-            r.consent,
-            r.esi,
-            r.state,
-        )
+        esi = r.esi
         if not esi:
             try:
-                esi = compose_esi(ateneo.schac_home_organization, person_key)
+                esi = compose_esi(ateneo.schac_home_organization, r.person_key)
             except InvalidEsi as e:
-                rejections.append(Rejection(stu_id, (f"cannot compose ESI: {e}",)))
+                rejections.append(Rejection(r.stu_id, (f"cannot compose ESI: {e}",)))
                 continue
-        if any(not same_esi(s, esi) for s in (source_esis or {}).get(pers_id, ())):
-            rejections.append(Rejection(stu_id, (ESI_CONFLICT,)))
+        if any(not same_esi(s, esi) for s in (source_esis or {}).get(r.pers_id, ())):
+            rejections.append(Rejection(r.stu_id, (ESI_CONFLICT,)))
             continue
-        if not consented(ateneo.consent, consent):
-            if state is None:
-                opted_out.append((pers_id, person_key, esi, SyncState.OPTED_OUT))
-            fine.append(stu_id)
+        if not consented(ateneo.consent, r.consent):
+            if r.state is None:
+                opted_out.append((r.pers_id, r.person_key, esi, SyncState.OPTED_OUT))
+            fine.append(r.stu_id)
             continue
         if r.academic_level is None:
             # Valid data, just not eligible: single courses and the like have no ESC level.
-            not_eligible.append(stu_id)
+            not_eligible.append(r.stu_id)
             continue
         try:
             body = person_body(esi, ateneo.pic, f"{r.first_name} {r.last_name}", r.email, r.academic_level)
         except ValueError as e:
-            rejections.append(Rejection(stu_id, (f"invalid Router body: {str(e).split(':')[0]}",)))
+            rejections.append(Rejection(r.stu_id, (f"invalid Router body: {str(e).split(':')[0]}",)))
             continue
         h = body_hash(body)
-        if state == SyncState.REGISTERED and r.synced_hash == h:
-            fine.append(stu_id)
+        if r.state == SyncState.REGISTERED and r.synced_hash == h:
+            fine.append(r.stu_id)
             continue
         work.append(
-            PersonWork(pers_id, person_key, stu_id, esi, body, h, create=state != SyncState.REGISTERED)
+            PersonWork(
+                r.pers_id, r.person_key, r.stu_id, esi, body, h, create=r.state != SyncState.REGISTERED
+            )
         )
     return PersonPlan(work, opted_out, rejections, fine + not_eligible, len(not_eligible))
 
 
 async def sync_person(client: RouterClient, w: PersonWork) -> PersonOutcome:
-    def outcome(state: SyncState, result: SyncResult, **more: Any) -> PersonOutcome:
-        return PersonOutcome(w.esi, w.stu_id, state, result, more.pop("synced_hash", w.body_hash), **more)
+    def done(result: SyncResult) -> PersonOutcome:
+        return PersonOutcome(w.esi, w.stu_id, SyncState.REGISTERED, result, w.body_hash)
+
+    def refused(reason: str) -> PersonOutcome:  # for good: quarantined
+        return PersonOutcome(w.esi, w.stu_id, SyncState.FAILED, SyncResult.FAILED, None, reason=reason)
 
     try:
         if not w.create:
             await client.update_person(w.esi, w.body)
-            return outcome(SyncState.REGISTERED, SyncResult.UPDATED)
+            return done(SyncResult.UPDATED)
         try:
             await client.create_person(w.body)
-            return outcome(SyncState.REGISTERED, SyncResult.REGISTERED)
+            return done(SyncResult.REGISTERED)
         except RouterConflict as e:
             if e.code != "ER-0019":
                 raise
@@ -130,23 +128,18 @@ async def sync_person(client: RouterClient, w: PersonWork) -> PersonOutcome:
         # if it is the same identifier, then make our relation match what we would have sent.
         held = person_identifier(await client.get_person(w.esi))
         if held is None or not same_esi(held, w.esi):
-            reason = "ER-0019 but the Router holds another identifier"
-            return outcome(SyncState.FAILED, SyncResult.FAILED, synced_hash=None, reason=reason)
+            return refused("ER-0019 but the Router holds another identifier")
         await client.update_person(w.esi, w.body)
-        return outcome(SyncState.REGISTERED, SyncResult.ADOPTED)
+        return done(SyncResult.ADOPTED)
     except RouterError as e:
         if e.stops_run:
             raise
         if e.is_permanent:
-            reason = f"Router refused the person: HTTP {e.status} {e.code or ''}".strip()
-            return outcome(SyncState.FAILED, SyncResult.FAILED, synced_hash=None, reason=reason)
+            return refused(f"Router refused the person: HTTP {e.status} {e.code or ''}".strip())
         # Transient (retries exhausted): stays as it was, retried by the next run.
-        return outcome(
-            SyncState.PENDING if w.create else SyncState.REGISTERED,
-            SyncResult.FAILED,
-            synced_hash=None,
-            last_error=f"Router unavailable: HTTP {e.status}",
-        )
+        state = SyncState.PENDING if w.create else SyncState.REGISTERED
+        error = f"Router unavailable: HTTP {e.status}"
+        return PersonOutcome(w.esi, w.stu_id, state, SyncResult.FAILED, None, last_error=error)
 
 
 def assign_esis(
