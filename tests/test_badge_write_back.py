@@ -178,4 +178,4 @@ def test_the_write_is_recorded_before_esse3_and_confirmed_after(world, monkeypat
 def test_unwritten_names_conflicts_and_missing_badges() -> None:
     w = [BadgeWriteBack(i, f"e{i}", "u", "ACTIVE", None, None) for i in (1, 2, 3)]
     assert unwritten(w, {1: "e1", 2: "other"}) == {2: ESCN_CONFLICT, 3: BADGE_GONE}
-    assert w[0].digest() != replace(w[0], status="INACTIVE").digest() != replace(w[0], png=b"x").digest()
+    assert w[0].digest() != replace(w[0], status="INACTIVE").digest() != replace(w[0], with_png=True).digest()

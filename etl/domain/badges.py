@@ -32,16 +32,17 @@ class BadgeWriteBack:
     escn: str
     qr_url: str
     status: str
-    png: bytes | None  # None: the site does not store the image
+    png: bytes | None  # the QR image, loaded only for the badges to write, when the site stores it
     previous_escn: str | None = None  # what esc-sync last wrote on this badge (a re-minted card's old number)
     pending_escn: str | None = None  # what a run that did not finish was writing: ours too
+    with_png: bool = False  # the site stores the image too
 
     def digest(self) -> str:
         """Changes whenever anything written changes: only changed badges are written again."""
         h = hashlib.blake2b(digest_size=16)
-        for part in (self.escn, self.qr_url, self.status):
+        # The image is rendered from qr_url alone: whether it is stored is all the digest needs.
+        for part in (self.escn, self.qr_url, self.status, "png" if self.with_png else "-"):
             h.update(part.encode() + b"\0")
-        h.update(hashlib.sha256(self.png).digest() if self.png is not None else b"-")
         return h.hexdigest()
 
 

@@ -3,35 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, text
 
 from etl.domain.badges import BadgeWriteBack
 from etl.store.bulk import Bulk
 from etl.store.models import utcnow
 
-_CANDIDATES = """
-SELECT c.bdg_id, c.escn, q.payload, COALESCE(c.router_status, c.desired_status), {png},
+_CANDIDATES = text("""
+SELECT c.bdg_id, c.escn, q.payload, COALESCE(c.router_status, c.desired_status),
        w.escn, w.pending_escn, w.written_hash
 FROM cards c
 JOIN qr_images q ON q.escn = c.escn
 LEFT JOIN badge_write_backs w ON w.institution = c.institution AND w.bdg_id = c.bdg_id
 WHERE c.institution = :i AND c.academic_year = :y AND c.state = 'registered'
 ORDER BY c.bdg_id
-"""
+""")
 
 
 def pending(conn: Connection, institution: str, year: int, with_png: bool) -> list[BadgeWriteBack]:
-    """Registered cards (with their QR) whose badge does not carry what it should yet."""
-    rows = conn.execute(
-        text(_CANDIDATES.format(png="q.png" if with_png else "NULL")), {"i": institution, "y": year}
-    )
+    """Registered cards (with their QR) whose badge does not carry what it should yet; the images
+    are read only for those (an unchanged partition reads none)."""
     out = []
-    for bdg_id, escn, payload, status, png, previous, in_flight, written in rows:
-        want = BadgeWriteBack(int(bdg_id), escn, payload, status, png, previous, in_flight)
+    for bdg_id, escn, payload, status, previous, in_flight, written in conn.execute(
+        _CANDIDATES, {"i": institution, "y": year}
+    ):
+        want = BadgeWriteBack(int(bdg_id), escn, payload, status, None, previous, in_flight, with_png)
         if want.digest() != written:
             out.append(want)
-    return out
+    if not with_png or not out:
+        return out
+    images: dict[str, bytes] = {}
+    for start in range(0, len(out), 500):
+        escns = [w.escn for w in out[start : start + 500]]
+        images.update((escn, bytes(png)) for escn, png in conn.execute(_IMAGES, {"escns": escns}))
+    return [replace(w, png=images[w.escn]) for w in out]
+
+
+_IMAGES = text("SELECT escn, png FROM qr_images WHERE escn IN :escns").bindparams(
+    bindparam("escns", expanding=True)
+)
 
 
 def record_intents(conn: Connection, institution: str, wanted: Iterable[BadgeWriteBack]) -> None:
