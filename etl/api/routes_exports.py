@@ -223,19 +223,21 @@ def _download_route(which: str) -> None:
     ) -> Response:
         return await download(request, principal, export_id, which)
 
-    router.add_api_route(
-        f"/v1/exports/{{export_id}}/{which}",
-        route,
-        methods=["GET", "HEAD"],
-        name=f"download_{which}",
-        summary=f"Download an export's {which.upper()} file (Range, If-None-Match)",
-        response_class=Response,
-        responses={
-            200: {"content": {MEDIA_TYPES[which]: {}}, "description": "the file; ETag is its SHA-256"},
-            206: {"content": {MEDIA_TYPES[which]: {}}, "description": "the requested byte range"},
-            **error_responses(304, 401, 403, 404, 410, 416, 422, 429, 503),
-        },
-    )
+    # GET and HEAD as two operations: one route with both methods gives both one operation id
+    for method, verb in (("GET", "Download"), ("HEAD", "Headers of")):
+        router.add_api_route(
+            f"/v1/exports/{{export_id}}/{which}",
+            route,
+            methods=[method],
+            name=f"download_{which}" if method == "GET" else f"head_{which}",
+            summary=f"{verb} an export's {which.upper()} file (Range, If-None-Match)",
+            response_class=Response,
+            responses={
+                200: {"content": {MEDIA_TYPES[which]: {}}, "description": "the file; ETag is its SHA-256"},
+                206: {"content": {MEDIA_TYPES[which]: {}}, "description": "the requested byte range"},
+                **error_responses(304, 401, 403, 404, 410, 416, 422, 429, 503),
+            },
+        )
 
 
 for _which in MEDIA_TYPES:
