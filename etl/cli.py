@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_api(sub)  # `api` and `tokens`
 
+    dep = sub.add_parser("deploy", help="production: write the Dagster instance (PostgreSQL, run queue)")
+    dep.add_argument("action", choices=["init"])
+    sv = sub.add_parser("serve", help="production: run Dagster's webserver and daemon, supervised")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=3000)
+    sv.add_argument("--check", action="store_true", help="health of a running serve: exit 0 if healthy")
+    w = sub.add_parser("worker", help="production: a Celery worker executing steps")
+    w.add_argument("--name", default=f"esc-sync-{os.getpid()}", help="the worker's name (unique per host)")
+
     # Listed for --help; its arguments are the emulator's own (`esc-sync emulator --help`).
     sub.add_parser("emulator", help="run the ESC Router emulator (--port P --api-key KEY:PIC ...)")
     return p
@@ -182,6 +191,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"state DB {settings.database_url.split('@')[-1]}"
         )
         return 0
+    if args.command in ("deploy", "serve", "worker"):
+        from etl.deploy import processes
+
+        if args.command == "deploy":
+            return processes.init(settings)
+        if args.command == "worker":
+            return processes.worker(settings, args.name)
+        if args.check:
+            return processes.check(settings, args.host, args.port)
+        return processes.serve(settings, args.host, args.port)
     if args.command == "ui":
         env = {
             **os.environ,

@@ -62,6 +62,22 @@ class RouterSettings:
     max_retries: int = 6
 
 
+EXECUTORS = ("in_process", "multiprocess", "celery")
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """A production deployment (``[deploy]``, README "Production"): Dagster on PostgreSQL, runs queued
+    and launched by the daemon, steps on Celery workers. Its URLs come from the environment
+    (``ESC_SYNC_DAGSTER_PG_URL``, ``ESC_SYNC_BROKER_URL``): they may hold passwords."""
+
+    executor: str = "celery"
+    max_concurrent_runs: int = 8  # runs (partitions) in flight across the deployment
+    runs_per_university: int = 2  # a university's runs in flight: its Router key's share of the load
+    router_steps: int = 8  # the esc_router pool: steps talking to the Router at once, all universities
+    sensor_interval_s: int = 15  # how often the esse3_changes sensor looks (a tick is one query)
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -80,6 +96,7 @@ class Settings:
     esse3_future_skew: dt.timedelta = DEFAULT_FUTURE_SKEW
     api_public_url: str | None = None  # where vendors reach the REST service: links are built on it
     run_wait_timeout_s: float = 600.0  # how long a run waits for a Router pool slot held by live runs
+    deploy: DeploySettings | None = None  # set: this configuration is a production deployment
 
     @property
     def academic_years(self) -> list[int]:
@@ -133,6 +150,9 @@ KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {
     "esse3": frozenset(("max_future_skew_minutes",)),
     "api": frozenset(("public_url",)),
     "runs": frozenset(("wait_timeout_s",)),
+    "deploy": frozenset(
+        ("executor", "max_concurrent_runs", "runs_per_university", "router_steps", "sensor_interval_s")
+    ),
     "atenei": None,  # checked per university
 }
 ATENEO_KEYS = frozenset(
@@ -224,6 +244,20 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         esse3_future_skew=dt.timedelta(minutes=skew),
         api_public_url=public,
         run_wait_timeout_s=float(wait),
+        deploy=_parse_deploy(raw["deploy"]) if "deploy" in raw else None,
+    )
+
+
+def _parse_deploy(d: dict[str, Any]) -> DeploySettings:
+    executor = d.get("executor", DeploySettings.executor)
+    if executor not in EXECUTORS:
+        raise ConfigError(f"deploy: field executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+    return DeploySettings(
+        executor=executor,
+        **{
+            name: _positive_int(d.get(name, getattr(DeploySettings, name)), "deploy", name)
+            for name in ("max_concurrent_runs", "runs_per_university", "router_steps", "sensor_interval_s")
+        },
     )
 
 

@@ -8,13 +8,16 @@ import os
 
 from dagster import (
     AssetSelection,
+    DefaultSensorStatus,
     Definitions,
+    ExecutorDefinition,
     ResourceParam,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     define_asset_job,
+    in_process_executor,
     sensor,
 )
 
@@ -27,7 +30,7 @@ from etl.assets.exports import build_export_asset
 from etl.assets.prints import build_prints_asset
 from etl.assets.qr import build_qr_asset
 from etl.changes import pending_partitions
-from etl.config import Settings, load_settings
+from etl.config import DeploySettings, Settings, load_settings
 from etl.partitions import partitions_def
 from etl.resources.runtime import Runtime
 
@@ -47,8 +50,15 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         build_prints_asset(partitions),
     ]
     job = define_asset_job(JOB_NAME, selection=AssetSelection.all(), partitions_def=partitions)
+    deploy = settings.deploy
 
-    @sensor(name="esse3_changes", job=job, minimum_interval_seconds=60)
+    @sensor(
+        name="esse3_changes",
+        job=job,
+        minimum_interval_seconds=deploy.sensor_interval_s if deploy else 60,
+        # a deployment watches Esse3 from the start; `esc-sync ui` leaves it to be switched on
+        default_status=DefaultSensorStatus.RUNNING if deploy else DefaultSensorStatus.STOPPED,
+    )
     def esse3_changes(
         context: SensorEvaluationContext, esc: ResourceParam[Runtime]
     ) -> SensorResult | SkipReason:
@@ -67,7 +77,22 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         jobs=[job],
         sensors=[esse3_changes],
         resources={"esc": runtime or Runtime(settings)},
+        executor=executor_for(deploy),
     )
+
+
+def executor_for(deploy: DeploySettings | None) -> ExecutorDefinition | None:
+    """Dagster's default (multiprocess) unless a deployment names one; Celery sends each step to
+    `esc-sync worker` processes, on this machine or others."""
+    if deploy is None or deploy.executor == "multiprocess":
+        return None
+    if deploy.executor == "in_process":
+        return in_process_executor
+    from dagster_celery import celery_executor
+
+    from etl.deploy.worker_app import executor_config
+
+    return celery_executor.configured(executor_config())
 
 
 def __getattr__(name: str) -> Definitions:

@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     ROUTER = 5  # the ESC Router unreachable, or refusing a university's key or address
     FILES = 6  # disk full, permission denied
     BUSY = 7  # another run holds the partition, or a run waited too long for one
+    SERVICE = 8  # a deployment's service: broker unreachable, webserver or daemon down
     INTERRUPTED = 130  # SIGINT (Ctrl-C)
     TERMINATED = 143  # SIGTERM
 

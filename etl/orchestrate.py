@@ -23,6 +23,7 @@ from dagster import (
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from etl.assets.claims import run_over_in
 from etl.assets.router_calls import ROUTER_POOL
 from etl.config import Settings
 from etl.definitions import JOB_NAME
@@ -175,7 +176,12 @@ def run_partitions(
         try:
             # The partition's lock for the whole run (its steps re-enter it): a second run of the
             # partition is refused before its first step, never between two of ours.
-            with partition_lock(lock_engine, partition.key, run_id) if lock_engine else nullcontext():
+            claim = (
+                partition_lock(lock_engine, partition.key, run_id, run_over_in(instance), whole_run=True)
+                if lock_engine
+                else nullcontext()
+            )
+            with claim:
                 result = job.execute_in_process(
                     instance=instance,
                     partition_key=partition.key,

@@ -79,7 +79,9 @@ def settings_for(home: Path, database_url: str, router_url: str) -> Settings:
     return replace(s, router=replace(s.router, url=router_url))
 
 
-def client_factory(url: str, key: str = KEY, **overrides: Any) -> Callable[[], RouterClient]:
+def client_factory(
+    url: str, key: str = KEY, inst: str = INST, pic: str = PIC, **overrides: Any
+) -> Callable[[], RouterClient]:
     """Short timeouts and backoff (the emulator is local), more retries than the default: 20% faults
     make 7 failures in a row of one of ~3,000 calls a few-percent event, and a run must not depend on
     that luck (a call whose retries run out is retried by the next run; here we want one run)."""
@@ -91,7 +93,7 @@ def client_factory(url: str, key: str = KEY, **overrides: Any) -> Callable[[], R
         "backoff_max_s": 0.5,
     } | overrides
     return lambda: RouterClient(
-        base_url=url, api_key=key, institution=INST, pic=PIC, api_key_env=KEY_ENV, **params
+        base_url=url, api_key=key, institution=inst, pic=pic, api_key_env=key_env(inst), **params
     )
 
 
@@ -123,9 +125,9 @@ class Local:
         return {bdg: c[1:] for bdg, c in self.cards.items()}
 
 
-def local_state(engine: Engine) -> Local:
+def local_state(engine: Engine, inst: str = INST) -> Local:
     with engine.connect() as conn:
-        persons = dict(conn.execute(select(Person.esi, Person.state).where(Person.institution == INST)).all())
+        persons = dict(conn.execute(select(Person.esi, Person.state).where(Person.institution == inst)).all())
         rows = conn.execute(
             select(
                 Card.bdg_id,
@@ -135,18 +137,18 @@ def local_state(engine: Engine) -> Local:
                 Card.router_status,
                 Card.expires_at,
                 Card.card_type,
-            ).where(Card.institution == INST)
+            ).where(Card.institution == inst)
         )
         cards = {r[0]: tuple(r[1:]) for r in rows}
     return Local(persons, cards)  # type: ignore[arg-type]
 
 
-def router_lists(url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def router_lists(url: str, **who: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every person and card of our PIC, walked through the 10-item pages with the client; each card
     then read whole (list items are CardLiteViews, without status or type)."""
 
     async def walk() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        async with client_factory(url)() as client:
+        async with client_factory(url, **who)() as client:
             numbers = [c["cardNumber"] async for c in client.iter_cards()]
             cards = await asyncio.gather(*(client.get_card(n) for n in numbers))
             return [p async for p in client.iter_persons()], list(cards)
@@ -163,8 +165,9 @@ def diff(expected: dict[Any, Any], actual: dict[Any, Any], limit: int = 5) -> st
     )
 
 
-def assert_router_equals_local(router_url: str, local: Local, emu: EmulatorProcess) -> None:
-    persons, cards = router_lists(router_url)
+def assert_router_equals_local(router_url: str, local: Local, emu: EmulatorProcess, **client: str) -> None:
+    """``client``: ``key``, ``inst``, ``pic`` of another university than unife."""
+    persons, cards = router_lists(router_url, **client)
     esis = [p["identifier"] for p in persons]
     assert len(esis) == len(set(esis)), "the Router holds a person twice"
     registered = {esi for esi, state in local.persons.items() if state == "registered"}
@@ -190,7 +193,7 @@ def assert_router_equals_local(router_url: str, local: Local, emu: EmulatorProce
     # the same person, status, expiry and type on each.
     assert actual == expected, diff(expected, actual)
     # The local table holds one card per badge (unique index); the Router holds exactly those.
-    counts = emu.stats()["organisations"][PIC]
+    counts = emu.stats()["organisations"][client.get("pic", PIC)]
     assert counts == {"persons": len(registered), "cards": len(expected), "deleted_cards": 0}
 
 

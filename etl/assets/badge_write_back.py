@@ -14,6 +14,7 @@ from dagster import (
 )
 from sqlalchemy import Engine
 
+from etl.assets.claims import claim_partition
 from etl.config import Ateneo
 from etl.domain.badges import unwritten
 from etl.domain.careers import Rejection
@@ -22,7 +23,6 @@ from etl.resources.esse3 import Esse3Source
 from etl.resources.runtime import Runtime
 from etl.store import badge_write_back as store
 from etl.store import careers as quarantine_store
-from etl.store.locks import partition_lock
 
 STAGE = "badge_write_back"
 
@@ -65,7 +65,7 @@ def build_badge_write_back_asset(partitions: MultiPartitionsDefinition) -> Asset
         ateneo = runtime.settings.ateneo(partition.institution)
         if not ateneo.write_back_badge:
             return MaterializeResult(metadata={"enabled": False})
-        with partition_lock(runtime.engine, partition.key, context.run_id):
+        with claim_partition(context, runtime.engine, partition.key):
             counts = write_back_badges(runtime.engine, runtime.esse3(ateneo.code), ateneo, partition)
         context.log.info(f"{partition.key}: {counts}")
         return MaterializeResult(metadata={"enabled": True, **counts})

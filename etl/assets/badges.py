@@ -16,6 +16,7 @@ from dagster import (
 )
 from sqlalchemy import Engine
 
+from etl.assets.claims import claim_partition
 from etl.domain.badges import validate_badge
 from etl.domain.careers import Rejection
 from etl.domain.source_values import (
@@ -31,7 +32,6 @@ from etl.resources.runtime import Runtime
 from etl.store import careers as common
 from etl.store import router_state as store
 from etl.store.bulk import refresh_statistics
-from etl.store.locks import partition_lock
 from etl.store.models import utcnow
 
 STAGE = "badges"
@@ -115,7 +115,7 @@ def build_badges_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
         runtime = esc
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
-        with partition_lock(runtime.engine, partition.key, context.run_id):
+        with claim_partition(context, runtime.engine, partition.key):
             read, rejected = ingest_badges(
                 runtime.engine, runtime.esse3(ateneo.code), partition, runtime.settings.esse3_future_skew
             )

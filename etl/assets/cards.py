@@ -18,6 +18,7 @@ from dagster import (
 )
 from sqlalchemy import Engine
 
+from etl.assets.claims import claim_partition
 from etl.assets.router_calls import ROUTER_POOL, CallReport, run_chunks, run_with_client
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
@@ -42,7 +43,6 @@ from etl.resources.router_views import read_card
 from etl.resources.runtime import Runtime
 from etl.store import careers as common
 from etl.store import router_state as store
-from etl.store.locks import partition_lock
 from etl.store.models import utcnow
 from etl.store.router_state import CardCandidate
 
@@ -249,7 +249,7 @@ def build_cards_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
         report = CallReport()
-        with partition_lock(runtime.engine, partition.key, context.run_id):
+        with claim_partition(context, runtime.engine, partition.key):
             sync_cards(runtime.engine, lambda: runtime.router_client(ateneo.code), ateneo, partition, report)
         context.log.info(f"{partition.key}: {dict(report.counts)}")
         with runtime.engine.connect() as conn:

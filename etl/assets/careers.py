@@ -23,6 +23,7 @@ from dagster import (
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import Row
 
+from etl.assets.claims import claim_partition
 from etl.config import Ateneo
 from etl.domain.careers import SOURCE_COLUMNS, CareerRecord, CareerRules, Rejection, map_career
 from etl.domain.source_values import DEFAULT_FUTURE_SKEW, future_cutoff, in_the_future, quarantine_key
@@ -33,7 +34,6 @@ from etl.resources.esse3 import CAREER_TABLES, EPOCH, Esse3Source
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
 from etl.store.bulk import refresh_statistics
-from etl.store.locks import partition_lock
 
 OVERLAP = dt.timedelta(minutes=10)  # tolerates Esse3 clock skew and long transactions
 BULK = 500  # rows written after which the planner statistics are refreshed
@@ -213,7 +213,7 @@ def build_careers_asset(partitions: MultiPartitionsDefinition) -> AssetsDefiniti
         runtime = esc
         partition = Partition.parse(context.partition_key)
         ateneo = runtime.settings.ateneo(partition.institution)
-        with partition_lock(runtime.engine, partition.key, context.run_id):
+        with claim_partition(context, runtime.engine, partition.key):
             result = ingest_careers(
                 runtime.engine,
                 runtime.esse3(partition.institution),

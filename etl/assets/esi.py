@@ -18,6 +18,7 @@ from dagster import (
 )
 from sqlalchemy import Engine
 
+from etl.assets.claims import claim_partition
 from etl.assets.router_calls import ROUTER_POOL, CallReport, run_chunks, run_with_client
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
@@ -34,7 +35,6 @@ from etl.resources.runtime import Runtime
 from etl.store import careers as quarantine_store
 from etl.store import router_state as store
 from etl.store.bulk import refresh_statistics
-from etl.store.locks import partition_lock
 from etl.store.router_state import PersonCandidate
 
 STAGE = "esi"
@@ -219,7 +219,7 @@ def build_esi_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
         ateneo = runtime.settings.ateneo(partition.institution)
         report = CallReport()
         started = dt.datetime.now()
-        with partition_lock(runtime.engine, partition.key, context.run_id):
+        with claim_partition(context, runtime.engine, partition.key):
             assign_esis(
                 runtime.engine,
                 runtime.esse3(ateneo.code),

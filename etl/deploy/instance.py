@@ -1,0 +1,82 @@
+"""The deployment's Dagster instance (``dagster.yaml``) and workspace, written by `esc-sync deploy init`.
+
+Everything is Dagster's own machinery: PostgreSQL storage, the daemon's run queue with a global limit
+and one per university, run monitoring (runs whose worker died are failed and their pool slots freed),
+run retries (a failed run is retried once whole; step failures are not, so the two never multiply),
+and the ``esc_router`` pool bounding Router steps across every worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from etl.assets.router_calls import ROUTER_POOL
+from etl.config import DeploySettings
+from etl.deploy.env import DAGSTER_PG_ENV
+from etl.files import write_atomically
+
+# Dagster tags every run of a multi-partitioned job with each dimension's value.
+INSTITUTION_TAG = "dagster/partition/institution"
+
+
+def instance_yaml(deploy: DeploySettings) -> str:
+    return f"""\
+# Written by `esc-sync deploy init` (README "Production"). No secret here: the storage URL is read
+# from ${DAGSTER_PG_ENV}, the broker's from $ESC_SYNC_BROKER_URL, the Router keys from theirs.
+telemetry:
+  enabled: false
+storage:
+  postgres:
+    postgres_url:
+      env: {DAGSTER_PG_ENV}
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 20
+  # a run that ended badly must not hold an {ROUTER_POOL} slot
+  free_slots_after_run_end_seconds: 30
+run_retries:
+  enabled: true
+  max_retries: 2
+  # a step's own failure is not retried as a whole run (steps have their own retry policy)
+  retry_on_asset_or_op_failure: false
+concurrency:
+  runs:
+    max_concurrent_runs: {deploy.max_concurrent_runs}
+    tag_concurrency_limits:
+      # a university's runs in flight: its Router key is shared by all of them
+      - key: {INSTITUTION_TAG}
+        value:
+          applyLimitPerUniqueValue: true
+        limit: {deploy.runs_per_university}
+  pools:
+    default_limit: {deploy.router_steps}
+sensors:
+  use_threads: true
+  num_workers: 4
+"""
+
+
+def workspace_yaml() -> str:
+    return """\
+# Written by `esc-sync deploy init`: the one code location, configured from ESC_SYNC_CONFIG/HOME.
+load_from:
+  - python_module:
+      module_name: etl.definitions
+      attribute: defs
+"""
+
+
+def write_instance(dagster_home: Path, deploy: DeploySettings) -> list[Path]:
+    dagster_home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    written = []
+    for name, text in (("dagster.yaml", instance_yaml(deploy)), ("workspace.yaml", workspace_yaml())):
+        path = dagster_home / name
+        write_atomically(path, text.encode())  # 0600, like every file esc-sync writes
+        written.append(path)
+    return written

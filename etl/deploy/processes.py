@@ -1,0 +1,224 @@
+"""`esc-sync deploy init`, `esc-sync serve` and `esc-sync worker`: the deployment's processes.
+
+`serve` supervises Dagster's own webserver and daemon (the daemon runs the sensor, the run queue, run
+monitoring and retries): logs go to ``$ESC_SYNC_HOME/logs``, a health check answers `serve --check`,
+and if either process dies the other is stopped and `serve` exits non-zero, for systemd or a container
+runtime to restart. `worker` becomes a Celery worker executing steps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from etl.config import DeploySettings, Settings
+from etl.deploy.env import BROKER_ENV, DAGSTER_PG_ENV, broker_url, dagster_pg_url, redacted
+from etl.deploy.instance import write_instance
+from etl.deploy.worker_app import queue
+from etl.errors import ConfigError, EscSyncError, ExitCode
+
+BIN = Path(sys.executable).parent  # the venv's commands, activated or not
+STOP_GRACE_S = 20.0
+
+
+def deployment(settings: Settings) -> DeploySettings:
+    if settings.deploy is None:
+        raise ConfigError(
+            f'{settings.config_path}: no [deploy] section: add one to deploy (README "Production")'
+        )
+    if settings.database_url.startswith("sqlite"):
+        raise ConfigError(
+            "a deployment keeps its state DB on PostgreSQL (workers on several machines share it): "
+            "set ESC_SYNC_DATABASE_URL"
+        )
+    return settings.deploy
+
+
+def deployment_env(settings: Settings) -> dict[str, str]:
+    """What every process of the deployment reads: the same configuration, instance, storage, broker."""
+    from etl.orchestrate import dagster_home
+
+    env = dict(os.environ)
+    env |= {
+        "ESC_SYNC_HOME": str(settings.home),
+        "ESC_SYNC_CONFIG": str(settings.config_path),
+        "ESC_SYNC_DATABASE_URL": settings.database_url,
+        "DAGSTER_HOME": str(dagster_home(settings)),
+        DAGSTER_PG_ENV: dagster_pg_url(env),
+        BROKER_ENV: broker_url(env),
+    }
+    return env
+
+
+def init(settings: Settings) -> int:
+    """Write the instance and workspace, create Dagster's tables, check the broker answers."""
+    deploy = deployment(settings)
+    env = deployment_env(settings)
+    home = Path(env["DAGSTER_HOME"])
+    for path in write_instance(home, deploy):
+        print(f"wrote {path}")
+    os.environ.update({DAGSTER_PG_ENV: env[DAGSTER_PG_ENV], "DAGSTER_HOME": str(home)})
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.upgrade()  # Dagster's schema in its PostgreSQL database, idempotent
+    print(f"Dagster storage ready on {redacted(env[DAGSTER_PG_ENV])}")
+    from etl.store.db import check_reachable, make_engine
+    from etl.store.migrate import upgrade
+
+    engine = make_engine(settings.database_url)
+    try:
+        check_reachable(engine)
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    print(f"state DB migrated on {redacted(settings.database_url)}")
+    check_broker(env[BROKER_ENV])
+    print(f"broker {redacted(env[BROKER_ENV])} answers")
+    print("next: `esc-sync serve` (webserver + daemon) and `esc-sync worker` on each worker machine")
+    return 0
+
+
+def check_broker(url: str, timeout_s: float = 5.0) -> None:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=timeout_s) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+    except Exception as e:  # kombu raises the transport's own errors
+        raise EscSyncError(
+            f"broker {redacted(url)} unreachable ({type(e).__name__}): start it or set {BROKER_ENV}",
+            exit_code=ExitCode.SERVICE,
+        ) from None
+
+
+def worker(settings: Settings, name: str) -> int:
+    """Become a Celery worker (exec: signals reach Celery itself; SIGTERM finishes the step first).
+
+    One step at a time in the worker's own process (``solo``): a killed worker takes its step with it
+    and the broker hands the step to another worker, instead of an orphaned pool child finishing it
+    while another worker runs it again. Scale out with more workers."""
+    deployment(settings)
+    env = deployment_env(settings)
+    check_broker(env[BROKER_ENV])
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "etl.deploy.worker_app", "worker",
+        "-Q", queue(), "--pool", "solo", "--prefetch-multiplier", "1", "-n", f"{name}@%h",
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    sys.stdout.flush()
+    os.execve(sys.executable, cmd, env)
+
+
+def serve(settings: Settings, host: str, port: int) -> int:
+    deployment(settings)
+    env = deployment_env(settings)
+    home = Path(env["DAGSTER_HOME"])
+    workspace = home / "workspace.yaml"
+    if not workspace.exists():
+        raise ConfigError(f"{workspace} missing: run `esc-sync deploy init` first")
+    logs = settings.home / "logs"
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    commands = {
+        "daemon": [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
+        "webserver": [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", host, "-p", str(port)],
+    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    stop = _StopFlag()
+    try:
+        for what, cmd in commands.items():
+            log = os.open(logs / f"{what}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            procs[what] = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+            os.close(log)
+        url = f"http://{host}:{port}"
+        _wait_healthy(url, env, procs, stop)
+        print(f"serving: UI {url}, daemon up (sensor, run queue, monitoring); logs in {logs}", flush=True)
+        while not stop.signal:
+            for what, proc in procs.items():
+                if proc.poll() is not None:
+                    raise EscSyncError(
+                        f"the {what} exited ({proc.returncode}): stopping; see {logs / what}.log",
+                        exit_code=ExitCode.SERVICE,
+                    )
+            time.sleep(1)
+        return 128 + stop.signal
+    finally:
+        _stop_all(procs)
+        stop.restore()
+
+
+def check(settings: Settings, host: str, port: int) -> int:
+    """Health of a running `serve`: the webserver answers and the daemon's heartbeat is fresh."""
+    env = deployment_env(settings)
+    problems = [p for p in (_webserver_problem(f"http://{host}:{port}"), _daemon_problem(env)) if p]
+    for p in problems:
+        print(f"esc-sync: {p}", file=sys.stderr)
+    if not problems:
+        print("healthy: webserver answers, daemon heartbeat fresh")
+    return ExitCode.SERVICE if problems else 0
+
+
+def _webserver_problem(url: str) -> str | None:
+    try:
+        r = httpx.get(f"{url}/server_info", timeout=5, trust_env=False)
+    except httpx.HTTPError as e:
+        return f"webserver {url} unreachable ({type(e).__name__})"
+    return None if r.status_code == 200 else f"webserver {url} answered {r.status_code}"
+
+
+def _daemon_problem(env: Mapping[str, str]) -> str | None:
+    done = subprocess.run(
+        [str(BIN / "dagster-daemon"), "liveness-check"], env=dict(env), capture_output=True, text=True
+    )
+    return None if done.returncode == 0 else "daemon not running (no fresh heartbeat)"
+
+
+def _wait_healthy(
+    url: str, env: Mapping[str, str], procs: Mapping[str, subprocess.Popen[bytes]], stop: _StopFlag,
+    timeout_s: float = 180.0,
+) -> None:  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while (problem := _webserver_problem(url) or _daemon_problem(env)) is not None:
+        for what, proc in procs.items():
+            if proc.poll() is not None:
+                raise EscSyncError(f"the {what} exited ({proc.returncode})", exit_code=ExitCode.SERVICE)
+        if stop.signal or time.monotonic() > deadline:
+            raise EscSyncError(f"not healthy after {timeout_s:g}s: {problem}", exit_code=ExitCode.SERVICE)
+        time.sleep(1)
+
+
+def _stop_all(procs: Mapping[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set ``signal``; the loop stops the children and exits 128 + it."""
+
+    def __init__(self) -> None:
+        self.signal = 0
+        self._old = {s: signal.signal(s, self._set) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _set(self, signum: int, _frame: object) -> None:
+        self.signal = signum
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)

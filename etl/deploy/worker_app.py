@@ -1,0 +1,53 @@
+"""The Celery app of `esc-sync worker` (``celery -A etl.deploy.worker_app worker``) and of the Celery
+executor that sends it steps: one configuration, so both sides speak to the same broker and queue.
+
+A step's message is acknowledged only when the step has finished (``task_acks_late``) and handed
+back to the broker if the worker process dies (``task_reject_on_worker_lost``): a worker killed
+mid-step has its step run again by another worker. Running a step twice is safe: every Router call is
+recorded before and after, and the partition's lock is re-entered by the same run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery.app import trace
+from dagster_celery.config import dict_wrapper
+from dagster_celery.make_app import make_app
+from dagster_celery.tasks import create_task
+
+from etl.deploy.env import broker_url
+
+QUEUE_ENV = "ESC_SYNC_CELERY_QUEUE"  # one queue per deployment when several share a broker
+
+
+def queue() -> str:
+    return os.environ.get(QUEUE_ENV) or "dagster"  # dagster-celery's default queue
+
+
+CELERY_CONFIG: dict[str, Any] = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,  # a worker holds only the step it runs: the others stay free
+    "task_default_queue": queue(),  # where the executor sends steps
+    "broker_connection_retry_on_startup": True,
+    "worker_hijack_root_logger": False,
+}
+
+# Celery logs a task's return value on success; a step's is its list of Dagster events, already in
+# Dagster's storage: one line with the duration is enough.
+trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
+
+
+def executor_config() -> dict[str, Any]:
+    """For ``celery_executor.configured``: the broker is read from the environment when a run starts."""
+    return {
+        "broker": {"env": "ESC_SYNC_BROKER_URL"},
+        "backend": "rpc://",
+        "config_source": CELERY_CONFIG,
+    }
+
+
+app = make_app({"broker": broker_url(), "backend": "rpc://", "config_source": dict_wrapper(CELERY_CONFIG)})
+execute_plan = create_task(app)
