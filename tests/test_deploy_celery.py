@@ -15,6 +15,7 @@ skipping it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -81,7 +82,7 @@ def deploy_config(router_url: str) -> str:
     toml = toml.replace("[academic_years]\nfirst = 2019\n", f"[academic_years]\nfirst = {YEARS[0]}\n")
     toml = toml.replace("\nlast = 2025\n", f"\nlast = {YEARS[1]}\n")
     return toml + (
-        "\n[deploy]\nexecutor = \"celery\"\nmax_concurrent_runs = 4\nruns_per_university = 2\n"
+        '\n[deploy]\nexecutor = "celery"\nmax_concurrent_runs = 4\nruns_per_university = 2\n'
         "router_steps = 4\nsensor_interval_s = 5\n"
     )
 
@@ -114,6 +115,23 @@ class Processes:
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM if name == "serve" else signal.SIGKILL)
+
+
+TASK = re.compile(r"Task execute_plan\[([0-9a-f-]{36})\] (received|succeeded)")
+
+
+def unfinished_tasks(log: str) -> list[str]:
+    received = [m[1] for m in TASK.finditer(log) if m[2] == "received"]
+    done = {m[1] for m in TASK.finditer(log) if m[2] == "succeeded"}
+    return [t for t in received if t not in done]
+
+
+def router_step_in_progress(log: str) -> bool:
+    """The worker is executing esi_assignments or esc_cards (received, started, not finished)."""
+    if not unfinished_tasks(log):
+        return False
+    current = log[log.rindex("received") :]
+    return any(f'Started execution of step "{s}"' in current for s in ("esi_assignments", "esc_cards"))
 
 
 def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 1.0) -> None:  # type: ignore[no-untyped-def]
@@ -174,14 +192,8 @@ def test_two_universities_backfilled_by_two_celery_workers_one_killed_mid_run(
             )  # fmt: skip
             assert check.returncode == 0, check.stderr
 
-            # The sensor launches the runs; once worker a is executing a step that talks to the
-            # Router, it is killed with its step.
-            def a_at_router() -> bool:
-                return "esc_cards" in procs.log("worker-a") or "esi_assignments" in procs.log("worker-a")
-
-            wait_until(a_at_router, 240, "worker a to execute a Router step")
-            before = emu.stats()["requests"]
-            wait_until(lambda: emu.stats()["requests"] > before + 5, 60, "Router traffic", poll_s=0.05)
+            # The sensor launches the runs; worker a is killed inside a step that talks to the Router.
+            wait_until(lambda: router_step_in_progress(procs.log("worker-a")), 240, "a Router step on a", 0.1)
             procs.kill("worker-a")
             procs.start("worker-c", "worker", "--name", "c")
 
@@ -209,6 +221,9 @@ def test_two_universities_backfilled_by_two_celery_workers_one_killed_mid_run(
                 emu.url, local_state(engine, a.code), emu, inst=a.code, key=keys[a.code], pic=a.pic
             )
         engine.dispose()
-    # worker c took over: it executed steps after a's death
+    # the step a was killed in was executed again, whole, by another worker; c, added late, took work
+    cut = unfinished_tasks(procs.log("worker-a"))
+    assert len(cut) == 1
+    assert f"execute_plan[{cut[0]}] succeeded" in procs.log("worker-b") + procs.log("worker-c")
     assert "succeeded" in procs.log("worker-c")
     assert len(runs) >= len(YEARS) * len(DEMO_ATENEI)

@@ -143,6 +143,9 @@ def api(
             resp = await handler(request, state, pic)
         except ApiError as e:
             resp = error_response(e, error_type)
+        except ConnectionResetError:  # the client went away mid-request (killed): nobody to answer
+            state.responses[499] += 1
+            raise
         except Exception as e:
             resp = internal_error(handler.__name__, e)
         if fault is not None:  # the work is done (committed), the answer is lost

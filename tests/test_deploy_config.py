@@ -1,0 +1,139 @@
+"""The deployment's configuration (issue 13), without services: the [deploy] section, the instance
+file `esc-sync deploy init` writes, URLs from the environment, and the one-line refusals."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterInstance
+from dagster._core.instance.config import dagster_instance_config  # validates without connecting
+
+from etl.config import DeploySettings, parse_settings
+from etl.demo.config import demo_config_toml
+from etl.deploy.env import dagster_pg_url, redacted
+from etl.deploy.instance import INSTITUTION_TAG, write_instance
+from etl.errors import ConfigError, ExitCode
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _settings(tmp_path: Path, deploy: str, database_url: str = "postgresql+psycopg://u@db/state"):
+    raw = tomllib.loads(demo_config_toml() + deploy)
+    return parse_settings(raw, home=tmp_path, database_url=database_url, config_path=tmp_path / "c.toml")
+
+
+def test_deploy_section_defaults_and_bad_values(tmp_path: Path) -> None:
+    assert _settings(tmp_path, "").deploy is None  # no section: not a deployment
+    assert _settings(tmp_path, "\n[deploy]\n").deploy == DeploySettings()
+    custom = _settings(tmp_path, '\n[deploy]\nexecutor = "multiprocess"\nruns_per_university = 1\n').deploy
+    assert custom == DeploySettings(executor="multiprocess", runs_per_university=1)
+    for bad, expected in [
+        ('executor = "k8s"', "deploy: field executor: 'k8s' is not one of in_process, multiprocess, celery"),
+        ("max_concurrent_runs = 0", "deploy: field max_concurrent_runs: 0 must be a positive integer"),
+        ("workers = 3", "deploy: unknown key"),
+    ]:
+        with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+            _settings(tmp_path, f"\n[deploy]\n{bad}\n")
+
+
+def test_the_instance_is_dagsters_own_queue_monitoring_retries_and_pool(tmp_path: Path) -> None:
+    deploy = DeploySettings(max_concurrent_runs=12, runs_per_university=3, router_steps=6)
+    written = write_instance(tmp_path / "dagster", deploy)
+    assert [p.name for p in written] == ["dagster.yaml", "workspace.yaml"]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in written)
+    assert (tmp_path / "dagster").stat().st_mode & 0o777 == 0o700
+    config = yaml.safe_load(written[0].read_text())
+    assert config["storage"]["postgres"]["postgres_url"] == {"env": "ESC_SYNC_DAGSTER_PG_URL"}
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    runs = config["concurrency"]["runs"]
+    assert runs["max_concurrent_runs"] == 12
+    assert runs["tag_concurrency_limits"] == [
+        {"key": INSTITUTION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 3}
+    ]
+    assert config["concurrency"]["pools"]["default_limit"] == 6
+    assert config["run_monitoring"]["enabled"] and config["run_retries"]["enabled"]
+    assert config["run_retries"]["retry_on_asset_or_op_failure"] is False
+    # Dagster itself accepts it (schema and the concurrency rules), and nothing secret is in it
+    dagster_instance_config(str(tmp_path / "dagster"))
+    assert "password" not in written[0].read_text().lower()
+
+
+def test_the_per_university_limit_reads_the_tag_dagster_puts_on_partitioned_runs() -> None:
+    from dagster._core.storage.tags import get_multidimensional_partition_tag
+
+    assert get_multidimensional_partition_tag("institution") == INSTITUTION_TAG
+
+
+def test_urls_come_from_the_environment_and_never_reach_a_log_whole() -> None:
+    env = {"ESC_SYNC_DAGSTER_PG_URL": "postgresql+psycopg://dagster:s3cret@db:5432/dagster"}
+    assert dagster_pg_url(env) == "postgresql+psycopg2://dagster:s3cret@db:5432/dagster"
+    assert redacted(dagster_pg_url(env)) == "postgresql+psycopg2://dagster:***@db:5432/dagster"
+    assert redacted("pyamqp://guest@127.0.0.1:5672//") == "pyamqp://guest@127.0.0.1:5672//"
+    with pytest.raises(ConfigError, match="ESC_SYNC_DAGSTER_PG_URL is not set"):
+        dagster_pg_url({})
+    with pytest.raises(ConfigError, match="not a PostgreSQL URL"):
+        dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": "sqlite:///x.db"})
+
+
+def _cli(tmp_path: Path, *args: str, toml_extra: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "esc-sync.toml").write_text(demo_config_toml() + toml_extra, encoding="utf-8")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ESC_SYNC_", "DAGSTER_"))}
+    base |= {"ESC_SYNC_HOME": str(tmp_path), "ESC_SYNC_CONFIG": str(tmp_path / "esc-sync.toml")} | env
+    return subprocess.run(
+        [sys.executable, "-m", "etl.cli", *args],
+        env=base,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml_extra", "env", "expected", "code"),
+    [
+        ("", {}, "no [deploy] section: add one to deploy", ExitCode.CONFIG),
+        ("\n[deploy]\n", {}, "a deployment keeps its state DB on PostgreSQL", ExitCode.CONFIG),
+        (
+            "\n[deploy]\n",
+            {"ESC_SYNC_DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:9/x"},
+            "ESC_SYNC_DAGSTER_PG_URL is not set",
+            ExitCode.CONFIG,
+        ),
+    ],
+)
+def test_deploy_commands_refuse_an_incomplete_setup_in_one_line(
+    tmp_path: Path, toml_extra: str, env: dict[str, str], expected: str, code: ExitCode
+) -> None:
+    for command in (["deploy", "init"], ["worker"], ["serve"]):
+        done = _cli(tmp_path, *command, toml_extra=toml_extra, **env)
+        assert done.returncode == code, (command, done.stderr)
+        assert done.stderr.count("\n") == 1 and expected in done.stderr, (command, done.stderr)
+
+
+def test_a_worker_without_its_broker_says_so_in_one_line(tmp_path: Path) -> None:
+    done = _cli(
+        tmp_path, "worker", toml_extra="\n[deploy]\n",
+        ESC_SYNC_DATABASE_URL="postgresql+psycopg://u@127.0.0.1:9/x",
+        ESC_SYNC_DAGSTER_PG_URL="postgresql://dagster:s3cret@127.0.0.1:9/dagster",
+        ESC_SYNC_BROKER_URL="pyamqp://esc:hunter2@127.0.0.1:9//",
+    )  # fmt: skip
+    assert done.returncode == ExitCode.SERVICE, done.stderr
+    assert done.stderr.startswith("esc-sync: broker pyamqp://esc:***@127.0.0.1:9// unreachable")
+    assert "hunter2" not in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_instance_loads_on_postgresql(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The written instance connects: run storage on PostgreSQL, the queued coordinator."""
+    monkeypatch.setenv("ESC_SYNC_DAGSTER_PG_URL", dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": pg_url}))
+    write_instance(tmp_path / "dagster", DeploySettings())
+    with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert instance.run_monitoring_enabled and instance.run_retries_enabled
