@@ -23,6 +23,7 @@ TABLES = {
     "api_audit",
     "escn_clock",
     "partition_locks",
+    "router_pace",
 }
 
 

@@ -76,6 +76,7 @@ class RouterClient:
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(
@@ -105,7 +106,8 @@ class RouterClient:
         self.stats = RouterStats()
         self._key = api_key  # only for scrubbing echoes; never formatted anywhere
         self._semaphore = asyncio.Semaphore(concurrency)
-        self._throttle = Throttle(requests_per_second)
+        # ``throttle``: a schedule shared with other processes (SharedThrottle); else this client's own
+        self._throttle = throttle or Throttle(requests_per_second)
         self._closed = False
         self._reached = False  # some answer came back: the Router is reachable from here
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)

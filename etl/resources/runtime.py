@@ -14,6 +14,7 @@ from etl.config import Settings
 from etl.errors import ExitCode, UniversityError
 from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
+from etl.resources.throttle import SharedThrottle
 from etl.store.db import make_engine
 
 # httpx logs every request URL at INFO, and Router URLs carry ESIs (personal identifiers).
@@ -53,9 +54,12 @@ class Runtime:
             pic=ateneo.pic,
             api_key_env=ateneo.router_api_key_env,
             concurrency=r.concurrency,
-            requests_per_second=r.requests_per_second,
             timeout_s=r.timeout_s,
             max_retries=r.max_retries,
+            # the Router limits each organisation key: one schedule for all of the university's workers
+            throttle=SharedThrottle(self.engine, institution, r.requests_per_second)
+            if r.requests_per_second
+            else None,
         )
 
     def dispose(self) -> None:

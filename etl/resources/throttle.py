@@ -14,6 +14,10 @@ import math
 import time
 from collections.abc import Callable
 
+from sqlalchemy import Engine
+
+from etl.store.pace import hold_sends, reserve_send_time
+
 
 class Throttle:
     def __init__(
@@ -66,3 +70,28 @@ class Throttle:
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._refilled_at) * self.rate)
         self._refilled_at = now
+
+
+class SharedThrottle(Throttle):
+    """The university's rate limit held in the state DB (etl.store.pace): every process and machine
+    sending for the same key draws send times from one schedule. A Retry-After pauses them all."""
+
+    def __init__(self, engine: Engine, institution: str, requests_per_second: float) -> None:
+        super().__init__(requests_per_second)
+        self._engine = engine
+        self.institution = institution
+
+    async def wait(self) -> None:
+        await self._paused()
+        assert self.rate is not None
+        # The reservation is a short DB transaction: off the event loop, which keeps other calls going.
+        at = await asyncio.to_thread(
+            reserve_send_time, self._engine, self.institution, 1 / self.rate, time.time()
+        )
+        if (delay := at - time.time()) > 0:
+            await asyncio.sleep(delay)
+
+    def pause(self, seconds: float) -> None:
+        super().pause(seconds)
+        if seconds > 0:
+            hold_sends(self._engine, self.institution, time.time() + seconds)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -219,6 +220,16 @@ class PartitionLock(Base):
     pid: Mapped[int] = mapped_column(Integer)
     host: Mapped[str] = mapped_column(String(255))
     acquired_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class RouterPace(Base):
+    """When a university's next Router request may leave (epoch seconds), shared by every process and
+    machine sending for its key (etl.store.pace): its rate limit holds however many workers run."""
+
+    __tablename__ = "router_pace"
+
+    institution: Mapped[str] = mapped_column(String(32), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Float)
 
 
 class BadgeWriteBack(Base):
