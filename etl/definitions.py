@@ -8,6 +8,7 @@ import os
 
 from dagster import (
     AssetSelection,
+    AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     Definitions,
     ExecutorDefinition,
@@ -72,10 +73,17 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
             return SkipReason("no Esse3 changes beyond the watermarks")
         return SensorResult(run_requests=requests)
 
+    follow_cards = AutomationConditionSensorDefinition(
+        "exports_follow_cards",
+        target=AssetSelection.all(),  # acts on the assets with a condition (etl.assets.automation)
+        minimum_interval_seconds=deploy.sensor_interval_s if deploy else 60,
+        default_status=DefaultSensorStatus.RUNNING if deploy else DefaultSensorStatus.STOPPED,
+    )
+
     return Definitions(
         assets=assets,
         jobs=[job],
-        sensors=[esse3_changes],
+        sensors=[esse3_changes, follow_cards],
         resources={"esc": runtime or Runtime(settings)},
         executor=executor_for(deploy),
     )

@@ -14,6 +14,7 @@ from dagster import (
 )
 from sqlalchemy import Engine
 
+from etl.assets.automation import FOLLOWS_CARDS
 from etl.assets.claims import claim_partition
 from etl.config import Ateneo
 from etl.domain.badges import unwritten
@@ -52,6 +53,7 @@ def build_badge_write_back_asset(partitions: MultiPartitionsDefinition) -> Asset
     @asset(
         name="esse3_badge_write_back",
         partitions_def=partitions,
+        automation_condition=FOLLOWS_CARDS,
         deps=["esc_cards", "qr_images"],
         group_name="esse3_write_back",
         kinds={"sql"},

@@ -41,6 +41,7 @@ from dagster import (
 from sqlalchemy import Engine
 from sqlalchemy.engine import Row
 
+from etl.assets.automation import FOLLOWS_CARDS
 from etl.domain.export_policy import ExportPolicy
 from etl.exports import ExportFiles, ExportRow, InvalidRowError, validate_row, write_export
 from etl.partitions import Partition
@@ -357,6 +358,7 @@ def build_export_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
     @asset(
         name="export_files",
         partitions_def=partitions,
+        automation_condition=FOLLOWS_CARDS,
         deps=["qr_images"],
         group_name="exports",
         kinds={"parquet"},

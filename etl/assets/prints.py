@@ -17,6 +17,7 @@ from dagster import (
 )
 from sqlalchemy import Engine
 
+from etl.assets.automation import FOLLOWS_CARDS
 from etl.config import Settings
 from etl.domain.prints import printable, sheet_digest
 from etl.files import write_atomically
@@ -70,6 +71,7 @@ def build_prints_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
     @asset(
         name="badge_sheets",
         partitions_def=partitions,
+        automation_condition=FOLLOWS_CARDS,
         deps=["qr_images"],
         group_name="exports",
         kinds={"pdf"},

@@ -25,6 +25,7 @@ from dagster import (
 )
 from sqlalchemy import Engine
 
+from etl.assets.automation import FOLLOWS_CARDS
 from etl.errors import ConfigError
 from etl.partitions import Partition
 from etl.render.qr import (
@@ -131,6 +132,7 @@ def build_qr_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="qr_images",
         partitions_def=partitions,
+        automation_condition=FOLLOWS_CARDS,
         deps=["esc_cards"],
         group_name="exports",
         kinds={"python", "sql"},
