@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--years", type=_years, help="academic year or range, e.g. 2019-2021")
 
     sub.add_parser("sync", help="run the partitions whose Esse3 data changed (what the sensor does)")
+    rc = sub.add_parser("reconcile", help="compare the Router with the state DB; --repair what has a rule")
+    rc.add_argument("--institution", action="append", default=[], help="university code (repeatable)")
+    rc.add_argument("--repair", action="store_true", help="requeue / record the drift, run its partitions")
     sub.add_parser("status", help="per partition: careers, finalised, quarantined")
 
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev -w workspace.yaml)")
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return emulator_main(argv[1:])
     args = build_parser().parse_args(argv)
     # Commands that run partitions stop on SIGTERM as on Ctrl-C; servers (api, ui) keep their own.
-    stops = _stop_signals() if args.command in ("materialize", "sync", "demo") else nullcontext(_never)
+    running = ("materialize", "sync", "reconcile", "demo")
+    stops = _stop_signals() if args.command in running else nullcontext(_never)
     with stops as terminated:
         try:
             return _run(args)
@@ -255,6 +259,17 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
         return 0
     if args.command == "sync":
         todo = [c.partition for c in pending_partitions(settings, runtime)]
+    elif args.command == "reconcile":
+        from etl.reconcile import reconcile
+        from etl.report import drift_lines
+
+        for code in args.institution:
+            settings.ateneo(code)
+        results = reconcile(runtime, args.institution or settings.codes, repair=args.repair)
+        drift_code = drift_lines(results, repaired=args.repair)
+        todo = [p for r in results for p in r.to_run]
+        if not todo:
+            return drift_code
     else:
         todo = [Partition.parse(k) for k in args.partition]
         if args.institution or args.years:
@@ -277,7 +292,8 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
         wait_timeout_s=settings.run_wait_timeout_s,
         lock_engine=runtime.engine,
     )
-    return failures(backfill)
+    code = failures(backfill)
+    return code if args.command != "reconcile" or code else drift_code
 
 
 if __name__ == "__main__":

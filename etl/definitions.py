@@ -9,11 +9,13 @@ import os
 from dagster import (
     AssetSelection,
     AutomationConditionSensorDefinition,
+    DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
     ExecutorDefinition,
     ResourceParam,
     RunRequest,
+    ScheduleDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -30,12 +32,14 @@ from etl.assets.esi import build_esi_asset
 from etl.assets.exports import build_export_asset
 from etl.assets.prints import build_prints_asset
 from etl.assets.qr import build_qr_asset
+from etl.assets.reconcile_check import build_reconcile_check
 from etl.changes import pending_partitions
 from etl.config import DeploySettings, Settings, load_settings
 from etl.partitions import partitions_def
 from etl.resources.runtime import Runtime
 
 JOB_NAME = "esc_sync"
+RECONCILE_JOB = "router_reconciliation"
 
 
 def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Definitions:
@@ -50,7 +54,12 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         build_export_asset(partitions),
         build_prints_asset(partitions),
     ]
-    job = define_asset_job(JOB_NAME, selection=AssetSelection.all(), partitions_def=partitions)
+    check = build_reconcile_check()
+    # The partitions' job leaves the Router walk out: it has its own job, daily in a deployment.
+    job = define_asset_job(
+        JOB_NAME, selection=AssetSelection.all() - AssetSelection.checks(check), partitions_def=partitions
+    )
+    reconcile_job = define_asset_job(RECONCILE_JOB, selection=AssetSelection.checks(check))
     deploy = settings.deploy
 
     @sensor(
@@ -80,9 +89,18 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         default_status=DefaultSensorStatus.RUNNING if deploy else DefaultSensorStatus.STOPPED,
     )
 
+    nightly = ScheduleDefinition(
+        name="nightly_reconciliation",
+        job=reconcile_job,
+        cron_schedule="30 2 * * *",  # after the night's backfills, before the offices open
+        default_status=DefaultScheduleStatus.RUNNING if deploy else DefaultScheduleStatus.STOPPED,
+    )
+
     return Definitions(
         assets=assets,
-        jobs=[job],
+        asset_checks=[check],
+        jobs=[job, reconcile_job],
+        schedules=[nightly],
         sensors=[esse3_changes, follow_cards],
         resources={"esc": runtime or Runtime(settings)},
         executor=executor_for(deploy),

@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     FILES = 6  # disk full, permission denied
     BUSY = 7  # another run holds the partition, or a run waited too long for one
     SERVICE = 8  # a deployment's service: broker unreachable, webserver or daemon down
+    DRIFT = 9  # reconcile found the Router and the state DB apart (not repaired, or no rule to)
     INTERRUPTED = 130  # SIGINT (Ctrl-C)
     TERMINATED = 143  # SIGTERM
 

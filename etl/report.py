@@ -8,6 +8,7 @@ from etl.config import Settings
 from etl.errors import ExitCode, UniversityError
 from etl.orchestrate import Backfill, PartitionFailure, PartitionRun
 from etl.partitions import all_partitions
+from etl.reconcile import UniversityDrift
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
 from etl.store import router_state
@@ -115,3 +116,37 @@ def failures(backfill: Backfill) -> ExitCode:
         print(f"esc-sync: {f.message} ({f.partition.key}{more})", file=sys.stderr)
     kinds = {f.exit_code for f in backfill.failures}
     return ExitCode.OK if not kinds else kinds.pop() if len(kinds) == 1 else ExitCode.MIXED
+
+
+# What each kind of drift is, and what --repair does about it (None: reported, no rule to repair).
+DRIFT_KINDS = {
+    "missing_persons": ("person(s) registered here, absent at the Router", "registered again"),
+    "missing_cards": ("card(s) registered here, absent at the Router", "registered again"),
+    "stale_cards": ("card(s) with another status or expiry at the Router", "updated"),
+    "unknown_cards": ("card(s) at the Router unknown here", None),
+    "mismatched_cards": ("card(s) with another person or type at the Router", None),
+    "persons_without_cards": ("person(s) at the Router without a card, unknown here", None),
+}
+
+
+def drift_lines(results: list[UniversityDrift], repaired: bool) -> ExitCode:
+    """One line per university: in step, or each kind of drift with what was done about it."""
+    code = ExitCode.OK
+    for r in results:
+        if r.drift is None:
+            print(f"esc-sync: reconcile {r.institution}: {r.error}", file=sys.stderr)
+            code = ExitCode.ROUTER if code in (ExitCode.OK, ExitCode.ROUTER) else ExitCode.MIXED
+            continue
+        counts = {k: n for k, n in r.drift.counts().items() if n}
+        if not counts:
+            say(f"{r.institution}: the Router and the state DB agree")
+            continue
+        parts = []
+        for kind, n in counts.items():
+            what, repair = DRIFT_KINDS[kind]
+            done = "reported" if repair is None else (repair if repaired else "run with --repair")
+            parts.append(f"{n} {what} ({done})")
+        say(f"{r.institution}: " + "; ".join(parts))
+        if r.drift.reported_only or not repaired:
+            code = ExitCode.DRIFT if code in (ExitCode.OK, ExitCode.DRIFT) else ExitCode.MIXED
+    return code

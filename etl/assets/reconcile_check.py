@@ -1,0 +1,42 @@
+"""The ``router_matches_local`` asset check: the Router walked for every university and compared with
+the state DB (etl.reconcile), reporting drift in counts (nothing personal). It repairs nothing: the
+repairs are `esc-sync reconcile --repair`'s, run by an operator who has read the report."""
+
+# No `from __future__ import annotations`: Dagster reads the ResourceParam annotation at runtime.
+from dagster import (
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    MetadataValue,
+    ResourceParam,
+    asset_check,
+)
+
+from etl.reconcile import reconcile
+from etl.resources.runtime import Runtime
+
+CHECK_NAME = "router_matches_local"
+
+
+def build_reconcile_check() -> AssetChecksDefinition:
+    @asset_check(
+        asset="esc_cards",
+        name=CHECK_NAME,
+        blocking=False,
+        description="Every university's persons and cards at the Router are the ones the state DB "
+        "registered, with the status and expiry it confirmed (etl.domain.reconcile).",
+    )
+    def router_matches_local(esc: ResourceParam[Runtime]) -> AssetCheckResult:
+        results = reconcile(esc, esc.settings.codes, repair=False)
+        metadata: dict[str, MetadataValue] = {}
+        for r in results:
+            if r.drift is None:
+                metadata[f"{r.institution}/error"] = MetadataValue.text(r.error or "")
+                continue
+            for kind, n in r.drift.counts().items():
+                metadata[f"{r.institution}/{kind}"] = MetadataValue.int(n)
+        drifted = [r.institution for r in results if r.drift is None or any(r.drift.counts().values())]
+        metadata["universities_with_drift"] = MetadataValue.text(", ".join(drifted) or "none")
+        return AssetCheckResult(passed=not drifted, severity=AssetCheckSeverity.WARN, metadata=metadata)
+
+    return router_matches_local
