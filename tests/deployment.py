@@ -1,0 +1,126 @@
+"""A production deployment on this machine, for the end-to-end test and the benchmarks (issue 13):
+fresh PostgreSQL databases, the configuration, and the processes (`esc-sync serve`, workers, API),
+each in its own session so that a kill takes its children too. Not part of the package."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from etl.demo.config import demo_config_toml, key_env
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def fresh_database(base_url: str, prefix: str, driver: str | None = None) -> Iterator[str]:
+    """A new empty database on ``base_url``'s server, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = make_url(base_url).set(database=name)
+        yield (url.set(drivername=driver) if driver else url).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def deploy_toml(router_url: str, first: int, last: int, atenei: str | None = None, **deploy: object) -> str:
+    """The demo configuration (or ``atenei``' [[atenei]] tables) for ``first``-``last``, with [deploy]."""
+    toml = demo_config_toml(router_url)
+    head, _, demo_atenei = toml.partition("[[atenei]]")
+    head = re.sub(r"first = \d+\nlast = \d+\n", f"first = {first}\nlast = {last}\n", head, count=1)
+    values = {"executor": "celery", "sensor_interval_s": 5} | deploy
+    lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in values.items())
+    return f"{head}{atenei or '[[atenei]]' + demo_atenei}\n[deploy]\n{lines}"
+
+
+def deployment_env(
+    home: Path, state_url: str, dagster_pg: str, broker: str, keys: Mapping[str, str]
+) -> dict[str, str]:
+    """What every process of the deployment reads; ``keys``: university code → its Router key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ESC_SYNC_", "DAGSTER_"))}
+    return (
+        env
+        | {
+            "ESC_SYNC_HOME": str(home),
+            "ESC_SYNC_CONFIG": str(home / "esc-sync.toml"),
+            "ESC_SYNC_DATABASE_URL": state_url,
+            "ESC_SYNC_DAGSTER_PG_URL": dagster_pg,
+            "ESC_SYNC_BROKER_URL": broker,
+            "ESC_SYNC_CELERY_QUEUE": f"esc-sync-{uuid.uuid4().hex[:8]}",  # no other deployment's steps
+            "PYTHONPATH": str(REPO),
+        }
+        | {key_env(code): key for code, key in keys.items()}
+    )
+
+
+def esc_sync(env: Mapping[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "etl.cli", *args], env=dict(env), cwd=REPO, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+class Processes:
+    """Long-running esc-sync commands with their output in ``logs/<name>.log``."""
+
+    def __init__(self, env: Mapping[str, str], logs: Path) -> None:
+        self.env, self.logs = dict(env), logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with open(self.logs / f"{name}.log", "wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "etl.cli", *args], env=self.env, cwd=REPO, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM if name == "serve" else signal.SIGKILL)
+
+    def serve(self, port: int, timeout_s: float = 180) -> None:
+        self.start("serve", "serve", "--port", str(port))
+        wait_until(lambda: "serving: UI" in self.log("serve"), timeout_s, "serve to be healthy")
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(poll_s)
