@@ -4,11 +4,12 @@ the watermarks in our state DB (authoritative). Shared by the sensor and `esc-sy
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from etl.config import Settings
 from etl.domain.source_values import future_cutoff
+from etl.errors import EscSyncError
 from etl.partitions import Partition
 from etl.resources.esse3 import CAREER_TABLES, ChangeMarker
 from etl.resources.runtime import Runtime
@@ -48,15 +49,22 @@ def changed_partitions(
     return [PartitionChange(Partition(y, institution), newest[y]) for y in sorted(newest)]
 
 
-def pending_partitions(settings: Settings, runtime: Runtime) -> list[PartitionChange]:
-    """Every partition of every university with Esse3 changes beyond our watermarks."""
+def pending_partitions(
+    settings: Settings, runtime: Runtime, on_error: Callable[[EscSyncError], None] | None = None
+) -> list[PartitionChange]:
+    """Every partition of every university with Esse3 changes beyond our watermarks. ``on_error``: a
+    university whose Esse3 cannot be read is reported to it and the others go on (else it raises)."""
     with runtime.engine.connect() as conn:
         marks = all_watermarks(conn)
     cutoff = future_cutoff(dt.datetime.now(), settings.esse3_future_skew)
-    return [
-        change
-        for code in settings.codes
-        for change in changed_partitions(
-            code, runtime.esse3(code).change_markers(cutoff), marks, settings.academic_years, WATCHED_TABLES
-        )
-    ]
+    changes = []
+    for code in settings.codes:
+        try:
+            markers = runtime.esse3(code).change_markers(cutoff)
+        except EscSyncError as e:
+            if on_error is None:
+                raise
+            on_error(e)
+            continue
+        changes += changed_partitions(code, markers, marks, settings.academic_years, WATCHED_TABLES)
+    return changes

@@ -74,9 +74,11 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
     ) -> SensorResult | SkipReason:
         """Thin by design (60 s tick deadline): one aggregate query per university, then run
         requests for the partitions whose Esse3 data is newer than our watermark."""
+        # one university's Esse3 down (its one-line reason logged) leaves the others' changes going
+        changes = pending_partitions(settings, esc, on_error=lambda e: context.log.warning(str(e)))
         requests = [
             RunRequest(run_key=change.run_key, partition_key=change.partition.dagster_key())
-            for change in pending_partitions(settings, esc)
+            for change in changes
         ]
         if not requests:
             return SkipReason("no Esse3 changes beyond the watermarks")

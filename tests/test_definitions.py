@@ -99,6 +99,20 @@ def _requested(defs: Definitions, runtime: Runtime, instance: DagsterInstance) -
     return {r.partition_key for r in result.run_requests}
 
 
+def test_one_universitys_esse3_down_leaves_the_others_changes_going(runtime: Runtime) -> None:
+    unipa = replace(runtime.settings.ateneo("unipa"), esse3_url="sqlite:////nonexistent/esse3-unipa.sqlite")
+    settings = replace(runtime.settings, atenei=(runtime.settings.ateneo("unife"), unipa))
+    broken = Runtime(settings)
+    try:
+        with DagsterInstance.ephemeral() as instance:
+            assert _requested(build_definitions(settings, broken), broken, instance) == {
+                "2024|unife",
+                "2025|unife",
+            }
+    finally:
+        broken.dispose()
+
+
 def test_materialise_partition_then_sensor_sees_only_changes(runtime: Runtime) -> None:
     defs = build_definitions(runtime.settings, runtime)
     with DagsterInstance.ephemeral() as instance:
