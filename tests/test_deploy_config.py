@@ -17,7 +17,7 @@ from dagster._core.instance.config import dagster_instance_config  # validates w
 from etl.config import DeploySettings, parse_settings
 from etl.demo.config import demo_config_toml
 from etl.deploy.env import dagster_pg_url, redacted
-from etl.deploy.instance import INSTITUTION_TAG, write_instance
+from etl.deploy.instance import INSTITUTION_TAG, PARTITION_TAG, write_instance
 from etl.errors import ConfigError, ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,8 @@ def test_the_instance_is_dagsters_own_queue_monitoring_retries_and_pool(tmp_path
     runs = config["concurrency"]["runs"]
     assert runs["max_concurrent_runs"] == 12
     assert runs["tag_concurrency_limits"] == [
-        {"key": INSTITUTION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 3}
+        {"key": INSTITUTION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 3},
+        {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
     ]
     assert config["concurrency"]["pools"]["default_limit"] == 6
     assert config["run_monitoring"]["enabled"] and config["run_retries"]["enabled"]
@@ -65,9 +66,10 @@ def test_the_instance_is_dagsters_own_queue_monitoring_retries_and_pool(tmp_path
 
 
 def test_the_per_university_limit_reads_the_tag_dagster_puts_on_partitioned_runs() -> None:
-    from dagster._core.storage.tags import get_multidimensional_partition_tag
+    from dagster._core.storage.tags import PARTITION_NAME_TAG, get_multidimensional_partition_tag
 
     assert get_multidimensional_partition_tag("institution") == INSTITUTION_TAG
+    assert PARTITION_NAME_TAG == PARTITION_TAG
 
 
 def test_urls_come_from_the_environment_and_never_reach_a_log_whole() -> None:

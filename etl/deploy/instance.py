@@ -14,7 +14,9 @@ from etl.config import DeploySettings
 from etl.deploy.env import DAGSTER_PG_ENV
 from etl.files import write_atomically
 
-# Dagster tags every run of a multi-partitioned job with each dimension's value.
+# Dagster tags every run of a partitioned job with its partition, and of a multi-partitioned one with
+# each dimension's value.
+PARTITION_TAG = "dagster/partition"
 INSTITUTION_TAG = "dagster/partition/institution"
 
 
@@ -54,6 +56,11 @@ concurrency:
         value:
           applyLimitPerUniqueValue: true
         limit: {deploy.runs_per_university}
+      # one partition, one run: a newer change waits in the queue for the run before it
+      - key: {PARTITION_TAG}
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
   pools:
     default_limit: {deploy.router_steps}
 sensors:
