@@ -179,8 +179,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo(mutate_batch=args.mutate, students=args.students)
     from etl.config import load_settings
+    from etl.deploy.env import DAGSTER_PG_ENV, dagster_pg_url
 
     settings = load_settings()
+    if os.environ.get(DAGSTER_PG_ENV):  # a deployment's instance, in this process and its children
+        os.environ[DAGSTER_PG_ENV] = dagster_pg_url()
     if args.command in API_COMMANDS:
         return api_dispatch(args, settings)
     if args.command == "config":

@@ -12,14 +12,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from etl.demo.config import demo_config_toml, key_env
+from etl.demo.config import DEMO_ATENEI, DemoAteneo, demo_config_toml, key_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,14 +46,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def deploy_toml(router_url: str, first: int, last: int, atenei: str | None = None, **deploy: object) -> str:
-    """The demo configuration (or ``atenei``' [[atenei]] tables) for ``first``-``last``, with [deploy]."""
-    toml = demo_config_toml(router_url)
-    head, _, demo_atenei = toml.partition("[[atenei]]")
-    head = re.sub(r"first = \d+\nlast = \d+\n", f"first = {first}\nlast = {last}\n", head, count=1)
+def deploy_toml(
+    router_url: str, first: int, last: int, atenei: Sequence[DemoAteneo] = DEMO_ATENEI, **deploy: object
+) -> str:
+    """The demo configuration of ``atenei`` for academic years ``first``-``last``, with [deploy]."""
+    toml = demo_config_toml(router_url, atenei)
+    toml = re.sub(r"first = \d+\nlast = \d+\n", f"first = {first}\nlast = {last}\n", toml, count=1)
     values = {"executor": "celery", "sensor_interval_s": 5} | deploy
     lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in values.items())
-    return f"{head}{atenei or '[[atenei]]' + demo_atenei}\n[deploy]\n{lines}"
+    return f"{toml}\n[deploy]\n{lines}"
 
 
 def deployment_env(

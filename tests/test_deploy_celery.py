@@ -137,6 +137,12 @@ def test_two_universities_backfilled_by_two_celery_workers_one_killed_mid_run(
             procs.stop_all()
             os.environ.pop("ESC_SYNC_DAGSTER_PG_URL", None)
 
+        # the operator's commands work on the deployment's instance too (PostgreSQL, plain URL given)
+        again = esc_sync(env, "materialize", "--partition", f"{YEARS[1]}|unife")
+        assert again.returncode == 0 and "cards +0" in again.stdout, again.stdout + again.stderr
+        agree = esc_sync(env, "reconcile")
+        assert agree.returncode == 0, agree.stdout + agree.stderr
+
         engine = make_engine(pg_url)
         for a in DEMO_ATENEI:
             assert_router_equals_local(

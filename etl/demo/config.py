@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def key_env(code: str) -> str:
     return f"ESC_SYNC_ROUTER_KEY_{code.upper()}"
 
 
-def demo_config_toml(router_url: str = "http://127.0.0.1:8765/esc-rest") -> str:
+def demo_config_toml(
+    router_url: str = "http://127.0.0.1:8765/esc-rest", atenei: Sequence[DemoAteneo] = DEMO_ATENEI
+) -> str:
     """The demo configuration file; ``{home}`` is expanded when it is loaded."""
     parts = [
         "# esc-sync demo configuration (written by `esc-sync demo`; edit freely).\n",
@@ -53,7 +56,7 @@ def demo_config_toml(router_url: str = "http://127.0.0.1:8765/esc-rest") -> str:
         '[qr]\nbase_url = "https://s.esc-r.eu/"\n',
         "[quarantine]\nwarn_share = 0.05\n",
     ]
-    for a in DEMO_ATENEI:
+    for a in atenei:
         parts.append(
             f"""[[atenei]]
 code = "{a.code}"
