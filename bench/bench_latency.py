@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -215,9 +216,10 @@ def main() -> None:
         for step in (["deploy", "init"], ["materialize", "--years", str(year)]):
             done = esc_sync(env, *step, timeout=900)
             assert done.returncode == 0, done.stdout + done.stderr
-        token = esc_sync(env, "tokens", "create", "--name", "bench", "--scope", "badges:read").stdout.split()[
-            -1
-        ]
+        token_args = ["--name", "bench", "--scope", "badges:read", "--institution", INST]
+        made = esc_sync(env, "tokens", "create", *token_args)
+        assert made.returncode == 0, made.stderr
+        token = made.stdout.strip()
         procs = Processes(env, tmp / "logs")
         api_port = free_port()
         procs.start("api", "api", "--port", str(api_port), "--log-level", "warning")
@@ -247,6 +249,7 @@ def main() -> None:
         finally:
             watcher.stop.set()
             procs.stop_all()
+            shutil.rmtree(tmp, ignore_errors=True)  # demo personal data and logs
     esi = [float(e["esi"]) - float(e["t0"]) for e in watcher.events.values()]
     badge = [float(e["badge"]) - float(e["t0"]) for e in watcher.events.values()]
     print(
