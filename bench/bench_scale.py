@@ -75,6 +75,7 @@ class Outcome:
     ideal: float
     failed_runs: int
     worker_rss_mb: float
+    cpu_seconds: float  # the whole machine's, during the backfill: every process of the deployment
 
 
 class RssSampler(threading.Thread):
@@ -107,7 +108,7 @@ def backfill(
     ):
         toml = deploy_toml(
             emu.url, first, last, atenei, executor="celery", sensor_interval_s=5,
-            max_concurrent_runs=workers + 2, runs_per_university=1, router_steps=workers,
+            max_concurrent_runs=4 * workers + 2, runs_per_university=2, router_steps=2 * workers,
         )  # fmt: skip
         toml = toml.replace("write_back_qr_png = true", "write_back_qr_png = false")
         (home / "esc-sync.toml").write_text(toml, encoding="utf-8")
@@ -119,7 +120,7 @@ def backfill(
             pids = [procs.start(f"worker-{w}", "worker", "--name", f"w{w}").pid for w in range(workers)]
             sampler = RssSampler(pids)
             sampler.start()
-            started = time.monotonic()
+            started, cpu = time.monotonic(), busy_cpu_seconds()
             procs.serve(free_port())
             os.environ["ESC_SYNC_DAGSTER_PG_URL"] = dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": dagster_pg})
             want = len(atenei) * (last - first + 1)
@@ -132,7 +133,7 @@ def backfill(
                     )
 
                 wait_until(finished, args.timeout, "every partition to succeed", poll_s=2)
-                seconds = time.monotonic() - started
+                seconds, cpu = time.monotonic() - started, busy_cpu_seconds() - cpu
                 failed = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
             sampler.stop.set()
         finally:
@@ -140,7 +141,12 @@ def backfill(
         calls = emu.stats()["requests"]
     ideal = calls * args.latency_ms / 1000 / (workers * args.concurrency)
     peak = max(sampler.peak.values()) / 2**20
-    return Outcome(workers, seconds, want, calls, ideal, failed, peak)
+    return Outcome(workers, seconds, want, calls, ideal, failed, peak, cpu)
+
+
+def busy_cpu_seconds() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "nice", 0.0)
 
 
 def main() -> None:
@@ -186,7 +192,9 @@ def main() -> None:
             print(
                 f"  {n} worker(s): {o.seconds:7.1f} s for {o.calls} Router calls; ideal {o.ideal:6.1f} s "
                 f"-> {o.seconds / o.ideal:4.2f}x ideal; speed-up {speedup:4.2f}x; "
-                f"peak worker RSS {o.worker_rss_mb:5.0f} MB; failed runs retried {o.failed_runs}",
+                f"peak worker RSS {o.worker_rss_mb:5.0f} MB; failed runs retried {o.failed_runs}; "
+                f"CPU {o.cpu_seconds / o.partitions:4.1f} s per partition "
+                f"({o.cpu_seconds / o.seconds / (os.cpu_count() or 1):.0%} of the machine)",
                 flush=True,
             )
     finally:

@@ -87,7 +87,8 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
     follow_cards = AutomationConditionSensorDefinition(
         "exports_follow_cards",
         target=AssetSelection.all(),  # acts on the assets with a condition (etl.assets.automation)
-        minimum_interval_seconds=deploy.sensor_interval_s if deploy else 60,
+        # not on the hot path (the job's runs rebuild them), and an evaluation costs a few CPU seconds
+        minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING if deploy else DefaultSensorStatus.STOPPED,
     )
 
