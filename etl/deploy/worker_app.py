@@ -38,7 +38,7 @@ CELERY_CONFIG: dict[str, Any] = {
 
 # The run's coordinator looks for finished steps once a tick, 1 s in dagster-celery: a run of eight
 # chained steps would idle about 4 s waiting for it. A quarter of that is a cheap poll of the broker.
-core_execution_loop.TICK_SECONDS = 0.25
+core_execution_loop.TICK_SECONDS = 0.25  # type: ignore[assignment]  # an int there, read by time.sleep
 
 # Celery logs a task's return value on success; a step's is its list of Dagster events, already in
 # Dagster's storage: one line with the duration is enough.
