@@ -10,10 +10,11 @@ recorded before and after, and the partition's lock is re-entered by the same ru
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from celery.app import trace
-from dagster_celery import core_execution_loop
+from dagster_celery import core_execution_loop, defaults
 from dagster_celery.config import dict_wrapper
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_task
@@ -33,6 +34,14 @@ CELERY_CONFIG: dict[str, Any] = {
     "worker_prefetch_multiplier": 1,  # a worker holds only the step it runs: the others stay free
     "task_default_queue": queue(),  # where the executor sends steps
     "broker_connection_retry_on_startup": True,
+    # A solo worker cannot answer AMQP heartbeats while a step runs, and the broker would drop it (and
+    # hand its step to another worker) mid-step: no heartbeats, TCP keepalive instead, which still
+    # tells the broker within about two minutes that a worker's machine is gone.
+    "broker_heartbeat": 0,
+    "broker_transport_options": {
+        **defaults.broker_transport_options,  # dagster-celery's publish retries
+        "socket_settings": {socket.TCP_KEEPIDLE: 60, socket.TCP_KEEPINTVL: 10, socket.TCP_KEEPCNT: 6},
+    },
     "worker_hijack_root_logger": False,
 }
 
