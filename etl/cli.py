@@ -260,8 +260,14 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
     if args.command == "status":
         summary(settings, runtime)
         return 0
+    unread: list[EscSyncError] = []  # `sync`: universities whose Esse3 could not be read
     if args.command == "sync":
-        todo = [c.partition for c in pending_partitions(settings, runtime)]
+
+        def skip_university(e: EscSyncError) -> None:
+            print(f"esc-sync: {e}", file=sys.stderr)
+            unread.append(e)
+
+        todo = [c.partition for c in pending_partitions(settings, runtime, on_error=skip_university)]
     elif args.command == "reconcile":
         from etl.reconcile import reconcile
         from etl.report import drift_lines
@@ -296,6 +302,9 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
         lock_engine=runtime.engine,
     )
     code = failures(backfill)
+    if unread:  # the other universities ran; the exit code still says one could not be read
+        kinds = {e.exit_code for e in unread} | ({code} if code else set())
+        return kinds.pop() if len(kinds) == 1 else ExitCode.MIXED
     return code if args.command != "reconcile" or code else drift_code
 
 

@@ -135,3 +135,25 @@ def test_postgresql_dropping_every_connection_mid_run_then_a_rerun_converges(
         assert_router_equals_local(emu.url, local_state(engine), emu)
     admin.dispose()
     engine.dispose()
+
+
+def test_sync_goes_on_when_one_universitys_esse3_cannot_be_read(tmp_path: Path) -> None:
+    """unipa's Esse3 has no tables: `sync` says so in one line, runs unife's changes, and exits 4."""
+    home = tmp_path / "home"
+    make_esse3(home, students=100)
+    (home / "esse3-unipa.sqlite").write_bytes(b"")  # an empty database: no Esse3 tables
+    state_url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    engine = make_engine(state_url)
+    upgrade(engine)
+    engine.dispose()
+    with start_emulator({KEY: PIC}) as emu:
+        write_config(home, emu.url)
+        done = subprocess.run(
+            [sys.executable, "-m", "etl.cli", "sync"], env=sync_env(home, state_url), cwd=REPO,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unipa" in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert "running 7 partition(s)" in done.stdout and "|unife" in done.stdout
+    assert "FAILED" not in done.stdout
+    assert done.returncode == ExitCode.DATABASE
