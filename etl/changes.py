@@ -37,16 +37,23 @@ def changed_partitions(
     years: Iterable[int],
     tables: Iterable[str],
 ) -> list[PartitionChange]:
-    """Partitions of ``institution`` where a watched table has rows newer than our watermark."""
+    """Partitions of ``institution`` where a watched table has rows newer than our watermark.
+
+    A change is named by the partition's newest row in *any* watched table, not only in the tables
+    still ahead of their watermarks: a table whose marker counts rows the run has no reason to read
+    (say the badges of a career that is not finalised) stays ahead after the run, and must not give
+    the partition a new run key, and a second run, on the next tick."""
     wanted, watched = set(years), set(tables)
     newest: dict[int, dt.datetime] = {}
+    changed: set[int] = set()
     for m in markers:
         if m.academic_year not in wanted or m.source_table not in watched:
             continue
+        newest[m.academic_year] = max(newest.get(m.academic_year, m.max_data_mod), m.max_data_mod)
         mark = watermarks.get((Partition(m.academic_year, institution).key, m.source_table))
         if mark is None or m.max_data_mod > mark:
-            newest[m.academic_year] = max(newest.get(m.academic_year, m.max_data_mod), m.max_data_mod)
-    return [PartitionChange(Partition(y, institution), newest[y]) for y in sorted(newest)]
+            changed.add(m.academic_year)
+    return [PartitionChange(Partition(y, institution), newest[y]) for y in sorted(changed)]
 
 
 def pending_partitions(
