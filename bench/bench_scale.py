@@ -188,10 +188,10 @@ def main() -> None:
         for n in (int(w) for w in args.workers.split(",")):
             o = backfill(args, atenei, home, n, first, last)
             outcomes.append(o)
-            speedup = outcomes[0].seconds / o.seconds * outcomes[0].workers
+            speedup = outcomes[0].seconds / o.seconds  # against the first worker count measured
             print(
                 f"  {n} worker(s): {o.seconds:7.1f} s for {o.calls} Router calls; ideal {o.ideal:6.1f} s "
-                f"-> {o.seconds / o.ideal:4.2f}x ideal; speed-up {speedup:4.2f}x; "
+                f"-> {o.seconds / o.ideal:4.2f}x ideal; speed-up {speedup:4.2f}x vs {outcomes[0].workers}; "
                 f"peak worker RSS {o.worker_rss_mb:5.0f} MB; failed runs retried {o.failed_runs}; "
                 f"CPU {o.cpu_seconds / o.partitions:4.1f} s per partition "
                 f"({o.cpu_seconds / o.seconds / (os.cpu_count() or 1):.0%} of the machine)",
