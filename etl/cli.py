@@ -108,16 +108,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _run(args)
         except BaseException as e:
-            # SIGINT, or SIGTERM (Dagster turns it into its own interrupt while a run executes)
-            if (
-                not isinstance(e, KeyboardInterrupt)
-                and type(e).__name__ != "DagsterExecutionInterruptedError"
-            ):
+            if not _is_interrupt(e):
                 raise
             if os.environ.get("ESC_SYNC_DEBUG"):
                 raise
             print(INTERRUPTED, file=sys.stderr)
             return ExitCode.TERMINATED if terminated() else ExitCode.INTERRUPTED
+
+
+def _is_interrupt(e: BaseException) -> bool:
+    """SIGINT, or SIGTERM (Dagster turns it into its own interrupt while a run executes), also when
+    it lands while Router calls run concurrently and comes wrapped in their task group's exceptions."""
+    if isinstance(e, BaseExceptionGroup):
+        return any(_is_interrupt(inner) for inner in e.exceptions)
+    return isinstance(e, KeyboardInterrupt) or type(e).__name__ == "DagsterExecutionInterruptedError"
 
 
 @contextmanager

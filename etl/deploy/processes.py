@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+import psutil
 
 from etl.config import DeploySettings, Settings
 from etl.deploy.env import BROKER_ENV, DAGSTER_PG_ENV, broker_url, dagster_pg_url, redacted
@@ -197,6 +198,8 @@ def _wait_healthy(
 
 
 def _stop_all(procs: Mapping[str, subprocess.Popen[bytes]]) -> None:
+    # Dagster starts its code servers in sessions of their own: found before their parents go.
+    descendants = [c for proc in procs.values() for c in _descendants(proc.pid)]
     for proc in procs.values():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -207,6 +210,16 @@ def _stop_all(procs: Mapping[str, subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    _, alive = psutil.wait_procs(descendants, timeout=5)
+    for child in alive:
+        child.kill()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 class _StopFlag:

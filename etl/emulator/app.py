@@ -145,7 +145,7 @@ def api(
             resp = error_response(e, error_type)
         except ConnectionResetError:  # the client went away mid-request (killed): nobody to answer
             state.responses[499] += 1
-            raise
+            return web.Response(status=499)  # never sent; aiohttp drops it quietly
         except Exception as e:
             resp = internal_error(handler.__name__, e)
         if fault is not None:  # the work is done (committed), the answer is lost
