@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import shutil
 import statistics
 import sys
@@ -41,10 +40,10 @@ from etl.demo.config import DEMO_ATENEI
 from etl.demo.esse3_db import open_engine
 from etl.demo.generate import generate
 from etl.demo.schema import P01_ANAPER, P01_BADGE, P01_STU
-from etl.deploy.env import DEFAULT_BROKER
 from etl.emulator import FaultConfig, start_emulator
 from tests.deployment import (
     Processes,
+    add_service_args,
     deploy_toml,
     deployment_env,
     esc_sync,
@@ -54,7 +53,6 @@ from tests.deployment import (
 )
 
 INST = "unife"
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def finalise_new_student(esse3_url: str, year: int, seq: int) -> tuple[int, str, float]:
@@ -185,8 +183,7 @@ def main() -> None:
     ap.add_argument("--sensor-interval", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--executor", default="celery", choices=["celery", "in_process", "multiprocess"])
-    ap.add_argument("--pg-url", default=os.environ.get("ESC_SYNC_TEST_PG_URL", PG_DEFAULT))
-    ap.add_argument("--broker", default=os.environ.get("ESC_SYNC_BROKER_URL", DEFAULT_BROKER))
+    add_service_args(ap)
     args = ap.parse_args()
 
     year = current_academic_year()

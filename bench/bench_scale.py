@@ -37,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from etl.config import current_academic_year
 from etl.demo.config import DemoAteneo
 from etl.demo.generate import generate
-from etl.deploy.env import DEFAULT_BROKER, dagster_pg_url
+from etl.deploy.env import dagster_pg_url
 from etl.emulator import FaultConfig, start_emulator
 from tests.deployment import (
     Processes,
+    add_service_args,
     deploy_toml,
     deployment_env,
     esc_sync,
@@ -49,7 +50,6 @@ from tests.deployment import (
     wait_until,
 )
 
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ACTIVE = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -160,8 +160,7 @@ def main() -> None:
         "--concurrency", type=int, default=16, help="the Router client's calls in flight per step"
     )
     ap.add_argument("--timeout", type=float, default=7200)
-    ap.add_argument("--pg-url", default=os.environ.get("ESC_SYNC_TEST_PG_URL", PG_DEFAULT))
-    ap.add_argument("--broker", default=os.environ.get("ESC_SYNC_BROKER_URL", DEFAULT_BROKER))
+    add_service_args(ap)
     args = ap.parse_args()
 
     last = current_academic_year()

@@ -4,6 +4,7 @@ each in its own session so that a kill takes its children too. Not part of the p
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
@@ -20,8 +21,16 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from etl.demo.config import DEMO_ATENEI, DemoAteneo, demo_config_toml, key_env
+from etl.deploy.env import DEFAULT_BROKER
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def add_service_args(ap: argparse.ArgumentParser) -> None:
+    """The benchmarks' PostgreSQL server (a database is created per deployment) and broker."""
+    pg = os.environ.get("ESC_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    ap.add_argument("--pg-url", default=pg)
+    ap.add_argument("--broker", default=os.environ.get("ESC_SYNC_BROKER_URL", DEFAULT_BROKER))
 
 
 @contextmanager
