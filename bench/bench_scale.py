@@ -76,17 +76,51 @@ class Outcome:
     failed_runs: int
     worker_rss_mb: float
     cpu_seconds: float  # the whole machine's, during the backfill: every process of the deployment
+    cpu_by_component: dict[str, float]
 
 
-class RssSampler(threading.Thread):
-    """Peak resident memory of each worker (the Celery process and its children), sampled each second."""
+# Which part of the deployment a process is, from its command line (first match wins).
+COMPONENTS = [
+    ("run processes", ("multiprocessing.spawn",)),  # the code server spawns each run's process
+    ("emulator", ("etl.emulator",)),
+    ("code servers", ("api grpc",)),
+    ("workers", ("celery", " worker")),
+    ("daemon", ("dagster-daemon", "daemon run")),
+    ("webserver", ("dagster-webserver", "dagster_webserver")),
+    ("serve", (" serve",)),
+    ("PostgreSQL", ("postgres",)),
+    ("RabbitMQ", ("beam.smp", "rabbitmq")),
+]
 
-    def __init__(self, pids: list[int]) -> None:
+
+def component(cmdline: str) -> str:
+    return next((name for name, marks in COMPONENTS if any(m in cmdline for m in marks)), "other")
+
+
+class Sampler(threading.Thread):
+    """Each second: the workers' peak resident memory (Celery process and children) and every
+    process's CPU time, summed by component at the end (a process that ends between two samples
+    loses at most its last second)."""
+
+    def __init__(self, worker_pids: list[int]) -> None:
         super().__init__(daemon=True)
-        self.pids, self.peak, self.stop = pids, dict.fromkeys(pids, 0), threading.Event()
+        self.pids, self.peak, self.stop = worker_pids, dict.fromkeys(worker_pids, 0), threading.Event()
+        self.start_cpu = self.cpu_by_pid()
+        self.last_cpu = dict(self.start_cpu)
+
+    @staticmethod
+    def cpu_by_pid() -> dict[int, tuple[str, float]]:
+        out = {}
+        for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+            times, cmd = proc.info["cpu_times"], " ".join(proc.info["cmdline"] or [])
+            if times is not None:
+                out[proc.pid] = (component(cmd) if proc.pid != os.getpid() else "bench",
+                                 times.user + times.system)  # fmt: skip
+        return out
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
+            self.sample()
             for pid in self.pids:
                 try:
                     proc = psutil.Process(pid)
@@ -94,6 +128,18 @@ class RssSampler(threading.Thread):
                 except psutil.Error:
                     continue
                 self.peak[pid] = max(self.peak[pid], rss)
+
+    def sample(self) -> None:
+        for pid, (name, seconds) in self.cpu_by_pid().items():
+            known = self.last_cpu.get(pid, ("other", 0.0))[0]  # an ended process has no command line
+            self.last_cpu[pid] = (name if known == "other" else known, seconds)
+
+    def cpu_by_component(self) -> dict[str, float]:
+        self.sample()
+        out: dict[str, float] = {}
+        for pid, (name, seconds) in self.last_cpu.items():
+            out[name] = out.get(name, 0.0) + seconds - self.start_cpu.get(pid, (name, 0.0))[1]
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def backfill(
@@ -118,7 +164,7 @@ def backfill(
         procs = Processes(env, home / f"logs-{workers}")
         try:
             pids = [procs.start(f"worker-{w}", "worker", "--name", f"w{w}").pid for w in range(workers)]
-            sampler = RssSampler(pids)
+            sampler = Sampler(pids)
             sampler.start()
             started, cpu = time.monotonic(), busy_cpu_seconds()
             procs.serve(free_port())
@@ -136,12 +182,13 @@ def backfill(
                 seconds, cpu = time.monotonic() - started, busy_cpu_seconds() - cpu
                 failed = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
             sampler.stop.set()
+            by_component = sampler.cpu_by_component()
         finally:
             procs.stop_all()
         calls = emu.stats()["requests"]
     ideal = calls * args.latency_ms / 1000 / (workers * args.concurrency)
     peak = max(sampler.peak.values()) / 2**20
-    return Outcome(workers, seconds, want, calls, ideal, failed, peak, cpu)
+    return Outcome(workers, seconds, want, calls, ideal, failed, peak, cpu, by_component)
 
 
 def busy_cpu_seconds() -> float:
@@ -196,6 +243,8 @@ def main() -> None:
                 f"({o.cpu_seconds / o.seconds / (os.cpu_count() or 1):.0%} of the machine)",
                 flush=True,
             )
+            parts = ", ".join(f"{k} {v / o.partitions:.1f}" for k, v in o.cpu_by_component.items() if v > 0)
+            print(f"    CPU-s per partition by component: {parts}", flush=True)
     finally:
         shutil.rmtree(home.parent, ignore_errors=True)  # demo personal data and logs
 

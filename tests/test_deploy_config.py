@@ -11,13 +11,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRun
 from dagster._core.instance.config import dagster_instance_config  # validates without connecting
+from dagster._core.utils import make_new_run_id
+from sqlalchemy import event
 
 from etl.config import DeploySettings, parse_settings
 from etl.demo.config import demo_config_toml
 from etl.deploy.env import dagster_pg_url, redacted
 from etl.deploy.instance import INSTITUTION_TAG, PARTITION_TAG, write_instance
+from etl.deploy.storage import PooledPostgresEventLogStorage
 from etl.errors import ConfigError, ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +52,9 @@ def test_the_instance_is_dagsters_own_queue_monitoring_retries_and_pool(tmp_path
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in written)
     assert (tmp_path / "dagster").stat().st_mode & 0o777 == 0o700
     config = yaml.safe_load(written[0].read_text())
-    assert config["storage"]["postgres"]["postgres_url"] == {"env": "ESC_SYNC_DAGSTER_PG_URL"}
+    for storage in ("run_storage", "event_log_storage", "schedule_storage"):
+        assert config[storage]["config"]["postgres_url"] == {"env": "ESC_SYNC_DAGSTER_PG_URL"}
+    assert config["compute_logs"]["class"] == "NoOpComputeLogManager"  # no watcher processes per step
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     runs = config["concurrency"]["runs"]
     assert runs["max_concurrent_runs"] == 12
@@ -139,3 +144,21 @@ def test_instance_loads_on_postgresql(tmp_path: Path, pg_url: str, monkeypatch: 
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
+        assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
+
+
+def test_the_event_log_keeps_its_connection_between_events(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dagster-postgres connects anew for every event; the deployment's event log connects once,
+    and the events are all there."""
+    monkeypatch.setenv("ESC_SYNC_DAGSTER_PG_URL", dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": pg_url}))
+    write_instance(tmp_path / "dagster", DeploySettings())
+    with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        connects: list[object] = []
+        event.listen(instance.event_log_storage._engine, "connect", lambda *_: connects.append(1))
+        run = instance.add_run(DagsterRun(job_name="esc_sync", run_id=make_new_run_id()))
+        for i in range(20):
+            instance.report_engine_event(f"step {i}", run)
+        assert len(instance.all_logs(run.run_id)) == 20
+        assert len(connects) == 1

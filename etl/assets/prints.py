@@ -22,7 +22,6 @@ from etl.config import Settings
 from etl.domain.prints import printable, sheet_digest
 from etl.files import write_atomically
 from etl.partitions import Partition
-from etl.render.badge_pdf import render_badge_sheet_pdf
 from etl.render.badge_source import badge_view, qr_images
 from etl.render.logo import load_logo
 from etl.resources.runtime import Runtime
@@ -59,6 +58,8 @@ def write_badge_sheets(
         return target, len(views)
     folder.mkdir(parents=True, exist_ok=True)
     logo = load_logo(settings.logo_path)
+    from etl.render.badge_pdf import render_badge_sheet_pdf  # fpdf2: a tenth of every run's start-up
+
     pdf = render_badge_sheet_pdf(views, logo_png=logo.data if logo.kind == "png" else None)
     write_atomically(target, pdf)
     for old in folder.glob("badges-*.pdf"):  # only the current sheet is kept

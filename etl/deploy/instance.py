@@ -12,12 +12,14 @@ from pathlib import Path
 from etl.assets.router_calls import ROUTER_POOL
 from etl.config import DeploySettings
 from etl.deploy.env import DAGSTER_PG_ENV
+from etl.deploy.storage import PooledPostgresEventLogStorage
 from etl.files import write_atomically
 
 # Dagster tags every run of a partitioned job with its partition, and of a multi-partitioned one with
 # each dimension's value.
 PARTITION_TAG = "dagster/partition"
 INSTITUTION_TAG = "dagster/partition/institution"
+EVENT_LOG = PooledPostgresEventLogStorage
 
 
 def instance_yaml(deploy: DeploySettings) -> str:
@@ -26,10 +28,30 @@ def instance_yaml(deploy: DeploySettings) -> str:
 # from ${DAGSTER_PG_ENV}, the broker's from $ESC_SYNC_BROKER_URL, the Router keys from theirs.
 telemetry:
   enabled: false
-storage:
-  postgres:
+run_storage:
+  module: dagster_postgres.run_storage
+  class: PostgresRunStorage
+  config:
     postgres_url:
       env: {DAGSTER_PG_ENV}
+# dagster-postgres's event log, keeping its connection between events
+event_log_storage:
+  module: {EVENT_LOG.__module__}
+  class: {EVENT_LOG.__name__}
+  config:
+    postgres_url:
+      env: {DAGSTER_PG_ENV}
+schedule_storage:
+  module: dagster_postgres.schedule_storage
+  class: PostgresScheduleStorage
+  config:
+    postgres_url:
+      env: {DAGSTER_PG_ENV}
+# A step's stdout and stderr stay in its worker's log: capturing them into files costs every step
+# two `tail` and two Python watcher processes.
+compute_logs:
+  module: dagster.core.storage.noop_compute_log_manager
+  class: NoOpComputeLogManager
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator

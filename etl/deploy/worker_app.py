@@ -9,15 +9,18 @@ recorded before and after, and the partition's lock is re-entered by the same ru
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from typing import Any
 
 from celery.app import trace
-from dagster_celery import core_execution_loop, defaults
+from dagster import DagsterInstance
+from dagster._core.instance.ref import InstanceRef
+from dagster._serdes import deserialize_value, serialize_value
+from dagster_celery import core_execution_loop, defaults, tasks
 from dagster_celery.config import dict_wrapper
 from dagster_celery.make_app import make_app
-from dagster_celery.tasks import create_task
 
 from etl.deploy.env import broker_url
 
@@ -63,5 +66,21 @@ def executor_config() -> dict[str, Any]:
     }
 
 
+class _KeptInstance:
+    """dagster-celery's step task builds a new Dagster instance for every step (three storages, each
+    checking its tables on PostgreSQL): a worker keeps the one its steps name."""
+
+    @staticmethod
+    def from_ref(ref: InstanceRef) -> DagsterInstance:
+        return _instance(serialize_value(ref))
+
+
+@functools.cache
+def _instance(ref: str) -> DagsterInstance:
+    return DagsterInstance.from_ref(deserialize_value(ref, InstanceRef))
+
+
+tasks.DagsterInstance = _KeptInstance  # type: ignore[misc,assignment]  # the name the step task calls from_ref on
+
 app = make_app({"broker": broker_url(), "backend": "rpc://", "config_source": dict_wrapper(CELERY_CONFIG)})
-execute_plan = create_task(app)
+execute_plan = tasks.create_task(app)
