@@ -8,7 +8,10 @@ every partition new and the daemon's queue runs them all. Reported:
 - total time, against the ideal = Router calls × latency ÷ (N workers × the client's concurrency):
   the time the Router's latency alone would take at that parallelism (the baseline of the ratio);
 - the speed-up against 1 worker;
-- the workers' peak memory (RSS, largest worker).
+- the workers' peak memory (RSS, largest worker);
+- the CPU the whole machine spent, per partition and by component (run processes, workers, daemon,
+  PostgreSQL, the emulator...), and the CPU floor: that CPU spread over every core at once, the
+  least time this machine can take for it however the work is spread.
 
     .venv/bin/python bench/bench_scale.py [--universities 20] [--years 7] [--students 5000] [--workers 1,2,4]
 
@@ -240,7 +243,8 @@ def main() -> None:
                 f"-> {o.seconds / o.ideal:4.2f}x ideal; speed-up {speedup:4.2f}x vs {outcomes[0].workers}; "
                 f"peak worker RSS {o.worker_rss_mb:5.0f} MB; failed runs retried {o.failed_runs}; "
                 f"CPU {o.cpu_seconds / o.partitions:4.1f} s per partition "
-                f"({o.cpu_seconds / o.seconds / (os.cpu_count() or 1):.0%} of the machine)",
+                f"({o.cpu_seconds / o.seconds / (os.cpu_count() or 1):.0%} of the machine; "
+                f"CPU floor {o.cpu_seconds / (os.cpu_count() or 1):.1f} s = that CPU on every core at once)",
                 flush=True,
             )
             parts = ", ".join(f"{k} {v / o.partitions:.1f}" for k, v in o.cpu_by_component.items() if v > 0)
