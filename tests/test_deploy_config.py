@@ -162,3 +162,20 @@ def test_the_event_log_keeps_its_connection_between_events(
             instance.report_engine_event(f"step {i}", run)
         assert len(instance.all_logs(run.run_id)) == 20
         assert len(connects) == 1
+
+
+def test_a_worker_keeps_one_dagster_instance_for_all_its_steps(tmp_path: Path) -> None:
+    """dagster-celery's step task asks for an instance every step: the worker's app hands back the
+    same one for the same instance, another for another."""
+    from dagster._core.instance.ref import InstanceRef
+    from dagster_celery import tasks
+
+    import etl.deploy.worker_app  # noqa: F401  # installs the kept instance
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = InstanceRef.from_dir(str(tmp_path / "a")), InstanceRef.from_dir(str(tmp_path / "b"))
+    instance = tasks.DagsterInstance.from_ref(first)
+    assert isinstance(instance, DagsterInstance)
+    assert tasks.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path / "a"))) is instance
+    assert tasks.DagsterInstance.from_ref(second) is not instance

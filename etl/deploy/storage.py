@@ -3,9 +3,10 @@
 dagster-postgres opens a new connection for every statement (``NullPool``), so that many short-lived
 instances never pile up idle connections. But a run's process and a Celery worker write dozens of
 events a step: connecting took about a fifth of a worker's CPU, and PostgreSQL started a backend
-each time. This storage keeps one connection per process, opens more only while several threads
-write at once, and checks a kept connection before use (a restarted server costs one retry, not a
-failed step). Run and schedule storage stay as Dagster has them: they are read far less often.
+each time. This storage keeps one connection per process, opens more (never waiting, as before)
+only while several threads write at once, and checks the kept one before use (after a server
+restart it reconnects instead of failing a step). Run and schedule storage stay as Dagster has
+them: they are used far less often.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from dagster._serdes import ConfigurableClassData
 from dagster_postgres import PostgresEventLogStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
-KEPT_CONNECTIONS = 1  # per process; threads beyond it get their own for the moment they write
-EXTRA_CONNECTIONS = 8
+KEPT_CONNECTIONS = 1  # per process; a thread finding it busy opens its own for the moment it writes
 RECYCLE_S = 600  # below the idle timeouts of the usual PostgreSQL poolers and firewalls
 
 
@@ -34,7 +34,7 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         self._engine.dispose()
         self._engine = create_pg_engine(
             postgres_url, token_provider, isolation_level="AUTOCOMMIT", pool_size=KEPT_CONNECTIONS,
-            max_overflow=EXTRA_CONNECTIONS, pool_recycle=RECYCLE_S, pool_pre_ping=True,
+            max_overflow=-1, pool_recycle=RECYCLE_S, pool_pre_ping=True,
         )  # fmt: skip
 
     @classmethod
