@@ -185,6 +185,7 @@ def backfill(
                 seconds, cpu = time.monotonic() - started, busy_cpu_seconds() - cpu
                 failed = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
             sampler.stop.set()
+            sampler.join()
             by_component = sampler.cpu_by_component()
         finally:
             procs.stop_all()
