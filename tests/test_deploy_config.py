@@ -14,7 +14,7 @@ import yaml
 from dagster import DagsterInstance, DagsterRun
 from dagster._core.instance.config import dagster_instance_config  # validates without connecting
 from dagster._core.utils import make_new_run_id
-from sqlalchemy import event
+from sqlalchemy import create_engine, event, text
 
 from etl.config import DeploySettings, parse_settings
 from etl.demo.config import demo_config_toml
@@ -151,7 +151,7 @@ def test_the_event_log_keeps_its_connection_between_events(
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """dagster-postgres connects anew for every event; the deployment's event log connects once,
-    and the events are all there."""
+    the events are all there, and a connection the server dropped is replaced, not an error."""
     monkeypatch.setenv("ESC_SYNC_DAGSTER_PG_URL", dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": pg_url}))
     write_instance(tmp_path / "dagster", DeploySettings())
     with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
@@ -162,6 +162,19 @@ def test_the_event_log_keeps_its_connection_between_events(
             instance.report_engine_event(f"step {i}", run)
         assert len(instance.all_logs(run.run_id)) == 20
         assert len(connects) == 1
+        admin = create_engine(pg_url)
+        with admin.begin() as conn:  # as a server restart or an idle timeout would
+            dropped = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        admin.dispose()
+        assert dropped >= 1
+        instance.report_engine_event("after the drop", run)
+        assert len(instance.all_logs(run.run_id)) == 21
+        assert len(connects) == 2
 
 
 def test_a_worker_keeps_one_dagster_instance_for_all_its_steps(tmp_path: Path) -> None:
