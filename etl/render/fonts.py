@@ -2,8 +2,9 @@
 
 Names that fit Latin-1 print in the PDF core fonts (nothing to embed). Any other name prints in Noto,
 shipped as Python packages the setup installs (never downloaded at run time): Noto Sans (Latin,
-Greek, Cyrillic, Vietnamese, Devanagari), Noto Sans Arabic (Arabic, Persian, Urdu) and Noto Sans CJK
-(Chinese, Japanese, Korean: one collection, the face chosen by the name's script). A character none
+Greek, Cyrillic, Vietnamese, Devanagari), Noto Sans Arabic (Arabic, Persian, Urdu), Noto Sans Tamil,
+Noto Sans Thai and Noto Sans CJK (Chinese, Japanese, Korean: one collection, the face chosen by the
+name's script). A character none
 of them has is transliterated if it decomposes to one they have, else printed as "?".
 """
 
@@ -33,6 +34,8 @@ SANS = Face("esc-sans", _package_file("fontpkg_noto_sans", "files", "NotoSans[wd
 ARABIC = Face(
     "esc-arabic", _package_file("fontpkg_noto_sans_arabic", "files", "NotoSansArabic[wdth,wght].ttf")
 )
+TAMIL = Face("esc-tamil", _package_file("fontpkg_noto_sans_tamil", "files", "NotoSansTamil[wdth,wght].ttf"))
+THAI = Face("esc-thai", _package_file("fontpkg_noto_sans_thai", "files", "NotoSansThai[wdth,wght].ttf"))
 _CJK = _package_file("noto_cjk_sans_otc", "NotoSansCJK-Regular.ttc")
 # Noto's collection order: JP, KR, SC, TC, HK. Han characters look different in each region's face, so
 # one name is set in one face: Korean if it has Hangul, Japanese if it has kana, else Chinese (SC).
@@ -70,7 +73,7 @@ def cjk_face(text: str) -> Face:
 
 def chain(text: str) -> tuple[Face, ...]:
     """The faces that print ``text``, in order of preference."""
-    return (SANS, ARABIC, cjk_face(text))
+    return (SANS, ARABIC, TAMIL, THAI, cjk_face(text))
 
 
 def faces_for(text: str) -> tuple[Face, ...]:
