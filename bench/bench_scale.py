@@ -77,6 +77,7 @@ class Outcome:
     calls: int
     ideal: float
     failed_runs: int
+    runs: int  # every run launched: one per partition unless something ran twice
     worker_rss_mb: float
     cpu_seconds: float  # the whole machine's, during the backfill: every process of the deployment
     cpu_by_component: dict[str, float]
@@ -184,6 +185,7 @@ def backfill(
                 wait_until(finished, args.timeout, "every partition to succeed", poll_s=2)
                 seconds, cpu = time.monotonic() - started, busy_cpu_seconds() - cpu
                 failed = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+                runs = instance.get_runs_count()
             sampler.stop.set()
             sampler.join()
             by_component = sampler.cpu_by_component()
@@ -192,7 +194,7 @@ def backfill(
         calls = emu.stats()["requests"]
     ideal = calls * args.latency_ms / 1000 / (workers * args.concurrency)
     peak = max(sampler.peak.values()) / 2**20
-    return Outcome(workers, seconds, want, calls, ideal, failed, peak, cpu, by_component)
+    return Outcome(workers, seconds, want, calls, ideal, failed, runs, peak, cpu, by_component)
 
 
 def busy_cpu_seconds() -> float:
@@ -242,7 +244,7 @@ def main() -> None:
             print(
                 f"  {n} worker(s): {o.seconds:7.1f} s for {o.calls} Router calls; ideal {o.ideal:6.1f} s "
                 f"-> {o.seconds / o.ideal:4.2f}x ideal; speed-up {speedup:4.2f}x vs {outcomes[0].workers}; "
-                f"peak worker RSS {o.worker_rss_mb:5.0f} MB; failed runs retried {o.failed_runs}; "
+                f"peak worker RSS {o.worker_rss_mb:5.0f} MB; {o.runs} runs ({o.failed_runs} failed); "
                 f"CPU {o.cpu_seconds / o.partitions:4.1f} s per partition "
                 f"({o.cpu_seconds / o.seconds / (os.cpu_count() or 1):.0%} of the machine; "
                 f"CPU floor {o.cpu_seconds / (os.cpu_count() or 1):.1f} s = that CPU on every core at once)",
