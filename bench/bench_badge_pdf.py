@@ -4,8 +4,8 @@
 
 Renders one ID-1 badge PDF per name (the REST service's badge.pdf) and one A4 sheet of ``--sheet``
 badges (the print asset) for Latin-1 names (core Helvetica: the baseline, measured in the same run),
-Greek/Cyrillic (Noto Sans), Arabic, Tamil and Thai (their Noto faces, shaped) and CJK (Noto Sans
-CJK). Prints the
+Greek/Cyrillic (Noto Sans), Arabic, Hebrew, Tamil and Thai (their faces, shaped) and CJK (Noto
+Sans CJK). Prints the
 median time per document and its ratio to the baseline, and the PDF sizes.
 """
 
@@ -30,6 +30,7 @@ SCRIPTS = {
     "latin-1 (core font, baseline)": "Niccolò D'Àgostino",
     "greek + cyrillic (Noto Sans)": "Ζωή Παπαδοπούλου Пушкина",
     "arabic (Noto Sans Arabic)": "محمد عبد الرحمن الأحمد",
+    "hebrew (Heebo)": "שָׂרָה כֹּהֵן לֵוִי",
     "tamil (Noto Sans Tamil)": "தமிழ்செல்வி சுப்பிரமணியம்",
     "thai (Noto Sans Thai)": "สมชาย ใจดี",
     "cjk (Noto Sans CJK SC)": "王小明",

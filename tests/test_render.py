@@ -506,20 +506,26 @@ def test_pdf_shapes_arabic_names_right_to_left(qr) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "font"), [("தமிழ்செல்வி சுப்பிரமணியம்", "NotoSansTamil"), ("สมชาย ใจดี", "NotoSansThai")]
+    ("name", "font"),
+    [("தமிழ்செல்வி சுப்பிரமணியம்", "NotoSansTamil"), ("สมชาย ใจดี", "NotoSansThai"), ("שָׂרָה כֹּהֵן", "Heebo")],
 )
-def test_pdf_shapes_tamil_and_thai_names_in_their_own_font(qr, name: str, font: str) -> None:
+def test_pdf_shapes_tamil_thai_and_hebrew_names_in_their_own_font(qr, name: str, font: str) -> None:
     # HarfBuzz shapes them (vowel signs reordered and stacked), so compare characters, not the string
     text, fonts = _pdf_text_and_fonts(render_badge_pdf(view(full_name=name), qr.png))
     assert {f for f in fonts if f.startswith("Noto")} <= {"NotoSans", font} and font in fonts, fonts
     assert set(name) - {" "} <= set(text) and "?" not in text
 
 
+def test_pdf_sets_hebrew_right_to_left(qr) -> None:
+    text, _ = _pdf_text_and_fonts(render_badge_pdf(view(full_name="שרה כהן"), qr.png))
+    assert "כהן שרה" in text.splitlines()  # read back left to right: the first name is on the right
+
+
 def test_pdf_keeps_latin1_names_in_core_fonts_and_marks_glyphs_no_font_has(qr) -> None:
     text, fonts = _pdf_text_and_fonts(render_badge_pdf(view(full_name="Niccolò D’Àgostino"), qr.png))
     assert "Niccolò D'Àgostino" in text and not any("Noto" in f for f in fonts)  # nothing to embed
-    text, _ = _pdf_text_and_fonts(render_badge_pdf(view(full_name="Ana שלום \U0001f600\x07Żak"), qr.png))
-    assert "Ana ???? ? Żak" in text.splitlines()  # Hebrew and emoji: no font has them
+    text, _ = _pdf_text_and_fonts(render_badge_pdf(view(full_name="Ana ქართ \U0001f600\x07Żak"), qr.png))
+    assert "Ana ???? ? Żak" in text.splitlines()  # Georgian and emoji: no font has them
 
 
 def test_long_values_shrink_or_cut_instead_of_overflowing(qr) -> None:
@@ -574,7 +580,7 @@ def test_font_chain_picks_one_cjk_face_per_name_and_marks_what_no_face_has() -> 
     assert fonts.chain("x")[0] == fonts.SANS
     faces = fonts.chain("王")
     assert fonts.printable("王\x07Ζ\u2028x", faces) == "王 Ζ x"
-    assert fonts.printable("\U0001f600 שלום", faces) == "? ????"
-    assert fonts.printable("தமிழ் ไทย", faces) == "தமிழ் ไทย"
+    assert fonts.printable("\U0001f600 ქართ", faces) == "? ????"
+    assert fonts.printable("தமிழ் ไทย שָׁלוֹם", faces) == "தமிழ் ไทย שָׁלוֹם"
     persian = "می\u200cخواهم"  # the ZWNJ is part of the spelling: kept
     assert fonts.printable(persian + "\u202e\u2066x", fonts.chain(persian)) == persian + "x"  # bidi: dropped

@@ -328,7 +328,7 @@ def _unicode_font(pdf: FPDF, text: str) -> tuple[str, Callable[[float], None]]:
     for face in faces:
         if face.family not in pdf.fonts:
             pdf.add_font(face.family, "", face.path, collection_font_number=face.index)
-    pdf.set_text_shaping(True)  # core fonts ignore it; Arabic and Devanagari need it
+    pdf.set_text_shaping(True)  # core fonts ignore it; Arabic, Hebrew, Indic and Thai need it
     pdf.set_fallback_fonts([face.family for face in faces[1:]])
     return text, functools.partial(pdf.set_font, faces[0].family, "")
 

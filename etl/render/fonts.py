@@ -2,9 +2,9 @@
 
 Names that fit Latin-1 print in the PDF core fonts (nothing to embed). Any other name prints in Noto,
 shipped as Python packages the setup installs (never downloaded at run time): Noto Sans (Latin,
-Greek, Cyrillic, Vietnamese, Devanagari), Noto Sans Arabic (Arabic, Persian, Urdu), Noto Sans Tamil,
-Noto Sans Thai and Noto Sans CJK (Chinese, Japanese, Korean: one collection, the face chosen by the
-name's script). A character none
+Greek, Cyrillic, Vietnamese, Devanagari), Noto Sans Arabic (Arabic, Persian, Urdu), Heebo (Hebrew,
+with its points; a sans drawn to sit beside Noto's), Noto Sans Tamil, Noto Sans Thai and Noto Sans
+CJK (Chinese, Japanese, Korean: one collection, the face chosen by the name's script). A character none
 of them has is transliterated if it decomposes to one they have, else printed as "?".
 """
 
@@ -34,6 +34,7 @@ SANS = Face("esc-sans", _package_file("fontpkg_noto_sans", "files", "NotoSans[wd
 ARABIC = Face(
     "esc-arabic", _package_file("fontpkg_noto_sans_arabic", "files", "NotoSansArabic[wdth,wght].ttf")
 )
+HEBREW = Face("esc-hebrew", _package_file("fontpkg_heebo", "files", "Heebo[wght].ttf"))  # no Noto packaged
 TAMIL = Face("esc-tamil", _package_file("fontpkg_noto_sans_tamil", "files", "NotoSansTamil[wdth,wght].ttf"))
 THAI = Face("esc-thai", _package_file("fontpkg_noto_sans_thai", "files", "NotoSansThai[wdth,wght].ttf"))
 _CJK = _package_file("noto_cjk_sans_otc", "NotoSansCJK-Regular.ttc")
@@ -73,7 +74,7 @@ def cjk_face(text: str) -> Face:
 
 def chain(text: str) -> tuple[Face, ...]:
     """The faces that print ``text``, in order of preference."""
-    return (SANS, ARABIC, TAMIL, THAI, cjk_face(text))
+    return (SANS, ARABIC, HEBREW, TAMIL, THAI, cjk_face(text))
 
 
 def faces_for(text: str) -> tuple[Face, ...]:
