@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, event, text
 
 from etl.config import DeploySettings, parse_settings
 from etl.demo.config import demo_config_toml
-from etl.deploy.env import dagster_pg_url, redacted
+from etl.deploy.env import broker_url, dagster_pg_url, redacted
 from etl.deploy.instance import INSTITUTION_TAG, PARTITION_TAG, write_instance
 from etl.deploy.storage import PooledPostgresEventLogStorage
 from etl.errors import ConfigError, ExitCode
@@ -86,6 +86,11 @@ def test_urls_come_from_the_environment_and_never_reach_a_log_whole() -> None:
         dagster_pg_url({})
     with pytest.raises(ConfigError, match="not a PostgreSQL URL"):
         dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": "sqlite:///x.db"})
+    assert broker_url({}) == "pyamqp://guest@127.0.0.1:5672//"
+    assert broker_url({"ESC_SYNC_BROKER_URL": "amqps://esc:pw@mq:5671//"}) == "amqps://esc:pw@mq:5671//"
+    with pytest.raises(ConfigError, match="redis broker, use RabbitMQ") as refused:
+        broker_url({"ESC_SYNC_BROKER_URL": "redis://:hunter2@127.0.0.1:6379/0"})
+    assert "hunter2" not in str(refused.value)
 
 
 def _cli(tmp_path: Path, *args: str, toml_extra: str = "", **env: str) -> subprocess.CompletedProcess[str]:
@@ -111,6 +116,16 @@ def _cli(tmp_path: Path, *args: str, toml_extra: str = "", **env: str) -> subpro
             "\n[deploy]\n",
             {"ESC_SYNC_DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:9/x"},
             "ESC_SYNC_DAGSTER_PG_URL is not set",
+            ExitCode.CONFIG,
+        ),
+        (
+            "\n[deploy]\n",
+            {
+                "ESC_SYNC_DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:9/x",
+                "ESC_SYNC_DAGSTER_PG_URL": "postgresql://u@127.0.0.1:9/dagster",
+                "ESC_SYNC_BROKER_URL": "redis://:hunter2@127.0.0.1:6379/0",
+            },
+            "ESC_SYNC_BROKER_URL: redis broker, use RabbitMQ",
             ExitCode.CONFIG,
         ),
     ],

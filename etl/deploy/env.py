@@ -26,7 +26,17 @@ def dagster_pg_url(environ: dict[str, str] | os._Environ[str] = os.environ) -> s
 
 
 def broker_url(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
-    return environ.get(BROKER_ENV) or DEFAULT_BROKER
+    """The AMQP broker. Not Redis: Celery on Redis hands a killed worker's unacknowledged step to
+    another worker only after its visibility timeout (an hour by default), and a step running longer
+    than that timeout is handed out twice while it still runs; RabbitMQ does both right."""
+    url = environ.get(BROKER_ENV) or DEFAULT_BROKER
+    scheme = url.partition("://")[0]
+    if scheme not in ("amqp", "amqps", "pyamqp"):
+        raise ConfigError(
+            f"${BROKER_ENV}: {scheme or 'no'} broker, use RabbitMQ (amqp://user:password@host:5672//): "
+            "on Redis a killed worker's step waits for the visibility timeout before it is redone"
+        )
+    return url
 
 
 def redacted(url: str) -> str:
