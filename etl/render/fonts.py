@@ -1,11 +1,11 @@
 """Unicode fonts for printed badges: which font prints which character, and what prints as "?".
 
-Names that fit Latin-1 print in the PDF core fonts (nothing to embed). Any other name prints in Noto,
-shipped as Python packages the setup installs (never downloaded at run time): Noto Sans (Latin,
-Greek, Cyrillic, Vietnamese, Devanagari), Noto Sans Arabic (Arabic, Persian, Urdu), Heebo (Hebrew,
-with its points; a sans drawn to sit beside Noto's), Noto Sans Tamil, Noto Sans Thai and Noto Sans
-CJK (Chinese, Japanese, Korean: one collection, the face chosen by the name's script). A character none
-of them has is transliterated if it decomposes to one they have, else printed as "?".
+Names that fit Latin-1 print in the PDF core fonts (nothing to embed). Any other name prints in open
+fonts (OFL) shipped as Python packages the setup installs (never downloaded at run time): Noto Sans
+(Latin, Greek, Cyrillic, Vietnamese, Devanagari), Noto Sans Arabic (Arabic, Persian, Urdu), Heebo
+(Hebrew with its points: no Noto Sans Hebrew is packaged), Noto Sans Tamil, Noto Sans Thai and Noto
+Sans CJK (Chinese, Japanese, Korean: one collection, the face chosen by the name's script). A
+character none of them has is transliterated if it decomposes to one they have, else printed as "?".
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ SANS = Face("esc-sans", _package_file("fontpkg_noto_sans", "files", "NotoSans[wd
 ARABIC = Face(
     "esc-arabic", _package_file("fontpkg_noto_sans_arabic", "files", "NotoSansArabic[wdth,wght].ttf")
 )
-HEBREW = Face("esc-hebrew", _package_file("fontpkg_heebo", "files", "Heebo[wght].ttf"))  # no Noto packaged
+HEBREW = Face("esc-hebrew", _package_file("fontpkg_heebo", "files", "Heebo[wght].ttf"))
 TAMIL = Face("esc-tamil", _package_file("fontpkg_noto_sans_tamil", "files", "NotoSansTamil[wdth,wght].ttf"))
 THAI = Face("esc-thai", _package_file("fontpkg_noto_sans_thai", "files", "NotoSansThai[wdth,wght].ttf"))
 _CJK = _package_file("noto_cjk_sans_otc", "NotoSansCJK-Regular.ttc")
