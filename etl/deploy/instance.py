@@ -19,7 +19,6 @@ from etl.files import write_atomically
 # each dimension's value.
 PARTITION_TAG = "dagster/partition"
 INSTITUTION_TAG = "dagster/partition/institution"
-EVENT_LOG = PooledPostgresEventLogStorage
 
 
 def instance_yaml(deploy: DeploySettings) -> str:
@@ -36,8 +35,8 @@ run_storage:
       env: {DAGSTER_PG_ENV}
 # dagster-postgres's event log, keeping its connection between events
 event_log_storage:
-  module: {EVENT_LOG.__module__}
-  class: {EVENT_LOG.__name__}
+  module: {PooledPostgresEventLogStorage.__module__}
+  class: {PooledPostgresEventLogStorage.__name__}
   config:
     postgres_url:
       env: {DAGSTER_PG_ENV}
