@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("reconcile", help="compare the Router with the state DB; --repair what has a rule")
     rc.add_argument("--institution", action="append", default=[], help="university code (repeatable)")
     rc.add_argument("--repair", action="store_true", help="requeue / record the drift, run its partitions")
+    rc.add_argument(
+        "--confirm-vanished",
+        action="store_true",
+        help="with --repair: apply the mass deletions the guard held (after a person has looked)",
+    )
     sub.add_parser("status", help="per partition: careers, finalised, quarantined")
 
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev -w workspace.yaml)")
@@ -255,9 +260,9 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
     if migrate.current_revision(runtime.engine) != migrate.head_revision():
         raise EscSyncError("state DB is not migrated to the latest revision: run `esc-sync db upgrade`")
 
-    from etl.changes import pending_partitions
+    from etl.changes import local_work, pending_partitions
     from etl.definitions import build_definitions
-    from etl.orchestrate import ensure_instance, run_partitions
+    from etl.orchestrate import Backfill, ensure_instance, run_partitions
     from etl.partitions import Partition
     from etl.report import failures, progress, say, summary
 
@@ -275,12 +280,29 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
     elif args.command == "reconcile":
         from etl.reconcile import reconcile
         from etl.report import drift_lines
+        from etl.store import source_state
+        from etl.sweep import sweep
 
-        for code in args.institution:
+        if args.confirm_vanished and not args.repair:
+            raise EscSyncError("reconcile: --confirm-vanished applies held deletions: give --repair too")
+        codes = args.institution or settings.codes
+        for code in codes:
             settings.ateneo(code)
-        results = reconcile(runtime, args.institution or settings.codes, repair=args.repair)
-        drift_code = drift_lines(results, repaired=args.repair)
+        sweeps = sweep(runtime, codes, record=args.repair)
+        with runtime.engine.begin() as conn:
+            held = [
+                h
+                for code in codes
+                for h in (source_state.confirm_holds if args.confirm_vanished else source_state.holds)(
+                    conn, code
+                )
+            ]
+        results = reconcile(runtime, codes, repair=args.repair)
+        drift_code = drift_lines(results, args.repair, sweeps, held)
         todo = [p for r in results for p in r.to_run]
+        if args.repair:
+            todo += [Partition(y, s.institution) for s in sweeps for y in s.years]
+            todo += [Partition.parse(h.partition_key) for h in held if h.confirmed]
         if not todo:
             return drift_code
     else:
@@ -295,16 +317,31 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
         settings.ateneo(p.institution)
         if p.academic_year not in settings.academic_years:
             raise EscSyncError(f"academic year {p.academic_year} is outside the configured academic_years")
+    todo = sorted(set(todo))
     print(f"running {len(todo)} partition(s)")
-    backfill = run_partitions(
-        build_definitions(settings, runtime),
-        ensure_instance(settings),
-        sorted(set(todo)),
-        progress=progress,
-        say=say,
-        wait_timeout_s=settings.run_wait_timeout_s,
-        lock_engine=runtime.engine,
-    )
+    defs, instance = build_definitions(settings, runtime), ensure_instance(settings)
+
+    def run(partitions: list[Partition]) -> Backfill:
+        return run_partitions(
+            defs,
+            instance,
+            partitions,
+            progress=progress,
+            say=say,
+            wait_timeout_s=settings.run_wait_timeout_s,
+            lock_engine=runtime.engine,
+        )
+
+    backfill = run(todo)
+    if args.command == "sync":  # a run can leave work for another partition (a card moved year)
+        with runtime.engine.connect() as conn:
+            follow = sorted({c.partition for c in local_work(conn, settings)})
+        if follow:
+            print(f"running {len(follow)} partition(s) the first ones left work for")
+            more = run(follow)
+            backfill = Backfill(
+                backfill.runs + more.runs, backfill.failures + more.failures, backfill.reaped + more.reaped
+            )
     code = failures(backfill)
     if unread:  # the other universities ran; the exit code still says one could not be read
         kinds = {e.exit_code for e in unread} | ({code} if code else set())

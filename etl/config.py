@@ -14,9 +14,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from etl.domain.enrolment import FinalisedRule
+from etl.domain.esse3_time import machine_zone, zone
 from etl.domain.export_policy import EXPORT_KEYS, ExportPolicy
+from etl.domain.source_reads import ReadPolicy
 from etl.domain.source_values import DEFAULT_FUTURE_SKEW
 from etl.errors import ConfigError
 
@@ -94,9 +97,25 @@ class Settings:
     # How far ahead of ours Esse3's clock may believably run: a later DATA_MOD is quarantined and never
     # moves a watermark (run esc-sync in Esse3's time zone, or widen this by the difference).
     esse3_future_skew: dt.timedelta = DEFAULT_FUTURE_SKEW
+    # The zone Esse3 writes DATA_MOD in (an Oracle DATE has none): IANA name, default the machine's.
+    esse3_timezone: str = "UTC"
+    # More than this share of a partition's careers or badges vanishing at once is held for a person.
+    max_vanished_share: float = 0.05
     api_public_url: str | None = None  # where vendors reach the REST service: links are built on it
     run_wait_timeout_s: float = 600.0  # how long a run waits for a Router pool slot held by live runs
     deploy: DeploySettings | None = None  # set: this configuration is a production deployment
+
+    @property
+    def esse3_zone(self) -> ZoneInfo:
+        return zone(self.esse3_timezone)
+
+    @property
+    def read_policy(self) -> ReadPolicy:
+        return ReadPolicy(
+            future_skew=self.esse3_future_skew,
+            zone=self.esse3_zone,
+            max_vanished_share=self.max_vanished_share,
+        )
 
     @property
     def academic_years(self) -> list[int]:
@@ -147,7 +166,7 @@ KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {
     "qr": frozenset(("base_url", "logo_path")),
     "quarantine": frozenset(("warn_share",)),
     "exports": EXPORT_KEYS,
-    "esse3": frozenset(("max_future_skew_minutes",)),
+    "esse3": frozenset(("max_future_skew_minutes", "timezone", "max_vanished_share")),
     "api": frozenset(("public_url",)),
     "runs": frozenset(("wait_timeout_s",)),
     "deploy": frozenset(
@@ -226,6 +245,20 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         raise ConfigError(
             f"esse3: field max_future_skew_minutes: {skew!r} must be a number of minutes 0-1440"
         )
+    esse3 = raw.get("esse3", {})
+    tz = esse3.get("timezone", None)
+    if tz is None:
+        tz = machine_zone()
+    elif not isinstance(tz, str):
+        raise ConfigError(f"esse3: field timezone: {tz!r} is not an IANA time zone name (e.g. Europe/Rome)")
+    else:
+        try:
+            zone(tz)
+        except ValueError as e:
+            raise ConfigError(f"esse3: field timezone: {e}") from None
+    vanished = esse3.get("max_vanished_share", Settings.max_vanished_share)
+    if isinstance(vanished, bool) or not isinstance(vanished, int | float) or not 0 <= vanished <= 1:
+        raise ConfigError(f"esse3: field max_vanished_share: {vanished!r} must be a share from 0 to 1")
     wait = raw.get("runs", {}).get("wait_timeout_s", Settings.run_wait_timeout_s)
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 24 * 3600:
         raise ConfigError(f"runs: field wait_timeout_s: {wait!r} must be a number of seconds 0-86400")
@@ -242,6 +275,8 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         logo_path=Path(logo.replace("{home}", str(home))) if logo else None,
         exports=ExportPolicy.from_mapping(raw.get("exports", {})),
         esse3_future_skew=dt.timedelta(minutes=skew),
+        esse3_timezone=tz,
+        max_vanished_share=float(vanished),
         api_public_url=public,
         run_wait_timeout_s=float(wait),
         deploy=_parse_deploy(raw["deploy"]) if "deploy" in raw else None,

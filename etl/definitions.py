@@ -32,7 +32,7 @@ from etl.assets.esi import build_esi_asset
 from etl.assets.exports import build_export_asset
 from etl.assets.prints import build_prints_asset
 from etl.assets.qr import build_qr_asset
-from etl.assets.reconcile_check import build_reconcile_check
+from etl.assets.reconcile_check import build_reconcile_check, build_sweep_check
 from etl.changes import pending_partitions
 from etl.config import DeploySettings, Settings, load_settings
 from etl.partitions import partitions_def
@@ -54,12 +54,13 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         build_export_asset(partitions),
         build_prints_asset(partitions),
     ]
-    check = build_reconcile_check()
-    # The partitions' job leaves the Router walk out: it has its own job, daily in a deployment.
+    checks = [build_sweep_check(), build_reconcile_check()]
+    # The partitions' job leaves the source sweep and the Router walk out: they have their own job,
+    # nightly in a deployment (the sweep first: what it finds is the next runs' work).
     job = define_asset_job(
-        JOB_NAME, selection=AssetSelection.all() - AssetSelection.checks(check), partitions_def=partitions
+        JOB_NAME, selection=AssetSelection.all() - AssetSelection.checks(*checks), partitions_def=partitions
     )
-    reconcile_job = define_asset_job(RECONCILE_JOB, selection=AssetSelection.checks(check))
+    reconcile_job = define_asset_job(RECONCILE_JOB, selection=AssetSelection.checks(*checks))
     deploy = settings.deploy
 
     @sensor(
@@ -101,7 +102,7 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
 
     return Definitions(
         assets=assets,
-        asset_checks=[check],
+        asset_checks=checks,
         jobs=[job, reconcile_job],
         schedules=[nightly],
         sensors=[esse3_changes, follow_cards],

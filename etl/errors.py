@@ -40,3 +40,11 @@ class UniversityError(EscSyncError):
 
 class ConfigError(EscSyncError):
     """An invalid configuration value; the message names the university and the field."""
+
+
+class VanishHeld(EscSyncError):
+    """More of a partition's rows vanished from Esse3 at once than ``[esse3] max_vanished_share``: nothing
+    was deactivated, and nothing will be until a person confirms it (`esc-sync reconcile --repair
+    --confirm-vanished`). Retrying does not help."""
+
+    exit_code = ExitCode.DRIFT

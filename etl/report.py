@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from etl.config import Settings
 from etl.errors import ExitCode, UniversityError
@@ -12,6 +13,8 @@ from etl.reconcile import UniversityDrift
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
 from etl.store import router_state
+from etl.store.source_state import Hold
+from etl.sweep import UniversitySweep
 
 
 def say(msg: str = "") -> None:
@@ -40,6 +43,13 @@ def progress(i: int, n: int, run: PartitionRun | PartitionFailure) -> None:
     x = run.metadata.get("export_files", {})
     if q or x:
         router += f" | QR +{q.get('rendered', 0)} | export {x.get('kind', 'none')}"
+    b = run.metadata.get("badges", {})
+    if vanished := c.get("vanished", 0) + b.get("vanished", 0):
+        router += f" | vanished {vanished} (cards deactivated)"
+    if moved := c.get("moved_in", 0) + b.get("moved_in", 0):
+        router += f" | moved in {moved}"
+    if retired := k.get("retired", 0):
+        router += f" | retired {retired} (changed person)"
     if (b := run.metadata.get("esse3_badge_write_back", {})).get("enabled"):
         router += f" | onto badges {b.get('written', 0)}"
     say(
@@ -129,24 +139,64 @@ DRIFT_KINDS = {
 }
 
 
-def drift_lines(results: list[UniversityDrift], repaired: bool) -> ExitCode:
-    """One line per university: in step, or each kind of drift with what was done about it."""
+# What the source sweep finds (etl.sweep), and what --repair does about it.
+SOURCE_KINDS = {
+    "missing": ("in Esse3, missing here", "read"),
+    "changed": ("changed in Esse3 under an old DATA_MOD", "read again"),
+    "vanished": ("deleted from Esse3", "cards deactivated"),
+    "moved": ("moved to another academic year", "moved with their cards"),
+}
+_NOUNS = {"P01_STU": "career(s)", "P01_BADGE": "badge(s)"}
+
+
+def drift_lines(
+    results: list[UniversityDrift],
+    repaired: bool,
+    sweeps: Sequence[UniversitySweep] = (),
+    held: Sequence[Hold] = (),
+) -> ExitCode:
+    """One line per university: in step, or each kind of drift (Esse3 against the state DB, held mass
+    deletions, the Router against the state DB) with what was done about it."""
     code = ExitCode.OK
+
+    def worse(kind: ExitCode) -> None:
+        nonlocal code
+        code = kind if code in (ExitCode.OK, kind) else ExitCode.MIXED
+
+    swept = {s.institution: s for s in sweeps}
     for r in results:
-        if r.drift is None:
-            print(f"esc-sync: reconcile {r.institution}: {r.error}", file=sys.stderr)
-            code = ExitCode.ROUTER if code in (ExitCode.OK, ExitCode.ROUTER) else ExitCode.MIXED
-            continue
-        counts = {k: n for k, n in r.drift.counts().items() if n}
-        if not counts:
-            say(f"{r.institution}: the Router and the state DB agree")
+        source = swept.get(r.institution)
+        if r.drift is None or (source and source.error):
+            error = r.error if r.drift is None else source.error if source else None
+            print(f"esc-sync: reconcile {r.institution}: {error}", file=sys.stderr)
+            worse(ExitCode.ROUTER if r.drift is None else ExitCode.DATABASE)
             continue
         parts = []
-        for kind, n in counts.items():
-            what, repair = DRIFT_KINDS[kind]
-            done = "reported" if repair is None else (repair if repaired else "run with --repair")
-            parts.append(f"{n} {what} ({done})")
-        say(f"{r.institution}: " + "; ".join(parts))
-        if r.drift.reported_only or not repaired:
-            code = ExitCode.DRIFT if code in (ExitCode.OK, ExitCode.DRIFT) else ExitCode.MIXED
+        if source is not None:
+            for table, noun in _NOUNS.items():
+                for kind, n in source.count(table).items():
+                    if n:
+                        what, fix = SOURCE_KINDS[kind]
+                        parts.append(f"{n} {noun} {what} ({fix if repaired else 'run with --repair'})")
+            if source.total and not repaired:
+                worse(ExitCode.DRIFT)
+        for h in (h for h in held if h.partition_key.endswith(f"|{r.institution}")):
+            confirmation = (
+                "confirmed: applied by this run"
+                if h.confirmed
+                else "confirm with --repair --confirm-vanished"
+            )
+            noun = _NOUNS[h.source_table]
+            parts.append(f"{h.vanished} {noun} of {h.partition_key} held by the guard ({confirmation})")
+            if not h.confirmed:
+                worse(ExitCode.DRIFT)
+        for kind, n in r.drift.counts().items():
+            if n:
+                what, repair = DRIFT_KINDS[kind]
+                done = "reported" if repair is None else (repair if repaired else "run with --repair")
+                parts.append(f"{n} {what} ({done})")
+        if r.drift.reported_only or (r.drift.repairable and not repaired):
+            worse(ExitCode.DRIFT)
+        agree = "Esse3, the state DB and the Router agree" if sweeps else "the Router and the state DB agree"
+        say(f"{r.institution}: " + ("; ".join(parts) if parts else agree))
     return code

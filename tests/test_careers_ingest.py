@@ -213,7 +213,11 @@ def test_a_career_inserted_by_another_run_meanwhile_is_merged(state_engine, esse
     fresh = record._replace(stu_id=10**8, matricola="X-NEW")
     changed = record._replace(first_name="Altro")
     with state_engine.begin() as conn:
-        store.upsert_careers(conn, "unife", [(changed, "h" * 32, NOW), (fresh, "n" * 32, NOW)], new=True)
+        careers = [
+            store.ReadCareer(changed, "h" * 32, NOW, "d" * 32),
+            store.ReadCareer(fresh, "n" * 32, NOW, "e" * 32),
+        ]
+        store.upsert_careers(conn, "unife", careers, new=True)
     with state_engine.connect() as conn:
         ids = [record.stu_id, fresh.stu_id]
         names = dict(
@@ -244,3 +248,38 @@ def test_a_source_query_missing_a_column_stops_with_one_line() -> None:
     Row = namedtuple("Row", [c for c in columns if c != "CONSENSO_ESC"])
     with pytest.raises(EscSyncError, match=r"^Esse3 careers query returns no CONSENSO_ESC \(sql/esse3/\)$"):
         prepare_batch([Row(*([None] * len(Row._fields)))], rules, TODAY)
+
+
+def test_the_first_summer_hour_is_never_mistaken_for_the_future(state_engine, tmp_path) -> None:
+    """2026-03-29, Europe/Rome: at 02:00 CET the clocks go to 03:00 CEST. A row Esse3 stamps 03:05 a
+    minute after the change is read, and moves the watermark, when `[esse3] timezone` names Esse3's zone;
+    a clock an hour behind (the machine on UTC+1, or on UTC) would take it for a row from the future
+    and hold the watermark back, for good at each change of time."""
+    from zoneinfo import ZoneInfo
+
+    from etl.domain.esse3_time import esse3_now
+    from etl.domain.source_reads import ReadPolicy
+
+    written = dt.datetime(2026, 3, 29, 3, 5)
+    url = f"sqlite:///{tmp_path / 'esse3-spring.sqlite'}"
+    generate(url, seed=9, students=60, first_year=2025, last_year=2025, now=written)
+    source = Esse3Source("unife", url)
+    with source.engine.begin() as conn:  # every career touched at 03:05 CEST
+        conn.execute(update(P01_STU).values(DATA_MOD=written))
+    ateneo = demo_settings(tmp_path, "sqlite://").ateneo("unife")
+    instant = dt.datetime(2026, 3, 29, 1, 6, tzinfo=dt.UTC)  # 03:06 CEST
+    p = Partition(2025, "unife")
+
+    utc = ReadPolicy(zone=ZoneInfo("UTC"))
+    wrong = ingest_careers(
+        state_engine, source, ateneo, p, today=TODAY, policy=utc, now=esse3_now(utc.zone, instant)
+    )
+    assert wrong.inserted == 0 and "DATA_MOD in the future (P01_STU)" in wrong.reasons
+    rome = ReadPolicy(zone=ZoneInfo("Europe/Rome"))
+    right = ingest_careers(
+        state_engine, source, ateneo, p, today=TODAY, policy=rome, now=esse3_now(rome.zone, instant)
+    )
+    assert right.inserted > 0 and "DATA_MOD in the future (P01_STU)" not in right.reasons
+    with state_engine.connect() as conn:
+        assert store.get_watermarks(conn, p.key)["P01_STU"] == written
+    source.dispose()

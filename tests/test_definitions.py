@@ -85,7 +85,13 @@ def test_definitions_load_and_graph_is_as_expected(runtime: Runtime) -> None:
         "badge_sheets": {"qr_images"},
     }
     checks = {k.name for k in graph.asset_check_keys}
-    assert checks == {"no_duplicate_careers", "quarantine_share", "qr_complete", "router_matches_local"}
+    assert checks == {
+        "no_duplicate_careers",
+        "quarantine_share",
+        "qr_complete",
+        "esse3_matches_local",
+        "router_matches_local",
+    }
     keys = defs.resolve_job_def(JOB_NAME).partitions_def.get_partition_keys()
     assert sorted(keys) == ["2024|unife", "2024|unipa", "2025|unife", "2025|unipa"]
 

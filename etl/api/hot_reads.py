@@ -12,7 +12,8 @@ of the engine's pool for good and run hand-written SQL on them:
   since a network round trip may wait.
 
 Only cards the Router confirmed (``state='registered'``) are shown, as the exports do: a pending
-card's number does not verify yet. A DBAPI error invalidates the connection (a new one is made next
+card's number does not verify yet. A retired card (its career changed person) is not shown: its
+career now names someone else. A DBAPI error invalidates the connection (a new one is made next
 time) and surfaces as SQLAlchemy's OperationalError, which the API answers with a 503.
 
 Student lookups go careers (institution, matricola) -> badges (institution, stu_id) -> cards
@@ -42,7 +43,7 @@ _STUDENT_CARDS = (
     "JOIN cards c ON c.institution = b.institution AND c.bdg_id = b.bdg_id "
 )
 _STUDENT = (
-    "WHERE k.institution = ? AND b.institution = ? AND c.state = 'registered' "
+    "WHERE k.institution = ? AND b.institution = ? AND c.state = 'registered' AND c.retired_at IS NULL "
     "AND b.stu_id IN (SELECT stu_id FROM careers WHERE institution = ? AND matricola = ?) "
 )
 # The student's current card: an ACTIVE one if any, else the latest issued.
@@ -55,12 +56,12 @@ _QR_COLUMNS = "c.escn, c.institution, q.payload, q.png, q.svg"
 CARD_BY_ESCN = (
     f"SELECT {_BADGE_COLUMNS} FROM cards c "
     "JOIN careers k ON k.institution = c.institution AND k.stu_id = c.stu_id "
-    "WHERE c.escn = ? AND c.state = 'registered'"
+    "WHERE c.escn = ? AND c.state = 'registered' AND c.retired_at IS NULL"
 )
 CARD_BY_MATRICOLA = f"SELECT {_BADGE_COLUMNS} {_STUDENT_CARDS}{_STUDENT}{_CURRENT_FIRST}"
 QR_BY_ESCN = (
     f"SELECT {_QR_COLUMNS} FROM cards c LEFT JOIN qr_images q ON q.escn = c.escn "
-    "WHERE c.escn = ? AND c.state = 'registered'"
+    "WHERE c.escn = ? AND c.state = 'registered' AND c.retired_at IS NULL"
 )
 QR_BY_MATRICOLA = (
     f"SELECT {_QR_COLUMNS} {_STUDENT_CARDS}"

@@ -23,9 +23,11 @@ from etl.assets.router_calls import ROUTER_POOL, CallReport, run_chunks, run_wit
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
 from etl.domain.escn import EscnMinter
+from etl.domain.esi import same_esi
 from etl.domain.lifecycle import (
     ACTIVE,
     CARD_TYPE_OF_BADGE,
+    INACTIVE,
     Action,
     BadgeFacts,
     CardTarget,
@@ -44,7 +46,7 @@ from etl.resources.runtime import Runtime
 from etl.store import careers as common
 from etl.store import router_state as store
 from etl.store.models import utcnow
-from etl.store.router_state import CardCandidate
+from etl.store.router_state import CardCandidate, RetiredCard
 
 STAGE = "cards"
 CHUNK = 1000
@@ -82,12 +84,36 @@ class CardPlan(NamedTuple):
     badge_expired: int  # badges of active careers whose validity ended: never extended, reported
 
 
-def plan_cards(rows: Sequence[CardCandidate], ateneo: Ateneo, minter: EscnMinter, today: dt.date) -> CardPlan:
-    """Pure decision per badge."""
+def cards_to_retire(rows: Sequence[CardCandidate]) -> list[str]:
+    """Current cards registered for another person than their badge's career now has (an Esse3 person
+    merge, a badge moved to another student's career), or whose career's person has no ESI: the Router
+    never moves a card to another person, so the card is retired (INACTIVE for good, under the ESI it
+    was registered for) and the badge gets a new card under its holder's ESI."""
+    return [
+        r.escn
+        for r in rows
+        if r.escn is not None
+        and r.card_esi is not None
+        and (r.esi is None or not same_esi(r.card_esi, r.esi))
+    ]
+
+
+def plan_cards(
+    rows: Sequence[CardCandidate],
+    ateneo: Ateneo,
+    minter: EscnMinter,
+    today: dt.date,
+    retired: Sequence[RetiredCard] = (),
+) -> CardPlan:
+    """Pure decision per badge (whose current card, if any, belongs to its holder: see
+    ``cards_to_retire``), and per retired card still to be deactivated."""
     work, waiting, expired = [], 0, 0
     for r in rows:
+        if r.esi is None or r.person_state is None:
+            continue  # the career's person has no ESI: nothing to attach a card to (yet)
         ok = consented(ateneo.consent, r.consent) and r.person_state != SyncState.OPTED_OUT
-        target = card_target(BadgeFacts(r.career_status, r.annulled, r.valid_from, r.valid_to, ok), today)
+        facts = BadgeFacts(r.career_status, r.annulled, r.valid_from, r.valid_to, ok, r.in_source)
+        target = card_target(facts, today)
         synced = (
             CardTarget(r.router_status, r.synced_expiry)
             if r.card_state == SyncState.REGISTERED and r.router_status and r.synced_expiry
@@ -120,6 +146,23 @@ def plan_cards(rows: Sequence[CardCandidate], ateneo: Ateneo, minter: EscnMinter
                 today=today,
             )
         )
+    for c in retired:
+        target = CardTarget(INACTIVE, c.expires_at)
+        synced = (
+            CardTarget(c.router_status, c.expires_at)
+            if c.state == SyncState.REGISTERED and c.router_status
+            else None
+        )
+        action = card_action(target, exists=True, synced=synced, today=today)
+        if action not in (Action.REGISTER, Action.UPDATE):
+            continue
+        body = card_body(c.escn, c.esi, ateneo.pic, c.card_type, INACTIVE, c.issued_at, c.expires_at)
+        work.append(
+            CardWork(
+                c.escn, c.bdg_id, c.stu_id, c.esi, c.card_type, c.issued_at, target, body,
+                create=action is Action.REGISTER, new=False, pic=ateneo.pic, today=today,
+            )
+        )  # fmt: skip
     return CardPlan(work, waiting, expired)
 
 
@@ -212,10 +255,16 @@ def sync_cards(
         reminted += sum(1 for o in outcomes if o.reminted)
         report.counts.update(o.result.value for o in outcomes)
 
+    with engine.begin() as conn:  # first, cards that stayed with a badge whose career changed person
+        retire = cards_to_retire(store.card_candidates(conn, inst, year))
+        store.retire_cards(conn, retire)
+    report.counts["retired"] = len(retire)
+
     def plan() -> list[CardWork]:
         with engine.connect() as conn:
             rows = store.card_candidates(conn, inst, year)
-        plan = plan_cards(rows, ateneo, minter, today)
+            retired = store.retired_cards(conn, inst, year)
+        plan = plan_cards(rows, ateneo, minter, today, retired)
         report.counts["waiting_for_person"] = plan.waiting
         report.counts["badge_expired"] = plan.badge_expired
         return plan.work

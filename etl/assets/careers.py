@@ -4,9 +4,9 @@ the state DB, incrementally by DATA_MOD watermark. Bad rows go to quarantine; th
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from dagster import (
     AssetCheckResult,
@@ -25,19 +25,29 @@ from sqlalchemy.engine import Row
 
 from etl.assets.claims import claim_partition
 from etl.config import Ateneo
-from etl.domain.careers import SOURCE_COLUMNS, CareerRecord, CareerRules, Rejection, map_career
-from etl.domain.source_values import DEFAULT_FUTURE_SKEW, future_cutoff, in_the_future, quarantine_key
-from etl.errors import EscSyncError
+from etl.domain.careers import SOURCE_COLUMNS, CareerRules, Rejection, map_career, shown_fields
+from etl.domain.esse3_time import esse3_now, read_since
+from etl.domain.source_drift import (
+    CAREER_DATA_MOD_COLUMNS,
+    DriftKind,
+    career_digest,
+    content_columns,
+    guard_reason,
+)
+from etl.domain.source_reads import ReadPolicy
+from etl.domain.source_values import future_cutoff, in_the_future, key_problem, quarantine_key
+from etl.errors import EscSyncError, VanishHeld
 from etl.partitions import Partition
 from etl.prefetch import prefetch
 from etl.resources.esse3 import CAREER_TABLES, EPOCH, Esse3Source
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
+from etl.store import source_state
 from etl.store.bulk import refresh_statistics
 
-OVERLAP = dt.timedelta(minutes=10)  # tolerates Esse3 clock skew and long transactions
 BULK = 500  # rows written after which the planner statistics are refreshed
-_DATA_MOD_COLUMNS = ("STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD")
+_DATA_MOD_COLUMNS = CAREER_DATA_MOD_COLUMNS
+P01_STU = "P01_STU"
 
 
 @dataclass
@@ -47,6 +57,9 @@ class CareerSyncResult:
     unchanged: int = 0
     quarantined: int = 0
     resolved: int = 0
+    vanished: int = 0  # deleted from Esse3: flagged, their cards deactivated
+    moved_in: int = 0  # came from another academic year: their badges and cards followed
+    held: str | None = None  # a mass deletion the guard held back (one line)
     reasons: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -57,9 +70,10 @@ class CareerSyncResult:
 class PreparedBatch(NamedTuple):
     """One source batch validated, without touching the state DB: what can run ahead of the writes."""
 
-    good: list[tuple[CareerRecord, str, dt.datetime]]  # record, row hash, newest DATA_MOD of its rows
+    good: list[store.ReadCareer]
     bad: list[Rejection]
     newest: dict[str, dt.datetime]  # per source table, the newest DATA_MOD in the batch
+    keys: list[Any]  # every key the batch returned (raw)
 
 
 def prepare_batch(
@@ -72,13 +86,14 @@ def prepare_batch(
     if missing:  # a site's edit of the SQL lost a column: no career can be validated
         raise EscSyncError(f"Esse3 careers query returns no {', '.join(sorted(missing))} (sql/esse3/)")
     stu, anaper, cds = (keys.index(c) for c in _DATA_MOD_COLUMNS)
+    content = content_columns(keys)
     columns = tuple(zip(CAREER_TABLES, (stu, anaper, cds), strict=True))
     newest: dict[str, dt.datetime] = {}
     for table, i in columns:
         values = [v for row in batch if (v := row[i]) is not None and v <= cutoff]
         if values:
             newest[table] = max(values)
-    good: list[tuple[CareerRecord, str, dt.datetime]] = []
+    good: list[store.ReadCareer] = []
     bad: list[Rejection] = []
     copies = Counter(row[0] for row in batch)  # the reader keeps the rows of one key in one batch
     for key in (k for k, n in copies.items() if n > 1):
@@ -97,8 +112,8 @@ def prepare_batch(
             continue
         # The career's own DATA_MOD: the newest of its joined rows (person and course may be newer).
         data_mod = max(row[stu] or EPOCH, row[anaper] or EPOCH, row[cds] or EPOCH)
-        good.append((mapped, mapped.row_hash(), data_mod))
-    return PreparedBatch(good, bad, newest)
+        good.append(store.ReadCareer(mapped, mapped.row_hash(), data_mod, career_digest(row, content)))
+    return PreparedBatch(good, bad, newest, [row[0] for row in batch])
 
 
 def ingest_careers(
@@ -108,43 +123,125 @@ def ingest_careers(
     partition: Partition,
     *,
     today: dt.date | None = None,
-    overlap: dt.timedelta = OVERLAP,
-    future_skew: dt.timedelta = DEFAULT_FUTURE_SKEW,
+    policy: ReadPolicy = ReadPolicy(),
     now: dt.datetime | None = None,
 ) -> CareerSyncResult:
-    """Read the partition's changed careers (plus its quarantined ones) and apply them in ONE
-    transaction together with the new watermarks, so a crash never leaves a watermark ahead of rows.
-    Reading and validating the next batch runs in a thread while this one is written."""
+    """Read the partition's changed careers (plus its quarantined ones, and whatever the sweep or a
+    moved row count says the DATA_MOD window missed) and apply them in ONE transaction together with
+    the new watermarks, so a crash never leaves a watermark ahead of rows. Reading and validating the
+    next batch runs in a thread while this one is written. ``now``: Esse3's wall clock (naive).
+
+    Raises ``VanishHeld`` (after committing everything else) when more careers vanished at once than
+    the guard allows: nothing is deactivated until a person confirms it."""
     today = today or dt.date.today()
-    cutoff = future_cutoff(now or dt.datetime.now(), future_skew)
+    cutoff = future_cutoff(now or esse3_now(policy.zone), policy.future_skew)
     rules = CareerRules(ateneo.finalised, ateneo.closing_reasons)
     result = CareerSyncResult()
     seen: dict[str, dt.datetime] = {}
-    institution = partition.institution
-
-    def prepared(batches: Iterable[list[Row]]) -> Iterator[PreparedBatch]:
-        return prefetch(prepare_batch(b, rules, today, cutoff) for b in batches)
+    institution, year = partition.institution, partition.academic_year
 
     with engine.begin() as conn:
-        open_keys = store.open_quarantine_keys(
-            conn, institution, partition.academic_year, store.CAREERS_STAGE
-        )
-        watermarks = store.get_watermarks(conn, partition.key)
-        for batch in prepared(source.changed_careers(partition.academic_year, watermarks, overlap)):
-            _apply_batch(conn, partition, batch, result, seen, open_keys)
-        # Quarantined rows are re-read even when their DATA_MOD did not move (see careers_by_id.sql);
-        # a row whose key is not an integer can only come back when it changes.
-        retry = sorted(int(k) for k in open_keys if k.isdigit())
-        for batch in prepared(source.careers_by_id(partition.academic_year, retry)):
-            _apply_batch(conn, partition, batch, result, seen, open_keys)
+
+        def apply(batches: Iterable[list[Row]]) -> set[Any]:
+            returned: set[Any] = set()
+            for batch in prefetch(prepare_batch(b, rules, today, cutoff) for b in batches):
+                _apply_batch(conn, partition, batch, result, seen, open_keys)
+                returned.update(batch.keys)
+            return returned
+
+        open_keys = store.open_quarantine_keys(conn, institution, year, store.CAREERS_STAGE)
+        since = {
+            t: read_since(m, policy.overlap, policy.zone)
+            for t, m in store.get_watermarks(conn, partition.key).items()
+        }
+        read = apply(source.changed_careers(year, since))
+        gone = _complete(conn, source, partition, apply, open_keys, read)
         # A quarantined career that vanished from Esse3 (deleted or moved year) is resolved too.
-        vanished = {k for k in open_keys if k.isdigit()}
-        store.resolve_quarantine(conn, institution, store.CAREERS_STAGE, "P01_STU", vanished)
-        result.resolved += len(vanished)
+        vanished_quarantine = {k for k in open_keys if k.isdigit()}
+        store.resolve_quarantine(conn, institution, store.CAREERS_STAGE, P01_STU, vanished_quarantine)
+        result.resolved += len(vanished_quarantine)
+        result.vanished, result.held = _apply_vanished(conn, partition, policy, gone)
         store.advance_watermarks(conn, partition.key, seen)
         if result.inserted + result.updated > BULK:
             refresh_statistics(conn, "careers", "quarantine")
+    if result.held:
+        raise VanishHeld(
+            f"{partition.key}: {result.held}: nothing deactivated; once a person has looked, "
+            "`esc-sync reconcile --repair --confirm-vanished` applies it"
+        )
     return result
+
+
+class Gone(NamedTuple):
+    """Keys of a partition's rows that are no longer in its Esse3 partition."""
+
+    deleted: list[int]  # found nowhere in Esse3
+    source_rows: int  # the partition's rows in Esse3 (0: Esse3 returns nothing for it)
+    total: int  # the partition's rows in the state DB
+
+
+def _complete(
+    conn: Connection,
+    source: Esse3Source,
+    partition: Partition,
+    apply: Callable[[Iterable[list[Row]]], set[Any]],
+    open_keys: set[str],
+    read: set[Any],
+) -> Gone:
+    """What the DATA_MOD window cannot see: rows the sweep found (etl.sweep), and, when Esse3's row
+    count of the partition moved since its keys were last compared (or a deletion is held), the keys
+    Esse3 has and we lack (a late insert) or we have and Esse3 lacks. Quarantined rows are re-read too.
+    ``read``: the keys this run has read already. Returns what vanished from Esse3 altogether; rows that
+    moved to another year are that partition's."""
+    institution, year = partition.institution, partition.academic_year
+    found = source_state.findings(conn, institution, year, P01_STU)
+    reread = {k for k, kind in found.items() if kind is not DriftKind.VANISHED}
+    candidates = set(found) - reread
+    local = store.partition_keys(conn, "careers", institution, year)
+    counted = source.count_of_year(P01_STU, year)
+    compared = counted != store.get_row_counts(conn, partition.key).get(P01_STU)
+    if compared or source_state.get_hold(conn, partition.key, P01_STU):
+        keys = source.keys_of_year(P01_STU, year)
+        counted = len(keys)
+        exact = {int(k) for k in keys if key_problem("STU_ID", k) is None}
+        reread |= exact - local
+        candidates |= local - exact
+        compared = True
+    # Quarantined rows are re-read even when their DATA_MOD did not move (see careers_by_id.sql);
+    # a row whose key is not an integer can only come back when it changes.
+    reread |= {int(k) for k in open_keys if k.isdigit()}
+    returned = apply(source.careers_by_id(year, sorted(reread - read))) | (reread & read)
+    candidates = (candidates | (reread - returned)) & local
+    deleted: list[int] = []
+    if candidates:
+        now_in = source.years_of(P01_STU, sorted(candidates))
+        back = sorted(k for k, y in now_in.items() if y == year)  # still here: the count raced a write
+        apply(source.careers_by_id(year, back))
+        deleted = sorted(candidates - set(now_in))
+    if compared:
+        store.set_row_count(conn, partition.key, P01_STU, counted)
+    source_state.clear_findings(conn, institution, P01_STU, found)
+    return Gone(deleted, counted, len(local))
+
+
+def _apply_vanished(
+    conn: Connection, partition: Partition, policy: ReadPolicy, gone: Gone
+) -> tuple[int, str | None]:
+    """Flag careers deleted from Esse3 (their cards are deactivated by `esc_cards`), unless the guard
+    holds them: then record the hold and return its reason."""
+    held = source_state.get_hold(conn, partition.key, P01_STU)
+    reason = guard_reason(
+        "careers", len(gone.deleted), gone.total, policy.max_vanished_share, gone.source_rows
+    )
+    if reason and not (held and held.confirmed):
+        source_state.hold(
+            conn, partition.institution, partition.key, P01_STU, len(gone.deleted), gone.total, reason
+        )
+        return 0, reason
+    if held:
+        source_state.release_hold(conn, partition.key, P01_STU)
+    store.mark_vanished(conn, "careers", partition.institution, gone.deleted)
+    return len(gone.deleted), None
 
 
 def _apply_batch(
@@ -160,32 +257,46 @@ def _apply_batch(
             seen[table] = data_mod
     bad = list(batch.bad)
     # A matricola already held by another career (here or earlier in the batch) is quarantined.
-    holders = store.matricola_holders(conn, partition.institution, (r.matricola for r, _, _ in batch.good))
-    kept: list[tuple[CareerRecord, str, dt.datetime]] = []
-    for record, row_hash, data_mod in batch.good:
-        holder = holders.setdefault(record.matricola, record.stu_id)
-        if holder != record.stu_id:
-            bad.append(Rejection(record.stu_id, (f"duplicate matricola (also on STU_ID {holder})",)))
+    holders = store.matricola_holders(conn, partition.institution, (c.record.matricola for c in batch.good))
+    kept: list[store.ReadCareer] = []
+    for career in batch.good:
+        holder = holders.setdefault(career.record.matricola, career.record.stu_id)
+        if holder != career.record.stu_id:
+            bad.append(Rejection(career.record.stu_id, (f"duplicate matricola (also on STU_ID {holder})",)))
         else:
-            kept.append((record, row_hash, data_mod))
+            kept.append(career)
 
-    existing = store.existing_hashes(conn, partition.institution, [r.stu_id for r, _, _ in kept])
-    inserted = [k for k in kept if k[0].stu_id not in existing]
-    updated = [k for k in kept if k[0].stu_id in existing and existing[k[0].stu_id] != k[1]]
+    existing = store.existing_careers(conn, partition.institution, [c.record.stu_id for c in kept])
+    inserted, updated, digests, moved, shown = [], [], [], [], []
+    for c in kept:
+        old = existing.get(c.record.stu_id)
+        if old is None:
+            inserted.append(c)
+        elif old.row_hash != c.row_hash or old.vanished:
+            updated.append(c)
+            if old.academic_year != c.record.academic_year:
+                moved.append(c.record.stu_id)
+            if old.shown != shown_fields(c.record):
+                shown.append(c.record.stu_id)
+        elif old.source_digest != c.digest:
+            digests.append((c.record.stu_id, c.digest))
     result.inserted += len(inserted)
     result.updated += len(updated)
     result.unchanged += len(kept) - len(inserted) - len(updated)
+    result.moved_in += len(moved)
     store.upsert_careers(conn, partition.institution, inserted, new=True)
     store.upsert_careers(conn, partition.institution, updated)
+    store.refresh_digests(conn, "careers", partition.institution, digests)
+    # A career that changed academic year takes its badges and cards along; vendors see the change.
+    source_state.move_careers(conn, partition.institution, partition.academic_year, moved)
+    source_state.touch_cards(conn, partition.institution, shown)
 
-    store.quarantine(
-        conn, partition.institution, partition.academic_year, store.CAREERS_STAGE, "P01_STU", bad
-    )
+    store.quarantine(conn, partition.institution, partition.academic_year, store.CAREERS_STAGE, P01_STU, bad)
     result.quarantined += len(bad)
     result.reasons.update(reason for rej in bad for reason in rej.reasons)
-    good_keys = {str(r.stu_id) for r, _, _ in kept}
+    good_keys = {str(c.record.stu_id) for c in kept}
     cleared = good_keys & open_keys
-    store.resolve_quarantine(conn, partition.institution, store.CAREERS_STAGE, "P01_STU", cleared)
+    store.resolve_quarantine(conn, partition.institution, store.CAREERS_STAGE, P01_STU, cleared)
     result.resolved += len(cleared)
     # Rows seen in this run are settled: either processed or (re)quarantined.
     open_keys.difference_update(good_keys | {str(r.stu_id) for r in bad})
@@ -219,7 +330,7 @@ def build_careers_asset(partitions: MultiPartitionsDefinition) -> AssetsDefiniti
                 runtime.esse3(partition.institution),
                 ateneo,
                 partition,
-                future_skew=runtime.settings.esse3_future_skew,
+                policy=runtime.settings.read_policy,
             )
         with runtime.engine.connect() as conn:
             counts = store.partition_counts(conn, partition.institution, partition.academic_year)
@@ -229,7 +340,8 @@ def build_careers_asset(partitions: MultiPartitionsDefinition) -> AssetsDefiniti
         threshold = runtime.settings.quarantine_warn_share
         context.log.info(
             f"{partition.key}: {result.inserted} inserted, {result.updated} updated, "
-            f"{result.unchanged} unchanged, {result.quarantined} quarantined, {result.resolved} resolved"
+            f"{result.unchanged} unchanged, {result.quarantined} quarantined, {result.resolved} resolved, "
+            f"{result.vanished} vanished, {result.moved_in} moved in"
         )
         return MaterializeResult(
             metadata={
@@ -239,6 +351,8 @@ def build_careers_asset(partitions: MultiPartitionsDefinition) -> AssetsDefiniti
                 "unchanged": result.unchanged,
                 "quarantined": result.quarantined,
                 "quarantine_resolved": result.resolved,
+                "vanished": result.vanished,
+                "moved_in": result.moved_in,
                 "finalised_total": counts["finalised"],
                 "quarantined_open": counts["quarantined"],
                 # Counts and reasons only: names and matricole never reach Dagster's storage.

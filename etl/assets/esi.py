@@ -22,7 +22,7 @@ from etl.assets.claims import claim_partition
 from etl.assets.router_calls import ROUTER_POOL, CallReport, run_chunks, run_with_client
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
-from etl.domain.esi import InvalidEsi, compose_esi, same_esi
+from etl.domain.esi import EsiWriteBack, InvalidEsi, compose_esi, same_esi
 from etl.domain.lifecycle import body_hash, consented
 from etl.domain.sync_outcomes import PersonOutcome, SyncResult, SyncState
 from etl.partitions import Partition
@@ -189,18 +189,18 @@ def assign_esis(
 
 def write_back(engine: Engine, source: Esse3Source, institution: str, year: int, report: CallReport) -> None:
     """Store registered ESIs on their Esse3 careers; a career already holding another ESI is
-    quarantined, never overwritten."""
+    quarantined, never overwritten, unless esc-sync wrote that ESI itself (the career changed person)."""
     with engine.connect() as conn:
         rows = store.write_back_candidates(conn, institution, year)
-    conflicts = [Rejection(stu, (ESI_CONFLICT,)) for stu, esi, src in rows if src is not None]
-    pairs = [(stu, esi) for stu, esi, src in rows if src is None]
-    source.write_back_esi(pairs)  # Esse3 first: if we crash before the next line, it is redone
+    conflicts = [Rejection(r.stu_id, (ESI_CONFLICT,)) for r in rows if not r.ours_to_write]
+    writes = [EsiWriteBack(r.stu_id, r.esi, r.esi_written) for r in rows if r.ours_to_write]
+    source.write_back_esi(writes)  # Esse3 first: if we crash before the next line, it is redone
     with engine.begin() as conn:
-        store.mark_written_back(conn, institution, pairs)
-        if len(pairs) > CHUNK // 2:  # many new persons: keep the next partition's plan fast
+        store.mark_written_back(conn, institution, [(w.stu_id, w.esi) for w in writes])
+        if len(writes) > CHUNK // 2:  # many new persons: keep the next partition's plan fast
             refresh_statistics(conn, "persons", "careers")
         quarantine_store.quarantine(conn, institution, year, STAGE, "P01_STU", conflicts)
-    report.counts.update(written_back=len(pairs), quarantined=len(conflicts))
+    report.counts.update(written_back=len(writes), quarantined=len(conflicts))
 
 
 def build_esi_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -56,6 +57,15 @@ class CareerRecord(NamedTuple):
         return hashlib.md5(tuple.__repr__(self).encode(), usedforsecurity=False).hexdigest()
 
 
+# The career fields exports, the badge API and the feed show beside a card: a change to any of them moves
+# the career's cards in the feed (cards.changed_at). Column names of the state DB's careers table.
+SHOWN_FIELDS = ("matricola", "first_name", "last_name", "course_code", "course_name", "academic_year")
+
+
+def shown_fields(record: CareerRecord) -> tuple[object, ...]:
+    return tuple(getattr(record, f) for f in SHOWN_FIELDS)
+
+
 @dataclass(frozen=True)
 class Rejection:
     stu_id: int | str  # the row's key; its text when the key itself is unusable (say "3.7")
@@ -71,6 +81,15 @@ def _clean(v: Any) -> str | None:
         return None
     s = (v if type(v) is str else str(v)).strip()
     return s or None
+
+
+def _nfc(s: str | None) -> str | None:
+    """Names and e-mails in Unicode NFC, the form the Router and every search expect: a name typed
+    with decomposed accents ("e" + U+0301) is the same name, and a rename that only recomposes it
+    changes nothing."""
+    if s is None or s.isascii() or unicodedata.is_normalized("NFC", s):
+        return s
+    return unicodedata.normalize("NFC", s)
 
 
 # The longest text each career column of the state DB holds (etl/store/models.py; a test keeps the two
@@ -111,14 +130,14 @@ def map_career(row: Mapping[str, Any], rules: CareerRules, today: dt.date) -> Ca
     has_person = row["ANAPER_PERS_ID"] is not None
     if not has_person:
         reasons.append("person missing from P01_ANAPER")
-    first, last = _clean(row["NOME"]), _clean(row["COGNOME"])
+    first, last = _nfc(_clean(row["NOME"])), _nfc(_clean(row["COGNOME"]))
     if has_person and not (first and last):
         reasons.append("missing name (NOME/COGNOME)")
 
     # The institutional address is preferred; only the address used is validated.
-    email, field = _clean(row["EMAIL_ATE"]), "EMAIL_ATE"
+    email, field = _nfc(_clean(row["EMAIL_ATE"])), "EMAIL_ATE"
     if email is None:
-        email, field = _clean(row["EMAIL"]), "EMAIL"
+        email, field = _nfc(_clean(row["EMAIL"])), "EMAIL"
     if email is not None and (len(email) > EMAIL_MAX_LENGTH or not _EMAIL.match(email)):
         reasons.append(f"malformed e-mail ({field})")
 

@@ -8,6 +8,7 @@ once registered, so composition is strict; validation also accepts other countri
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 ESI_PREFIX = "urn:schac:personalUniqueCode:int:esi:"
 MAX_ESI_LENGTH = 255
@@ -18,6 +19,15 @@ _CODE_RE = re.compile(r"^[A-Za-z0-9()+,\-.:=@;$_!*']+$")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN_RE = re.compile(rf"^(?=.{{3,253}}$)(?:{_LABEL}\.)+[a-z]{{2,63}}$")
 _COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
+
+
+class EsiWriteBack(NamedTuple):
+    """An ESI to store on an Esse3 career (``CODICE_ESI``). ``previous``: the ESI esc-sync wrote there
+    before (the career changed person), which may be replaced; any other ESI there never is."""
+
+    stu_id: int
+    esi: str
+    previous: str | None = None
 
 
 class InvalidEsi(ValueError):

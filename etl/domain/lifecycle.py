@@ -35,6 +35,7 @@ class BadgeFacts:
     valid_from: dt.date
     valid_to: dt.date
     consented: bool
+    in_source: bool = True  # the badge and its career are still in Esse3 (not deleted)
 
 
 def consented(mode: str, consent_flag: str | None) -> bool:
@@ -43,12 +44,12 @@ def consented(mode: str, consent_flag: str | None) -> bool:
 
 
 def card_target(f: BadgeFacts, today: dt.date) -> CardTarget:
-    """ACTIVE while the career is active or suspended, the badge not annulled and consent given.
-    A closed career, an annulled badge or withdrawn consent deactivate. The expiry is always the
-    badge's validity: a badge whose validity ended is never extended here (the card reads EXPIRED);
-    a reactivated career's card comes back when Esse3 extends the badge (DATA_FIN) or issues a new
-    one."""
-    if f.career_status in ("A", "S") and not f.annulled and f.consented:
+    """ACTIVE while the career is active or suspended, the badge not annulled, consent given and both
+    still in Esse3. A closed career, an annulled badge, withdrawn consent or a deletion deactivate.
+    The expiry is always the badge's validity: a badge whose validity ended is never extended here
+    (the card reads EXPIRED); a reactivated career's card comes back when Esse3 extends the badge
+    (DATA_FIN) or issues a new one."""
+    if f.career_status in ("A", "S") and not f.annulled and f.consented and f.in_source:
         return CardTarget(ACTIVE, f.valid_to)
     return CardTarget(INACTIVE, max(f.valid_to, f.valid_from))
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from etl.domain.badges import BadgeWriteBack
+from etl.domain.esi import EsiWriteBack
 from etl.errors import ExitCode, UniversityError
 from etl.store.db import check_reachable, database_reason, make_engine
 
@@ -42,19 +43,36 @@ def sql(name: str) -> str:
 
 @cache
 def _careers_statement(name: str) -> TextClause:
-    """Typed binds and result columns, so every driver (SQLite included) returns real dates."""
+    """Typed binds and result columns, so every driver (SQLite included) returns real dates (and the
+    same values whichever statement read a row: its digest must not depend on it)."""
     stmt = text(sql(name)).columns(**_CAREER_TYPES)
-    binds = [bindparam(f"since_{t}", type_=DateTime) for t in ("stu", "anaper", "cds")]
     if name == "careers_by_id":
-        binds = [bindparam("stu_ids", expanding=True)]
-    return stmt.bindparams(*binds)  # type: ignore[return-value]
+        return stmt.bindparams(bindparam("stu_ids", expanding=True))  # type: ignore[return-value]
+    if name == "careers_changed":
+        binds = [bindparam(f"since_{t}", type_=DateTime) for t in ("stu", "anaper", "cds")]
+        return stmt.bindparams(*binds)  # type: ignore[return-value]
+    return stmt  # type: ignore[return-value]
+
+
+_BADGE_TYPES = {"DATA_INI": Date, "DATA_FIN": Date, "DATA_STAMPA": Date, "DATA_MOD": DateTime}
+
+
+@cache
+def _badges_statement(name: str) -> TextClause:
+    stmt = text(sql(name)).columns(**_BADGE_TYPES)
+    if name == "badges_by_id":
+        return stmt.bindparams(bindparam("bdg_ids", expanding=True))  # type: ignore[return-value]
+    if name == "badges_changed":
+        return stmt.bindparams(bindparam("since", type_=DateTime))  # type: ignore[return-value]
+    return stmt  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class ChangeMarker:
     academic_year: int
     source_table: str
-    max_data_mod: dt.datetime
+    max_data_mod: dt.datetime | None  # None: every row of the table is dated after the cutoff
+    rows: int | None = None  # P01_STU and P01_BADGE: the partition's rows in Esse3
 
 
 class Esse3Source:
@@ -72,7 +90,7 @@ class Esse3Source:
         self,
         academic_year: int,
         since: Mapping[str, dt.datetime | None],
-        overlap: dt.timedelta,
+        overlap: dt.timedelta = dt.timedelta(0),
     ) -> Iterator[list[Row[Any]]]:
         """Batches of careers of a year changed after ``since[table] - overlap``, ordered by STU_ID
         (rows of one key together: duplicates are quarantined by the caller, never dropped)."""
@@ -91,22 +109,72 @@ class Esse3Source:
             chunk = list(stu_ids[start : start + 500])
             yield from self._stream(stmt, {"aa_id": academic_year, "stu_ids": chunk})
 
-    def changed_badges(self, academic_year: int, since: dt.datetime | None, overlap: dt.timedelta):
-        stmt = (
-            text(sql("badges_changed"))
-            .columns(DATA_INI=Date, DATA_FIN=Date, DATA_STAMPA=Date, DATA_MOD=DateTime)
-            .bindparams(bindparam("since", type_=DateTime))
-        )
-        yield from self._stream(stmt, {"aa_id": academic_year, "since": (since or EPOCH) - overlap})
+    def careers_of_year(self, academic_year: int) -> Iterator[list[Row[Any]]]:
+        """Every career of the year, whatever its DATA_MOD (the sweep), ordered by STU_ID."""
+        yield from self._stream(_careers_statement("careers_of_year"), {"aa_id": academic_year})
 
-    def write_back_esi(self, pairs: Sequence[tuple[int, str]]) -> int:
-        """Write ESIs onto careers (STU_ID, ESI); returns how many careers now carry them."""
-        if not pairs:
+    def changed_badges(
+        self, academic_year: int, since: dt.datetime | None, overlap: dt.timedelta = dt.timedelta(0)
+    ) -> Iterator[list[Row[Any]]]:
+        """Badges of the year's careers changed after ``since - overlap`` (``since`` already widened
+        for the repeated hour by the caller)."""
+        params = {"aa_id": academic_year, "since": (since or EPOCH) - overlap}
+        yield from self._stream(_badges_statement("badges_changed"), params)
+
+    def badges_by_id(self, academic_year: int, bdg_ids: Sequence[int]) -> Iterator[list[Row[Any]]]:
+        stmt = _badges_statement("badges_by_id")
+        for start in range(0, len(bdg_ids), 500):
+            chunk = list(bdg_ids[start : start + 500])
+            yield from self._stream(stmt, {"aa_id": academic_year, "bdg_ids": chunk})
+
+    def badges_of_year(self, academic_year: int) -> Iterator[list[Row[Any]]]:
+        yield from self._stream(_badges_statement("badges_of_year"), {"aa_id": academic_year})
+
+    def count_of_year(self, table: str, academic_year: int) -> int:
+        """How many rows the year's careers (``P01_STU``) or badges (``P01_BADGE``) have in Esse3."""
+        name = {"P01_STU": "career_keys", "P01_BADGE": "badge_keys"}[table]
+        try:
+            with self.engine.connect() as conn:
+                stmt = text(f"SELECT COUNT(*) FROM ({sql(name)}) k")
+                return int(conn.execute(stmt, {"aa_id": academic_year}).scalar_one())
+        except DBAPIError as e:
+            raise describe_source_error(self.institution, e) from None
+
+    def keys_of_year(self, table: str, academic_year: int) -> list[Any]:
+        """The raw keys of the year's careers (``P01_STU``) or badges (``P01_BADGE``), duplicates and
+        keys that are not integers included: their number is what the change markers count."""
+        name = {"P01_STU": "career_keys", "P01_BADGE": "badge_keys"}[table]
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(text(sql(name)), {"aa_id": academic_year}).scalars())
+        except DBAPIError as e:
+            raise describe_source_error(self.institution, e) from None
+
+    def years_of(self, table: str, keys: Sequence[int]) -> dict[int, int | None]:
+        """Where rows gone from their partition are now: key → academic year (None: a badge whose
+        career is gone). A key absent from the answer is gone from Esse3."""
+        name, bind = {"P01_STU": ("career_years", "stu_ids"), "P01_BADGE": ("badge_years", "bdg_ids")}[table]
+        stmt = text(sql(name)).bindparams(bindparam(bind, expanding=True))
+        found: dict[int, int | None] = {}
+        try:
+            with self.engine.connect() as conn:
+                for start in range(0, len(keys), 500):
+                    for key, year in conn.execute(stmt, {bind: list(keys[start : start + 500])}):
+                        found[int(key)] = None if year is None else int(year)
+        except DBAPIError as e:
+            raise describe_source_error(self.institution, e) from None
+        return found
+
+    def write_back_esi(self, writes: Sequence[EsiWriteBack]) -> int:
+        """Write ESIs onto careers; returns how many careers now carry them. A career carrying an ESI
+        esc-sync did not write (``previous``) is left alone."""
+        if not writes:
             return 0
         try:
             with self.engine.begin() as conn:
                 result = conn.execute(
-                    text(sql("write_back_esi")), [{"stu_id": s, "esi": e} for s, e in pairs]
+                    text(sql("write_back_esi")),
+                    [{"stu_id": w.stu_id, "esi": w.esi, "previous": w.previous} for w in writes],
                 )
                 return result.rowcount
         except DBAPIError as e:
@@ -157,14 +225,24 @@ class Esse3Source:
         return int(escns), int(pngs)
 
     def change_markers(self, cutoff: dt.datetime = dt.datetime.max) -> list[ChangeMarker]:
-        """Newest DATA_MOD per academic year and table, ignoring rows dated after ``cutoff``."""
+        """Newest DATA_MOD per academic year and table, ignoring rows dated after ``cutoff``, and the
+        careers' and badges' row counts."""
         stmt = text(sql("change_markers")).bindparams(bindparam("cutoff", type_=DateTime))
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(stmt, {"cutoff": cutoff}).all()
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
-        return [ChangeMarker(int(r[0]), str(r[1]), _as_datetime(r[2])) for r in rows if r[2] is not None]
+        return [
+            ChangeMarker(
+                int(r[0]),
+                str(r[1]),
+                None if r[2] is None else _as_datetime(r[2]),
+                None if r[3] is None else int(r[3]),
+            )
+            for r in rows
+            if r[0] is not None and (r[2] is not None or r[3] is not None)
+        ]
 
     def _stream(self, stmt: Executable, params: dict[str, object]) -> Iterator[list[Row[Any]]]:
         """Batches of rows ordered by key. Rows sharing a key (a broken view, a duplicated badge)

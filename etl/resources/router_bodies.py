@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from typing import Any
 
 from etl.domain.esi import ESI_PREFIX
@@ -98,9 +99,11 @@ def _check_pic(pic: str) -> None:
 
 
 def _text(field: str, value: str) -> str:
-    # Never quote the value: these fields hold personal data.
+    """The value in Unicode NFC (the Router's form for names and e-mails: a decomposed accent is the
+    same name). Never quote the value in an error: these fields hold personal data."""
     if not isinstance(value, str):
         raise TypeError(f"{field}: expected str, got {type(value).__name__}")
+    value = unicodedata.normalize("NFC", value)
     if not value.strip():
         raise ValueError(f"{field}: empty")
     if len(value) > MAX_STRING:

@@ -16,8 +16,9 @@ SELECT c.bdg_id, c.escn, q.payload, COALESCE(c.router_status, c.desired_status),
        w.escn, w.pending_escn, w.written_hash
 FROM cards c
 JOIN qr_images q ON q.escn = c.escn
+JOIN badges b ON b.institution = c.institution AND b.bdg_id = c.bdg_id AND b.vanished_at IS NULL
 LEFT JOIN badge_write_backs w ON w.institution = c.institution AND w.bdg_id = c.bdg_id
-WHERE c.institution = :i AND c.academic_year = :y AND c.state = 'registered'
+WHERE c.institution = :i AND c.academic_year = :y AND c.state = 'registered' AND c.retired_at IS NULL
 ORDER BY c.bdg_id
 """)
 

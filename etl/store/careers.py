@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
-from sqlalchemy import Connection, case, func, select, update
+from sqlalchemy import Connection, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from etl.domain.careers import CareerRecord, Rejection
+from etl.domain.careers import SHOWN_FIELDS, CareerRecord, Rejection
 from etl.store.bulk import Bulk
 from etl.store.models import Career, Quarantine, Watermark, utcnow
 
 CAREERS_STAGE = "careers"
+EPOCH = dt.datetime(1900, 1, 1)  # the watermark of a table never read (Esse3 dates are all later)
 
 
 def _insert(conn: Connection, model: type[Quarantine | Watermark]) -> postgresql.Insert | sqlite.Insert:
@@ -22,14 +24,27 @@ def _insert(conn: Connection, model: type[Quarantine | Watermark]) -> postgresql
     return sqlite.insert(model)
 
 
-def existing_hashes(conn: Connection, institution: str, stu_ids: Sequence[int]) -> dict[int, str]:
+class StoredCareer(NamedTuple):
+    """What the state DB holds of a career the source just returned: enough to tell an update, a
+    digest-only refresh, a year move and a change a vendor sees apart."""
+
+    row_hash: str
+    source_digest: str | None
+    academic_year: int
+    vanished: bool
+    shown: tuple[object, ...]  # domain.careers.shown_fields of the stored record
+
+
+def existing_careers(conn: Connection, institution: str, stu_ids: Sequence[int]) -> dict[int, StoredCareer]:
     rows = Bulk(conn).select_where_in(
-        "SELECT stu_id, row_hash FROM careers WHERE institution = %s AND stu_id {IN}",
+        "SELECT stu_id, row_hash, source_digest, academic_year, vanished_at, "
+        + ", ".join(SHOWN_FIELDS)
+        + " FROM careers WHERE institution = %s AND stu_id {IN}",
         (institution,),
         stu_ids,
         "integer",
     )
-    return dict(rows)
+    return {r[0]: StoredCareer(r[1], r[2], r[3], r[4] is not None, tuple(r[5:])) for r in rows}
 
 
 def matricola_holders(conn: Connection, institution: str, matricole: Iterable[str]) -> dict[str, int]:
@@ -49,30 +64,82 @@ CAREER_COLUMNS = (
     "institution",
     "row_hash",
     "source_data_mod",
+    "source_digest",
+    "vanished_at",  # always cleared: the row is in Esse3
     "created_at",
     "updated_at",
 )
 
 
+class ReadCareer(NamedTuple):
+    """A validated career as read, with what the state DB keeps beside it."""
+
+    record: CareerRecord
+    row_hash: str
+    data_mod: dt.datetime  # the newest DATA_MOD of its joined rows
+    digest: str  # domain.source_drift.career_digest of the source row
+
+
 def upsert_careers(
-    conn: Connection,
-    institution: str,
-    records: Sequence[tuple[CareerRecord, str, dt.datetime]],
-    *,
-    new: bool = False,
+    conn: Connection, institution: str, careers: Sequence[ReadCareer], *, new: bool = False
 ) -> None:
-    """Insert or update careers; each comes with its row hash and source DATA_MOD (newest of the
-    joined rows). ``new``: none of them was found in the state DB (the backfill's fast path)."""
+    """Insert or update careers. ``new``: none of them was found in the state DB (the backfill's fast
+    path). ``esi_written`` is never touched here: it records what esc-sync wrote."""
     now = utcnow()
     Bulk(conn).upsert(
         "careers",
         CAREER_COLUMNS,
         ("institution", "stu_id"),
-        ((*r, institution, row_hash, data_mod, now, now) for r, row_hash, data_mod in records),
+        ((*c.record, institution, c.row_hash, c.data_mod, c.digest, None, now, now) for c in careers),
         keep=("created_at",),
-        temporal=("enrolment_date", "closing_date", "source_data_mod", "created_at", "updated_at"),
+        temporal=(
+            "enrolment_date",
+            "closing_date",
+            "source_data_mod",
+            "vanished_at",
+            "created_at",
+            "updated_at",
+        ),
         new=new,
     )
+
+
+def refresh_digests(
+    conn: Connection, table: str, institution: str, digests: Sequence[tuple[int, str]]
+) -> None:
+    """Rows whose source digest moved while what esc-sync keeps of them did not (a touched row, an
+    ESI written back): only the digest, so nothing downstream sees a change."""
+    key = {"careers": "stu_id", "badges": "bdg_id"}[table]
+    if digests:
+        conn.execute(
+            text(f"UPDATE {table} SET source_digest = :d WHERE institution = :i AND {key} = :k"),
+            [{"d": d, "i": institution, "k": k} for k, d in digests],
+        )
+
+
+def partition_keys(conn: Connection, table: str, institution: str, academic_year: int) -> set[int]:
+    """Keys of the careers or badges the state DB holds in a partition (vanished ones excluded)."""
+    key = {"careers": "stu_id", "badges": "bdg_id"}[table]
+    rows = conn.execute(
+        text(
+            f"SELECT {key} FROM {table} WHERE institution = :i AND academic_year = :y AND vanished_at IS NULL"
+        ),
+        {"i": institution, "y": academic_year},
+    )
+    return set(rows.scalars())
+
+
+def mark_vanished(conn: Connection, table: str, institution: str, keys: Sequence[int]) -> None:
+    """Rows deleted from Esse3: kept (their cards must be deactivated, and history holds), flagged."""
+    key = {"careers": "stu_id", "badges": "bdg_id"}[table]
+    if keys:
+        conn.execute(
+            text(
+                f"UPDATE {table} SET vanished_at = :now, updated_at = :now "
+                f"WHERE institution = :i AND {key} = :k"
+            ),
+            [{"now": utcnow(), "i": institution, "k": k} for k in keys],
+        )
 
 
 def open_quarantine_keys(conn: Connection, institution: str, academic_year: int, stage: str) -> set[str]:
@@ -141,6 +208,37 @@ def resolve_quarantine(
             )
             .values(resolved_at=utcnow())
         )
+
+
+def get_row_counts(conn: Connection, partition_key: str) -> dict[str, int | None]:
+    rows = conn.execute(
+        select(Watermark.source_table, Watermark.row_count).where(Watermark.partition_key == partition_key)
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+def all_row_counts(conn: Connection) -> dict[tuple[str, str], int | None]:
+    rows = conn.execute(select(Watermark.partition_key, Watermark.source_table, Watermark.row_count))
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+def set_row_count(conn: Connection, partition_key: str, source_table: str, rows: int) -> None:
+    """Esse3's row count of the partition when its keys were compared with ours (a partition never
+    read yet gets a watermark at the epoch)."""
+    stmt = _insert(conn, Watermark)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["partition_key", "source_table"],
+            set_={"row_count": stmt.excluded.row_count, "updated_at": stmt.excluded.updated_at},
+        ),
+        {
+            "partition_key": partition_key,
+            "source_table": source_table,
+            "data_mod": EPOCH,
+            "row_count": rows,
+            "updated_at": utcnow(),
+        },
+    )
 
 
 def get_watermarks(conn: Connection, partition_key: str) -> dict[str, dt.datetime]:

@@ -49,7 +49,8 @@ _change_time = case((Career.updated_at > Card.changed_at, Career.updated_at), el
 
 def _exportable(stmt: AnySelect, institution: str, academic_year: int) -> AnySelect:
     """``stmt`` FROM cards ⋈ careers ⋈ qr_images WHERE the card is registered in the partition. Inner
-    joins: a card without its career or its QR cannot be printed or encoded, so it waits."""
+    joins: a card without its career or its QR cannot be printed or encoded, so it waits. A retired
+    card (its career changed person) is left out: its career now names someone else."""
     return (
         stmt.select_from(Card)
         .join(Career, and_(Career.institution == Card.institution, Career.stu_id == Card.stu_id))
@@ -58,6 +59,7 @@ def _exportable(stmt: AnySelect, institution: str, academic_year: int) -> AnySel
             Card.institution == institution,
             Card.academic_year == academic_year,
             Card.state == SyncState.REGISTERED,
+            Card.retired_at.is_(None),
         )
     )
 
@@ -78,6 +80,7 @@ def change_counts(
             Card.institution == institution,
             Card.academic_year == academic_year,
             Card.state == SyncState.REGISTERED,
+            Card.retired_at.is_(None),
         )
     ).scalar_one()
     changed = func.count() if since is None else func.sum(case((_change_time > since, 1), else_=0))

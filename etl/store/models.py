@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -69,6 +70,12 @@ class Career(Base):
     source_esi: Mapped[str | None] = mapped_column(String(255))
     source_data_mod: Mapped[dt.datetime] = mapped_column(DateTime)
     row_hash: Mapped[str] = mapped_column(String(32))
+    # Digest of the source row as read (etl.domain.source_drift): the sweep compares it with Esse3's.
+    source_digest: Mapped[str | None] = mapped_column(String(32))
+    # Set when the career left Esse3 (deleted): its cards are deactivated; cleared if it comes back.
+    vanished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # The ESI esc-sync wrote onto CODICE_ESI: ours to replace when the career changes person.
+    esi_written: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -115,6 +122,9 @@ class Watermark(Base):
     partition_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     source_table: Mapped[str] = mapped_column(String(32), primary_key=True)
     data_mod: Mapped[dt.datetime] = mapped_column(DateTime)
+    # Esse3's rows of the partition when its keys were last compared with ours (None: never): the
+    # change markers compare it with Esse3's count, so a late insert under an old DATA_MOD is seen.
+    row_count: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -134,6 +144,8 @@ class Badge(Base):
     printed_on: Mapped[dt.date | None] = mapped_column(Date)
     kind: Mapped[str] = mapped_column(String(1))  # V virtual, F physical
     source_data_mod: Mapped[dt.datetime] = mapped_column(DateTime)
+    source_digest: Mapped[str | None] = mapped_column(String(32))
+    vanished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # deleted in Esse3: card INACTIVE
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     __table_args__ = (
@@ -166,10 +178,12 @@ class Person(Base):
 
 
 class Card(Base):
-    """A card (one per badge) with its ESCN, minted and recorded before it is registered.
+    """A card (one current card per badge) with its ESCN, minted and recorded before it is registered.
 
     ``desired_status`` is what the career and badge data say; ``router_status`` what the Router
-    last confirmed. ``changed_at`` moves whenever what a vendor sees changes (feed cursor)."""
+    last confirmed. ``changed_at`` moves whenever what a vendor sees changes (feed cursor).
+    ``retired_at``: the badge's career changed person; the Router never moves a card to another
+    person, so this card stays INACTIVE under its ESI for good and the badge gets a new card."""
 
     __tablename__ = "cards"
 
@@ -191,13 +205,55 @@ class Card(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     changed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (
-        Index("uq_cards_badge", "institution", "bdg_id", unique=True),
+        Index(
+            "uq_cards_badge",
+            "institution",
+            "bdg_id",
+            unique=True,
+            sqlite_where=text("retired_at IS NULL"),
+            postgresql_where=text("retired_at IS NULL"),
+        ),
         Index("ix_cards_partition", "institution", "academic_year"),
         Index("ix_cards_feed", "institution", "changed_at", "escn"),
         Index("ix_cards_esi", "institution", "esi"),
     )
+
+
+class SourceFinding(Base):
+    """A source row the sweep (etl.sweep) found out of step with the state DB: missing here, changed
+    under an old DATA_MOD, or vanished from its partition. The partition's next run re-reads it by
+    key and deletes the finding in the same transaction."""
+
+    __tablename__ = "source_findings"
+
+    institution: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source_table: Mapped[str] = mapped_column(String(32), primary_key=True)  # P01_STU | P01_BADGE
+    source_key: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    academic_year: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(12))  # a domain.source_drift.DriftKind
+    found_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_source_findings_partition", "institution", "academic_year"),)
+
+
+class VanishHold(Base):
+    """A mass deletion the guard held back (``[esse3] max_vanished_share``): nothing was deactivated.
+    ``confirmed_at`` is set by `esc-sync reconcile --repair --confirm-vanished`; the partition's next
+    run then applies it and deletes the hold."""
+
+    __tablename__ = "vanish_holds"
+
+    partition_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source_table: Mapped[str] = mapped_column(String(32), primary_key=True)
+    institution: Mapped[str] = mapped_column(String(32))
+    vanished: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    held_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
 class EscnClock(Base):

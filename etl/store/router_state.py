@@ -7,16 +7,16 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Boolean, Connection, Date, Integer, bindparam, text, update
+from sqlalchemy import Boolean, Connection, Date, DateTime, Integer, bindparam, text, update
 
 from etl.domain.careers import CareerRecord
 from etl.domain.sync_outcomes import CardOutcome, PersonOutcome, SyncState
 from etl.store.bulk import Bulk
 from etl.store.models import Card, Career, Person, utcnow
 
-# Careers usable downstream: finalised and not quarantined at the careers stage.
+# Careers usable downstream: finalised, still in Esse3 and not quarantined at the careers stage.
 _USABLE = """
-    c.institution = :i AND c.finalised = :true
+    c.institution = :i AND c.finalised = :true AND c.vanished_at IS NULL
     AND NOT EXISTS (
         SELECT 1 FROM quarantine q
         WHERE q.institution = c.institution AND q.stage = 'careers' AND q.source_table = 'P01_STU'
@@ -48,7 +48,7 @@ ORDER BY r.pers_id
 _SAME_ESI = """(LOWER(SUBSTR(c.source_esi, 1, 37)) = LOWER(SUBSTR(p.esi, 1, 37))
      AND SUBSTR(c.source_esi, 38) = SUBSTR(p.esi, 38))"""
 WRITE_BACK_CANDIDATES = text(f"""
-SELECT c.stu_id, p.esi, c.source_esi
+SELECT c.stu_id, p.esi, c.source_esi, c.esi_written
 FROM careers c JOIN persons p ON p.institution = c.institution AND p.pers_id = c.pers_id
 WHERE {_USABLE} AND c.academic_year = :y AND p.state = 'registered'
   AND (c.source_esi IS NULL OR NOT {_SAME_ESI})
@@ -56,24 +56,37 @@ ORDER BY c.stu_id
 """)
 
 # Every ESI already written on any career of the candidate persons (any year): a person whose careers
-# carry an ESI other than the one we would register is refused before any Router call.
+# carry an ESI other than the one we would register is refused before any Router call. An ESI esc-sync
+# wrote itself is not: the career changed person (a merge), and it gets the new person's.
 SOURCE_ESIS = text("""
 SELECT DISTINCT c.pers_id, c.source_esi FROM careers c
 WHERE c.institution = :i AND c.source_esi IS NOT NULL
+  AND (c.esi_written IS NULL OR c.source_esi <> c.esi_written)
   AND c.pers_id IN (SELECT pers_id FROM careers WHERE institution = :i AND academic_year = :y)
 """)
 
+# Each badge of the partition with its career, the career's person (none yet: NULLs) and its current card.
 CARD_CANDIDATES = text("""
 SELECT b.bdg_id, b.stu_id, b.kind, b.valid_from, b.valid_to, b.annulled,
        c.status, c.consent, p.esi, p.state,
-       k.escn, k.state, k.router_status, k.expires_at, k.desired_status
+       k.escn, k.state, k.router_status, k.expires_at, k.desired_status, k.esi,
+       CASE WHEN b.vanished_at IS NULL AND c.vanished_at IS NULL THEN 1 ELSE 0 END
 FROM badges b
 JOIN careers c ON c.institution = b.institution AND c.stu_id = b.stu_id
-JOIN persons p ON p.institution = b.institution AND p.pers_id = c.pers_id
-LEFT JOIN cards k ON k.institution = b.institution AND k.bdg_id = b.bdg_id
+LEFT JOIN persons p ON p.institution = b.institution AND p.pers_id = c.pers_id
+LEFT JOIN cards k ON k.institution = b.institution AND k.bdg_id = b.bdg_id AND k.retired_at IS NULL
 WHERE b.institution = :i AND b.academic_year = :y
 ORDER BY b.bdg_id
 """).columns(valid_from=Date, valid_to=Date, expires_at=Date, annulled=Boolean)
+
+# Retired cards (their badge's career changed person) the Router may still hold as valid.
+RETIRED_CARDS = text("""
+SELECT escn, bdg_id, stu_id, esi, card_type, issued_at, expires_at, state, router_status
+FROM cards
+WHERE institution = :i AND academic_year = :y AND retired_at IS NOT NULL AND state <> 'failed'
+  AND NOT (state = 'registered' AND router_status = 'INACTIVE')
+ORDER BY escn
+""").columns(issued_at=Date, expires_at=Date)
 
 
 class PersonCandidate(NamedTuple):
@@ -94,7 +107,7 @@ class PersonCandidate(NamedTuple):
 
 
 class CardCandidate(NamedTuple):
-    """A badge of the partition with its career, person and card (if any)."""
+    """A badge of the partition with its career, person and current card (if any)."""
 
     bdg_id: int
     stu_id: int
@@ -104,13 +117,29 @@ class CardCandidate(NamedTuple):
     annulled: bool
     career_status: str
     consent: str | None
-    esi: str
-    person_state: str  # a SyncState
+    esi: str | None  # the career's person's; None: the person has no ESI (yet)
+    person_state: str | None  # a SyncState
     escn: str | None  # None: no card yet
     card_state: str | None
     router_status: str | None
     synced_expiry: dt.date | None
     desired_status: str | None
+    card_esi: str | None  # the person the card was registered for
+    in_source: bool  # badge and career still in Esse3
+
+
+class RetiredCard(NamedTuple):
+    """A card whose badge's career changed person: INACTIVE for good under its own ESI."""
+
+    escn: str
+    bdg_id: int
+    stu_id: int
+    esi: str
+    card_type: str
+    issued_at: dt.date
+    expires_at: dt.date
+    state: str  # a SyncState
+    router_status: str | None
 
 
 def person_candidates(conn: Connection, institution: str, year: int) -> list[PersonCandidate]:
@@ -125,12 +154,45 @@ def source_esis(conn: Connection, institution: str, year: int) -> dict[int, set[
     return out
 
 
-def write_back_candidates(conn: Connection, institution: str, year: int) -> list[Any]:
-    return list(conn.execute(WRITE_BACK_CANDIDATES, {"i": institution, "y": year, "true": True}))
+class WriteBackCandidate(NamedTuple):
+    """A usable career of a registered person whose Esse3 career does not carry that person's ESI."""
+
+    stu_id: int
+    esi: str  # the person's
+    source_esi: str | None  # what CODICE_ESI holds now
+    esi_written: str | None  # what esc-sync wrote there before
+
+    @property
+    def ours_to_write(self) -> bool:
+        """Empty, or holding the ESI esc-sync wrote (the career changed person since)."""
+        return self.source_esi is None or self.source_esi == self.esi_written
+
+
+def write_back_candidates(conn: Connection, institution: str, year: int) -> list[WriteBackCandidate]:
+    rows = conn.execute(WRITE_BACK_CANDIDATES, {"i": institution, "y": year, "true": True})
+    return [WriteBackCandidate(*r) for r in rows]
 
 
 def card_candidates(conn: Connection, institution: str, year: int) -> list[CardCandidate]:
-    return [CardCandidate(*r) for r in conn.execute(CARD_CANDIDATES, {"i": institution, "y": year})]
+    rows = conn.execute(CARD_CANDIDATES, {"i": institution, "y": year})
+    return [CardCandidate._make((*r[:-1], bool(r[-1]))) for r in rows]
+
+
+def retired_cards(conn: Connection, institution: str, year: int) -> list[RetiredCard]:
+    return [RetiredCard(*r) for r in conn.execute(RETIRED_CARDS, {"i": institution, "y": year})]
+
+
+def retire_cards(conn: Connection, escns: Sequence[str]) -> None:
+    """Cards that no longer belong to their badge's holder: INACTIVE wanted for good, out of the badge's
+    way (it gets a new card under its holder's ESI), moved in the feed."""
+    if escns:
+        now = utcnow()
+        conn.execute(
+            update(Card)
+            .where(Card.escn == bindparam("k"), Card.retired_at.is_(None))
+            .values(retired_at=now, desired_status="INACTIVE", changed_at=now),
+            [{"k": e} for e in escns],
+        )
 
 
 def record_person_intents(
@@ -179,7 +241,7 @@ def confirm_persons(conn: Connection, institution: str, outcomes: Iterable[Perso
 
 def mark_written_back(conn: Connection, institution: str, pairs: Sequence[tuple[int, str]]) -> None:
     """After the ESI was written onto the Esse3 career, mirror it on our copy (and its hash, so the
-    next careers sync sees the row as unchanged)."""
+    next careers sync sees the row as unchanged), and remember that esc-sync wrote it."""
     if not pairs:
         return
     esi_of = dict(pairs)
@@ -207,7 +269,7 @@ def mark_written_back(conn: Connection, institution: str, pairs: Sequence[tuple[
     conn.execute(
         update(Career)
         .where(Career.institution == bindparam("i"), Career.stu_id == bindparam("s"))
-        .values(source_esi=bindparam("e"), row_hash=bindparam("h")),
+        .values(source_esi=bindparam("e"), esi_written=bindparam("e"), row_hash=bindparam("h")),
         updates,
     )
 
@@ -341,19 +403,113 @@ BADGE_COLUMNS = (
     "printed_on",
     "kind",
     "source_data_mod",
+    "source_digest",
+    "vanished_at",  # always cleared: the row is in Esse3
     "updated_at",
 )
 
 
-def upsert_badges(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Rows in BADGE_COLUMNS order."""
+class ReadBadge(NamedTuple):
+    """A validated badge as read (the badge belongs to its career's academic year)."""
+
+    bdg_id: int
+    stu_id: int
+    pers_id: int
+    academic_year: int
+    valid_from: dt.date
+    valid_to: dt.date
+    annulled: bool
+    printed_on: dt.date | None
+    kind: str
+    data_mod: dt.datetime
+    digest: str
+
+
+class StoredBadge(NamedTuple):
+    stu_id: int
+    academic_year: int
+    source_digest: str | None
+    vanished: bool
+    content: tuple[object, ...]  # what a card is made of: career, validity, annulment, kind
+
+
+def badge_content(b: ReadBadge) -> tuple[object, ...]:
+    return (b.stu_id, b.pers_id, b.academic_year, b.valid_from, b.valid_to, b.annulled, b.printed_on, b.kind)
+
+
+def existing_badges(conn: Connection, institution: str, bdg_ids: Sequence[int]) -> dict[int, StoredBadge]:
+    rows = conn.execute(
+        text(
+            "SELECT bdg_id, stu_id, academic_year, source_digest, vanished_at, pers_id, valid_from, "
+            "valid_to, annulled, printed_on, kind FROM badges WHERE institution = :i AND bdg_id IN :ids"
+        )
+        .bindparams(bindparam("ids", expanding=True))
+        .columns(valid_from=Date, valid_to=Date, printed_on=Date, annulled=Boolean, vanished_at=DateTime),
+        {"i": institution, "ids": list(bdg_ids)},
+    )
+    return {
+        r[0]: StoredBadge(
+            r[1], r[2], r[3], r[4] is not None, (r[1], r[5], r[2], r[6], r[7], r[8], r[9], r[10])
+        )
+        for r in rows
+    }
+
+
+def badges_of_vanished_careers(conn: Connection, institution: str, bdg_ids: Sequence[int]) -> set[int]:
+    if not bdg_ids:
+        return set()
+    rows = conn.execute(
+        text(
+            "SELECT b.bdg_id FROM badges b JOIN careers c ON c.institution = b.institution "
+            "AND c.stu_id = b.stu_id WHERE b.institution = :i AND b.bdg_id IN :ids "
+            "AND c.vanished_at IS NOT NULL"
+        ).bindparams(bindparam("ids", expanding=True)),
+        {"i": institution, "ids": list(bdg_ids)},
+    )
+    return set(rows.scalars())
+
+
+def upsert_badges(conn: Connection, institution: str, badges: Sequence[ReadBadge]) -> None:
+    now = utcnow()
     Bulk(conn).upsert(
         "badges",
         BADGE_COLUMNS,
         ("institution", "bdg_id"),
-        rows,
-        temporal=("valid_from", "valid_to", "printed_on", "source_data_mod", "updated_at"),
+        (
+            (
+                institution,
+                b.bdg_id,
+                b.stu_id,
+                b.pers_id,
+                b.academic_year,
+                b.valid_from,
+                b.valid_to,
+                b.annulled,
+                b.printed_on,
+                b.kind,
+                b.data_mod,
+                b.digest,
+                None,
+                now,
+            )
+            for b in badges
+        ),
+        temporal=("valid_from", "valid_to", "printed_on", "source_data_mod", "vanished_at", "updated_at"),
     )
+
+
+def follow_badge_careers(conn: Connection, institution: str, moved: Sequence[tuple[int, int]]) -> None:
+    """(bdg_id, stu_id) of badges now on another career: their current cards follow when that career
+    is the same person's (a card of another person stays where it was and is retired by `esc_cards`)."""
+    if moved:
+        conn.execute(
+            text(
+                "UPDATE cards SET stu_id = :s WHERE institution = :i AND bdg_id = :b AND retired_at IS NULL "
+                "AND EXISTS (SELECT 1 FROM careers c JOIN persons p ON p.institution = c.institution "
+                "AND p.pers_id = c.pers_id WHERE c.institution = :i AND c.stu_id = :s AND p.esi = cards.esi)"
+            ),
+            [{"i": institution, "b": b, "s": s} for b, s in moved],
+        )
 
 
 def forget_card_intents(conn: Connection, escns: Sequence[str]) -> None:
