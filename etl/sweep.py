@@ -13,21 +13,28 @@ streamed in batches.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, select
 
 from etl.config import Ateneo
 from etl.domain.careers import CareerRecord, CareerRules, map_career
-from etl.domain.source_drift import PartitionDrift, badge_digest, career_digest, compare, content_columns
-from etl.domain.source_values import key_problem
+from etl.domain.source_drift import (
+    PartitionDrift,
+    badge_content,
+    career_content,
+    compare,
+    digest_batch,
+    suspects,
+)
 from etl.errors import EscSyncError
 from etl.resources.runtime import Runtime
 from etl.store import careers as careers_store
 from etl.store import router_state, source_state
-from etl.store.models import Badge, Career, Quarantine
+from etl.store.models import Quarantine
 
 TABLES = ("P01_STU", "P01_BADGE")
 _STAGES = {"P01_STU": "careers", "P01_BADGE": "badges"}
@@ -92,54 +99,49 @@ def sweep(
 def sweep_partition(
     runtime: Runtime, ateneo: Ateneo, year: int, table: str, today: dt.date, *, record: bool
 ) -> PartitionDrift:
+    """One partition's careers (``P01_STU``) or badges (``P01_BADGE``) against the state DB. Esse3's
+    rows stream in batches; the state DB's keys and digests load in a thread meanwhile (reading the
+    next batch in a thread too was measured: slower, the two compete for the GIL). Rows whose digest
+    moved are read again by key and validated: only a change in what esc-sync keeps of them is drift."""
     source = runtime.esse3(ateneo.code)
-    with runtime.engine.connect() as conn:
-        local = _local_digests(conn, ateneo.code, year, table)
-        known = _quarantined(conn, ateneo.code, year, table)
-    pairs: list[tuple[int, str]] = []
-    same: dict[int, bool] = {}
-    refresh: list[tuple[int, str]] = []
-    rules = CareerRules(ateneo.finalised, ateneo.closing_reasons)
     batches = source.careers_of_year(year) if table == "P01_STU" else source.badges_of_year(year)
-    for batch in batches:
-        digest_of = _career_digester(batch) if table == "P01_STU" else badge_digest
-        suspects: dict[int, Any] = {}
-        for row in batch:
-            if key_problem("KEY", row[0]):
-                continue  # quarantined by the runs, under the key's text
-            key, digest = int(row[0]), digest_of(row)
-            pairs.append((key, digest))
-            if key in local and local[key] != digest:
-                suspects[key] = row
-        if suspects:  # digest moved: is what esc-sync keeps of the row the same? (a touched row,
-            # an ESI written back, a digest kept before digests existed)
-            with runtime.engine.connect() as conn:
-                for key, unchanged in _same_content(conn, ateneo.code, table, suspects, rules, today).items():
-                    same[key] = unchanged
-                    if unchanged:
-                        refresh.append((key, digest_of(suspects[key])))
-    drift = compare(pairs, local, known, same)
+    digests: dict[int, str] = {}
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(_local_state, runtime.engine, ateneo.code, year, table)
+        content: Callable[[Any], tuple[Any, ...]] | None = None
+        for batch in batches:
+            content = content or (career_content(batch[0]._fields) if table == "P01_STU" else badge_content)
+            digests.update(digest_batch(batch, content))
+        local, known = loading.result()
+    unchanged = _same_content(runtime, ateneo, year, table, suspects(digests, local), today)
+    drift = compare(digests, local, known, unchanged)
     if record:
         with runtime.engine.begin() as conn:
             source_state.record_findings(conn, ateneo.code, year, table, drift)
-            careers_store.refresh_digests(conn, _STAGES[table], ateneo.code, refresh)
+            careers_store.refresh_digests(
+                conn, _STAGES[table], ateneo.code, [(k, digests[k]) for k in unchanged]
+            )
     return drift
 
 
-def _career_digester(batch: list[Any]) -> Any:
-    content = content_columns(batch[0]._fields)
-    return lambda row: career_digest(row, content)
-
-
-def _local_digests(conn: Connection, institution: str, year: int, table: str) -> dict[int, str | None]:
-    model = Career if table == "P01_STU" else Badge
-    key = model.stu_id if model is Career else Badge.bdg_id
-    rows = conn.execution_options(yield_per=10_000).execute(
-        select(key, model.source_digest).where(
-            model.institution == institution, model.academic_year == year, model.vanished_at.is_(None)
+def _local_state(
+    engine: Engine, institution: str, year: int, table: str
+) -> tuple[dict[int, str | None], set[int]]:
+    """The partition's keys and digests in the state DB (vanished rows left out), and its quarantined
+    keys."""
+    name, key = {"P01_STU": ("careers", "stu_id"), "P01_BADGE": ("badges", "bdg_id")}[table]
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            f"SELECT {key}, source_digest FROM {name} WHERE institution = {_param(conn)} "
+            f"AND academic_year = {_param(conn)} AND vanished_at IS NULL",
+            (institution, year),
         )
-    )
-    return {k: d for k, d in rows}
+        local: dict[int, str | None] = {k: d for k, d in rows}
+        return local, _quarantined(conn, institution, year, table)
+
+
+def _param(conn: Connection) -> str:
+    return "?" if conn.dialect.name == "sqlite" else "%s"
 
 
 def _quarantined(conn: Connection, institution: str, year: int, table: str) -> set[int]:
@@ -155,34 +157,34 @@ def _quarantined(conn: Connection, institution: str, year: int, table: str) -> s
 
 
 def _same_content(
-    conn: Connection, institution: str, table: str, rows: dict[int, Any], rules: CareerRules, today: dt.date
-) -> dict[int, bool]:
-    """For rows whose digest differs from the stored one: whether the record esc-sync would keep is
-    the stored one all the same."""
-    if table == "P01_STU":
-        stored = careers_store.existing_careers(conn, institution, sorted(rows))
-        out = {}
-        for key, row in rows.items():
-            mapped = map_career(row._asdict(), rules, today)
-            out[key] = (
-                isinstance(mapped, CareerRecord)
-                and key in stored
-                and stored[key].row_hash == mapped.row_hash()
-            )
-        return out
-    badges = router_state.existing_badges(conn, institution, sorted(rows))
-    out = {}
-    for key, row in rows.items():
-        _, stu_id, pers_id, ini, fin, ann, printed, kind, _ = row
-        old = badges.get(key)
-        out[key] = old is not None and old.content == (
-            stu_id,
-            pers_id,
-            old.academic_year,
-            ini,
-            fin,
-            bool(ann),
-            printed,
-            kind,
-        )
-    return out
+    runtime: Runtime, ateneo: Ateneo, year: int, table: str, keys: list[int], today: dt.date
+) -> set[int]:
+    """Of the rows whose digest differs from the stored one, those whose validated record (a career's
+    row hash, a badge's content) is the stored one all the same: a row touched, an ESI written back,
+    a digest kept before digests existed."""
+    if not keys:
+        return set()
+    source, same = runtime.esse3(ateneo.code), set()
+    with runtime.engine.connect() as conn:
+        if table == "P01_STU":
+            rules = CareerRules(ateneo.finalised, ateneo.closing_reasons)
+            for batch in source.careers_by_id(year, keys):
+                stored = careers_store.existing_careers(conn, ateneo.code, [int(r[0]) for r in batch])
+                for row in batch:
+                    mapped = map_career(row._asdict(), rules, today)
+                    old = stored.get(int(row[0]))
+                    if (
+                        isinstance(mapped, CareerRecord)
+                        and old is not None
+                        and old.row_hash == mapped.row_hash()
+                    ):
+                        same.add(int(row[0]))
+            return same
+        for batch in source.badges_by_id(year, keys):
+            stored_badges = router_state.existing_badges(conn, ateneo.code, [int(r[0]) for r in batch])
+            for row in batch:
+                _, stu_id, pers_id, ini, fin, ann, printed, kind = badge_content(row)
+                b = stored_badges.get(int(row[0]))
+                if b is not None and b.content == (stu_id, pers_id, year, ini, fin, bool(ann), printed, kind):
+                    same.add(int(row[0]))
+    return same

@@ -30,8 +30,7 @@ from etl.domain.esse3_time import esse3_now, read_since
 from etl.domain.source_drift import (
     CAREER_DATA_MOD_COLUMNS,
     DriftKind,
-    career_digest,
-    content_columns,
+    career_digester,
     guard_reason,
 )
 from etl.domain.source_reads import ReadPolicy
@@ -86,7 +85,7 @@ def prepare_batch(
     if missing:  # a site's edit of the SQL lost a column: no career can be validated
         raise EscSyncError(f"Esse3 careers query returns no {', '.join(sorted(missing))} (sql/esse3/)")
     stu, anaper, cds = (keys.index(c) for c in _DATA_MOD_COLUMNS)
-    content = content_columns(keys)
+    digest_of = career_digester(keys)
     columns = tuple(zip(CAREER_TABLES, (stu, anaper, cds), strict=True))
     newest: dict[str, dt.datetime] = {}
     for table, i in columns:
@@ -112,7 +111,7 @@ def prepare_batch(
             continue
         # The career's own DATA_MOD: the newest of its joined rows (person and course may be newer).
         data_mod = max(row[stu] or EPOCH, row[anaper] or EPOCH, row[cds] or EPOCH)
-        good.append(store.ReadCareer(mapped, mapped.row_hash(), data_mod, career_digest(row, content)))
+        good.append(store.ReadCareer(mapped, mapped.row_hash(), data_mod, digest_of(row)))
     return PreparedBatch(good, bad, newest, [row[0] for row in batch])
 
 

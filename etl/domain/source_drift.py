@@ -14,10 +14,13 @@ and digests, and the rules for what vanished. Pure functions, no I/O.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any
+
+from etl.domain.source_values import key_problem
 
 CAREER_DATA_MOD_COLUMNS = ("STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD")
 BADGE_COLUMNS_READ = 8  # BDG_ID .. TIPO of badges_*.sql; the ninth, DATA_MOD, is not content
@@ -31,23 +34,42 @@ class DriftKind(StrEnum):
     VANISHED = "vanished"  # in ours, not in Esse3's partition: deleted or moved
 
 
-def digest(values: Sequence[Any]) -> str:
+def digest(values: tuple[Any, ...]) -> str:
     """Identity of a source row's content. ``repr`` of the values: the same query through the same
     driver gives the same text; a ``None`` never equals the text ``'None'``."""
-    return hashlib.md5(repr(tuple(values)).encode(), usedforsecurity=False).hexdigest()
+    return hashlib.md5(repr(values).encode(), usedforsecurity=False).hexdigest()
 
 
-def content_columns(columns: Sequence[str]) -> tuple[int, ...]:
-    """Positions of a careers query's columns that are content (everything but the DATA_MODs)."""
-    return tuple(i for i, c in enumerate(columns) if c not in CAREER_DATA_MOD_COLUMNS)
+def career_content(columns: Sequence[str]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """What a careers query's row is digested over: every column but the DATA_MODs (``columns``: the
+    query's column names)."""
+    return itemgetter(*(i for i, c in enumerate(columns) if c not in CAREER_DATA_MOD_COLUMNS))
 
 
-def career_digest(row: Sequence[Any], content: Sequence[int]) -> str:
-    return digest([row[i] for i in content])
+def career_digester(columns: Sequence[str]) -> Callable[[Sequence[Any]], str]:
+    content = career_content(columns)
+    return lambda row: digest(content(row))
+
+
+badge_content = itemgetter(*range(BADGE_COLUMNS_READ))
+
+
+def digest_batch(
+    rows: Iterable[Sequence[Any]], content: Callable[[Sequence[Any]], tuple[Any, ...]]
+) -> dict[int, str]:
+    """Key → digest of each row (the key first), the hot loop of the sweep: ``digest`` inlined. A key
+    that is not an exact integer is left out (the runs quarantine it under its text)."""
+    out: dict[int, str] = {}
+    md5 = hashlib.md5
+    for row in rows:
+        key = row[0]
+        if type(key) is int or not key_problem("KEY", key):
+            out[int(key)] = md5(repr(content(row)).encode(), usedforsecurity=False).hexdigest()
+    return out
 
 
 def badge_digest(row: Sequence[Any]) -> str:
-    return digest(row[:BADGE_COLUMNS_READ])
+    return digest(badge_content(row))
 
 
 @dataclass
@@ -64,27 +86,27 @@ class PartitionDrift:
 
 
 def compare(
-    source: Iterable[tuple[int, str]],
+    source: Mapping[int, str],
     local: Mapping[int, str | None],
     known: Collection[int] = (),
-    same_content: Mapping[int, bool] | None = None,
+    same_content: Collection[int] = (),
 ) -> PartitionDrift:
-    """``source``: (key, digest) of every row of the partition in Esse3; ``local``: key → digest the
+    """``source``: key → digest of every row of the partition in Esse3; ``local``: key → digest the
     state DB stored (None: stored before digests were kept); ``known``: keys held elsewhere (the
-    quarantine: re-read every run anyway). ``same_content``: for keys whose digests differ or are
-    unknown, whether the validated record is nonetheless the one stored (then it is no drift)."""
-    drift = PartitionDrift()
-    seen: set[int] = set()
-    for key, row_digest in source:
-        seen.add(key)
-        if key in local:
-            stored = local[key]
-            if stored != row_digest and not (same_content or {}).get(key, False):
-                drift.changed.append(key)
-        elif key not in known:
-            drift.missing.append(key)
-    drift.vanished = sorted(k for k in local if k not in seen)
-    return drift
+    quarantine: re-read every run anyway); ``same_content``: keys whose digests differ but whose
+    validated record is the one stored all the same (no drift). Set operations: no Python loop over
+    the rows that agree."""
+    differ = {k for k, _ in source.items() - local.items()}
+    return PartitionDrift(
+        missing=sorted(differ - local.keys() - set(known)),
+        changed=sorted((differ & local.keys()) - set(same_content)),
+        vanished=sorted(local.keys() - source.keys()),
+    )
+
+
+def suspects(source: Mapping[int, str], local: Mapping[int, str | None]) -> list[int]:
+    """Keys in both whose digests differ: changed, or only touched (checked against the records)."""
+    return sorted(k for k, _ in source.items() - local.items() if k in local)
 
 
 def guard_reason(table: str, vanished: int, total: int, max_share: float, source_rows: int) -> str | None:

@@ -41,11 +41,16 @@ def sql(name: str) -> str:
     return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
 
 
+# The sweep digests a row without its DATA_MODs: parsing them (text on SQLite) would be wasted.
+_SWEEP_UNTYPED = ("STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD", "DATA_MOD")
+
+
 @cache
 def _careers_statement(name: str) -> TextClause:
     """Typed binds and result columns, so every driver (SQLite included) returns real dates (and the
     same values whichever statement read a row: its digest must not depend on it)."""
-    stmt = text(sql(name)).columns(**_CAREER_TYPES)
+    types = _CAREER_TYPES if name != "careers_of_year" else _without(_CAREER_TYPES, _SWEEP_UNTYPED)
+    stmt = text(sql(name)).columns(**types)
     if name == "careers_by_id":
         return stmt.bindparams(bindparam("stu_ids", expanding=True))  # type: ignore[return-value]
     if name == "careers_changed":
@@ -59,12 +64,17 @@ _BADGE_TYPES = {"DATA_INI": Date, "DATA_FIN": Date, "DATA_STAMPA": Date, "DATA_M
 
 @cache
 def _badges_statement(name: str) -> TextClause:
-    stmt = text(sql(name)).columns(**_BADGE_TYPES)
+    types = _BADGE_TYPES if name != "badges_of_year" else _without(_BADGE_TYPES, _SWEEP_UNTYPED)
+    stmt = text(sql(name)).columns(**types)
     if name == "badges_by_id":
         return stmt.bindparams(bindparam("bdg_ids", expanding=True))  # type: ignore[return-value]
     if name == "badges_changed":
         return stmt.bindparams(bindparam("since", type_=DateTime))  # type: ignore[return-value]
     return stmt  # type: ignore[return-value]
+
+
+def _without(types: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in types.items() if k not in names}
 
 
 @dataclass(frozen=True)
