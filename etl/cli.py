@@ -77,9 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     dep = sub.add_parser("deploy", help="production: write the Dagster instance (PostgreSQL, run queue)")
     dep.add_argument("action", choices=["init"])
     sv = sub.add_parser("serve", help="production: run Dagster's webserver and daemon, supervised")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=3000)
-    sv.add_argument("--check", action="store_true", help="health of a running serve: exit 0 if healthy")
+    sv.add_argument("--host", default=None, help="address to serve on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=None, help="port (default 3000)")
+    sv.add_argument(
+        "--check",
+        action="store_true",
+        help="health of a running serve (the address it recorded, or --host/--port): exit 0 if healthy",
+    )
     w = sub.add_parser("worker", help="production: a Celery worker executing steps")
     w.add_argument("--name", default=f"esc-sync-{os.getpid()}", help="the worker's name (unique per host)")
 
@@ -196,17 +200,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in API_COMMANDS:
         return api_dispatch(args, settings)
     if args.command == "config":
-        for a in settings.atenei:
-            key = "set" if a.router_api_key() else "NOT SET"
-            print(
-                f"{a.code}: PIC {a.pic}, ESI scope {a.schac_home_organization}, consent {a.consent}, "
-                f"Router key ${a.router_api_key_env} {key}"
-            )
-        print(
-            f"academic years {settings.first_academic_year}-{settings.last_academic_year}; "
-            f"state DB {settings.database_url.split('@')[-1]}"
-        )
-        return 0
+        return _print_config(settings)
     if args.command in ("deploy", "serve", "worker"):
         from etl.deploy import processes
 
@@ -216,7 +210,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return processes.worker(settings, args.name)
         if args.check:
             return processes.check(settings, args.host, args.port)
-        return processes.serve(settings, args.host, args.port)
+        return processes.serve(settings, args.host or "127.0.0.1", args.port or 3000)
     if args.command == "ui":
         env = {
             **os.environ,
@@ -240,6 +234,37 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _with_runtime(args, settings, runtime)
     finally:
         runtime.dispose()
+
+
+def _print_config(settings: Settings) -> int:
+    """What was understood, secrets never shown; a warning (exit 0) for what will fail at run time."""
+    from etl.deploy.env import BROKER_ENV, DAGSTER_PG_ENV, redacted
+    from etl.store.db import sqlite_file_missing
+
+    for a in settings.atenei:
+        key = "set" if a.router_api_key() else "NOT SET"
+        print(
+            f"{a.code}: PIC {a.pic}, ESI scope {a.schac_home_organization}, consent {a.consent}, "
+            f"Router key ${a.router_api_key_env} {key}, Esse3 {redacted(a.esse3_url)}"
+        )
+        if missing := sqlite_file_missing(a.esse3_url):
+            print(
+                f"esc-sync: warning: university {a.code}: Esse3 database file {missing} not found",
+                file=sys.stderr,
+            )
+    print(
+        f"academic years {settings.first_academic_year}-{settings.last_academic_year}; "
+        f"state DB {redacted(settings.database_url)}; Esse3 time zone {settings.esse3_timezone}"
+    )
+    if (d := settings.deploy) is not None:
+        storage = redacted(os.environ.get(DAGSTER_PG_ENV) or "NOT SET")
+        broker = redacted(os.environ.get(BROKER_ENV) or "default (RabbitMQ guest on loopback)")
+        print(
+            f"deployment: executor {d.executor}, {d.max_concurrent_runs} runs at once "
+            f"({d.runs_per_university} per university), {d.router_steps} Router steps, sensor every "
+            f"{d.sensor_interval_s} s; Dagster storage {storage}; broker {broker}"
+        )
+    return 0
 
 
 def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime) -> int:
@@ -277,11 +302,21 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
             unread.append(e)
 
         todo = [c.partition for c in pending_partitions(settings, runtime, on_error=skip_university)]
+        # ... and whatever is left undone, whether or not Esse3 changed (etl.unfinished)
+        from etl.definitions import JOB_NAME
+        from etl.unfinished import latest_unsuccessful, partitions_with_work
+
+        failed = latest_unsuccessful(ensure_instance(settings), JOB_NAME)
+        with runtime.engine.connect() as conn:
+            todo += [w.partition for w in partitions_with_work(conn, settings, failed)]
     elif args.command == "reconcile":
+        from etl.definitions import JOB_NAME
         from etl.reconcile import reconcile
         from etl.report import drift_lines
         from etl.store import source_state
+        from etl.store.work import unfinished_totals
         from etl.sweep import sweep
+        from etl.unfinished import latest_unsuccessful, partitions_with_work
 
         if args.confirm_vanished and not args.repair:
             raise EscSyncError("reconcile: --confirm-vanished applies held deletions: give --repair too")
@@ -298,11 +333,18 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
                 )
             ]
         results = reconcile(runtime, codes, repair=args.repair)
-        drift_code = drift_lines(results, args.repair, sweeps, held)
+        failed = latest_unsuccessful(ensure_instance(settings), JOB_NAME)
+        with runtime.engine.connect() as conn:
+            left = [
+                w for w in partitions_with_work(conn, settings, failed) if w.partition.institution in codes
+            ]
+            undone = {code: (unfinished_totals(conn, code), failed) for code in codes}
+        drift_code = drift_lines(results, args.repair, sweeps, held, undone)
         todo = [p for r in results for p in r.to_run]
         if args.repair:
             todo += [Partition(y, s.institution) for s in sweeps for y in s.years]
             todo += [Partition.parse(h.partition_key) for h in held if h.confirmed]
+            todo += [w.partition for w in left]
         if not todo:
             return drift_code
     else:

@@ -24,6 +24,7 @@ from dagster import (
     sensor,
 )
 
+from etl import unfinished
 from etl.assets.badge_write_back import build_badge_write_back_asset
 from etl.assets.badges import build_badges_asset
 from etl.assets.cards import build_cards_asset
@@ -35,11 +36,13 @@ from etl.assets.qr import build_qr_asset
 from etl.assets.reconcile_check import build_reconcile_check, build_sweep_check
 from etl.changes import pending_partitions
 from etl.config import DeploySettings, Settings, load_settings
+from etl.domain.retries import run_key as retry_run_key
 from etl.partitions import partitions_def
 from etl.resources.runtime import Runtime
 
 JOB_NAME = "esc_sync"
 RECONCILE_JOB = "router_reconciliation"
+UNFINISHED_INTERVAL_S = 30  # how often the unfinished_work sensor looks (a few indexed queries)
 
 
 def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Definitions:
@@ -85,6 +88,44 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
             return SkipReason("no Esse3 changes beyond the watermarks")
         return SensorResult(run_requests=requests)
 
+    @sensor(
+        name="unfinished_work",
+        job=job,
+        minimum_interval_seconds=UNFINISHED_INTERVAL_S,
+        default_status=DefaultSensorStatus.RUNNING if deploy else DefaultSensorStatus.STOPPED,
+    )
+    def unfinished_work(
+        context: SensorEvaluationContext, esc: ResourceParam[Runtime]
+    ) -> SensorResult | SkipReason:
+        """Partitions with work left undone (Router calls whose retries ran out, a run that failed or
+        was cancelled) run again, with backoff, a bounded number of times (etl.unfinished)."""
+        failed = unfinished.latest_unsuccessful(context.instance, JOB_NAME)
+        busy = unfinished.active_partitions(context.instance, JOB_NAME)
+        with esc.engine.begin() as conn:
+            found = unfinished.partitions_with_work(conn, settings, failed)
+            due, given_up = unfinished.schedule(conn, found, busy)
+        for r in given_up:  # counts and keys only
+            context.log.warning(
+                f"{r.work.partition.key}: still {r.work.reason} after {r.state.attempts} attempts: "
+                "left for a person (`esc-sync reconcile`, `esc-sync sync`)"
+            )
+        for r in due:
+            context.log.info(f"{r.work.partition.key}: attempt {r.state.attempts} ({r.work.reason})")
+        if not due:
+            return SkipReason(
+                f"{len(found)} partition(s) with work left, none due now" if found else "nothing left"
+            )
+        return SensorResult(
+            run_requests=[
+                RunRequest(
+                    run_key=retry_run_key(r.work.partition.key, r.state),
+                    partition_key=r.work.partition.dagster_key(),
+                    tags={unfinished.RETRY_TAG: str(r.state.attempts)},
+                )
+                for r in due
+            ]
+        )
+
     follow_cards = AutomationConditionSensorDefinition(
         "exports_follow_cards",
         target=AssetSelection.all(),  # acts on the assets with a condition (etl.assets.automation)
@@ -105,7 +146,7 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         asset_checks=checks,
         jobs=[job, reconcile_job],
         schedules=[nightly],
-        sensors=[esse3_changes, follow_cards],
+        sensors=[esse3_changes, unfinished_work, follow_cards],
         resources={"esc": runtime or Runtime(settings)},
         executor=executor_for(deploy),
     )

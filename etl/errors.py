@@ -22,14 +22,21 @@ class ExitCode(IntEnum):
 
 
 class EscSyncError(Exception):
-    """A problem the operator can fix: bad configuration, unreachable database, missing table."""
+    """A problem the operator can fix: bad configuration, unreachable database, missing table.
+    ``transient``: waiting and trying again may succeed (a service down), as opposed to a problem that
+    needs a person (a refused key, a missing table); a deployment retries the former by itself."""
 
     exit_code: ExitCode = ExitCode.CONFIG
+    transient: bool = False
 
-    def __init__(self, message: str, *, exit_code: ExitCode | None = None) -> None:
+    def __init__(
+        self, message: str, *, exit_code: ExitCode | None = None, transient: bool | None = None
+    ) -> None:
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+        if transient is not None:
+            self.transient = transient
 
 
 class UniversityError(EscSyncError):

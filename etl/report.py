@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy import Connection
 
 from etl.config import Settings
+from etl.domain.retries import MAX_ATTEMPTS, exhausted
 from etl.errors import ExitCode, UniversityError
 from etl.orchestrate import Backfill, PartitionFailure, PartitionRun
 from etl.partitions import all_partitions
 from etl.reconcile import UniversityDrift
 from etl.resources.runtime import Runtime
 from etl.store import careers as store
-from etl.store import router_state
+from etl.store import router_state, source_state, work
 from etl.store.source_state import Hold
+from etl.store.work import Unfinished
 from etl.sweep import UniversitySweep
 
 
@@ -36,7 +40,7 @@ def progress(i: int, n: int, run: PartitionRun | PartitionFailure) -> None:
             f" | cards +{k.get('registered', 0) + k.get('reconciled', 0)} ({k.get('updated', 0)} upd)"
             f" | retries {e.get('retries', 0) + k.get('retries', 0)}"
         )
-        # calls whose retries ran out: retried by the next run
+        # calls whose retries ran out: the items stay pending, `sync` (or the deployment) runs them again
         if failed := e.get("failed", 0) + k.get("failed", 0):
             router += f" | failed {failed} (retried next run)"
     q = run.metadata.get("qr_images", {})
@@ -71,25 +75,22 @@ def summary(settings: Settings, runtime: Runtime, router: dict[str, dict[str, in
             )
             say(f"  {p.key:<14} {c['careers']:>8} {c['finalised']:>9} {c['quarantined']:>11}  {reasons}")
         for a in settings.atenei:
-            backlog = router_state.retry_backlog(conn, a.code)
-            if any(backlog.values()):
-                say(
-                    f"  {a.code}: Router calls whose retries ran out: {backlog['persons']} person(s), "
-                    f"{backlog['cards']} card(s); the next run retries them"
-                )
+            left = work.unfinished_totals(conn, a.code)
+            if left.persons or left.cards:
+                say(f"  {a.code}: {left.describe()}: {who_retries(settings, conn, a.code)}")
+            for h in source_state.holds(conn, a.code):
+                noun = _NOUNS[h.source_table]
+                what = f"{h.vanished} of {h.total} {noun} vanished at once"
+                say(f"  {h.partition_key}: {what}, held by the guard (`esc-sync reconcile`)")
         for a in settings.atenei:
             if a.write_back_badge:
                 try:
-                    escns, pngs = runtime.esse3(a.code).badge_write_back_counts()
+                    carried = {b: (e, png) for b, e, png in runtime.esse3(a.code).badges_carrying_cards()}
                 except UniversityError as e:  # the status of the rest is still worth printing
                     say(f"  {e}")
                     continue
-                cards = router_state.registered_totals(conn, a.code)["cards"]
-                say(
-                    f"  {a.code}: {escns} Esse3 badge(s) carry their card's ESCN, QR URL and status"
-                    + (f", {pngs} the QR image" if a.write_back_qr_png else "")
-                    + f" ({cards} registered card(s))"
-                )
+                current = router_state.current_cards(conn, a.code)
+                say(f"  {a.code}: {badges_line(current, carried, a.write_back_qr_png)}")
         if router is None:
             return
         say("\nRouter beside local state:")
@@ -109,6 +110,35 @@ def summary(settings: Settings, runtime: Runtime, router: dict[str, dict[str, in
                 f"  {a.code:<10} {local['persons']:>13} {remote.get('persons', 0):>9} "
                 f"{local['cards']:>11} {remote.get('cards', 0):>9}{mark}"
             )
+
+
+def who_retries(settings: Settings, conn: Connection, institution: str) -> str:
+    """Who runs unfinished work again, truthfully: the deployment's sensor (with its attempts), or
+    the operator."""
+    if settings.deploy is None:
+        return "`esc-sync sync` runs them again"
+    states = [s for key, s in work.retries(conn).items() if key.endswith(f"|{institution}")]
+    if not states:
+        return "the deployment's unfinished_work sensor runs them again"
+    if any(exhausted(s) for s in states):
+        return f"the deployment gave up after {MAX_ATTEMPTS} attempts: `esc-sync sync` runs them again"
+    latest = max(states, key=lambda s: s.attempts)
+    return (
+        f"the deployment runs them again (attempt {latest.attempts} of {MAX_ATTEMPTS}, "
+        f"next after {latest.next_at:%H:%M} UTC)"
+    )
+
+
+def badges_line(current: dict[int, str], carried: dict[int, tuple[str, bool]], with_png: bool) -> str:
+    """How many registered cards the Esse3 badges carry, by matching ESCN (a badge carrying another
+    ESCN is not counted: another system, or an earlier installation, wrote it)."""
+    matching = [b for b, escn in current.items() if carried.get(b, ("", False))[0] == escn]
+    line = f"{len(matching)} of {len(current)} registered card(s) on their Esse3 badge (ESCN, QR URL, status)"
+    if with_png:
+        line += f", {sum(1 for b in matching if carried[b][1])} with the QR image"
+    if others := sum(1 for b, (escn, _) in carried.items() if b in current and current[b] != escn):
+        line += f"; {others} badge(s) carry another ESCN (not esc-sync's: quarantined, never overwritten)"
+    return line
 
 
 def failures(backfill: Backfill) -> ExitCode:
@@ -154,9 +184,12 @@ def drift_lines(
     repaired: bool,
     sweeps: Sequence[UniversitySweep] = (),
     held: Sequence[Hold] = (),
+    undone: Mapping[str, tuple[Unfinished, Mapping[str, str]]] = {},
 ) -> ExitCode:
     """One line per university: in step, or each kind of drift (Esse3 against the state DB, held mass
-    deletions, the Router against the state DB) with what was done about it."""
+    deletions, work left undone, the Router against the state DB) with what was done about it.
+    ``undone``: per university, its Router work not confirmed and the partitions whose latest run
+    failed (partition key → status)."""
     code = ExitCode.OK
 
     def worse(kind: ExitCode) -> None:
@@ -190,6 +223,15 @@ def drift_lines(
             parts.append(f"{h.vanished} {noun} of {h.partition_key} held by the guard ({confirmation})")
             if not h.confirmed:
                 worse(ExitCode.DRIFT)
+        left, failed = undone.get(r.institution, (Unfinished(), {}))
+        runs = [k for k in failed if k.endswith(f"|{r.institution}")]
+        again = "run again" if repaired else "run with --repair"
+        if left.persons or left.cards:
+            parts.append(f"{left.describe()} ({again})")
+        if runs:
+            parts.append(f"{len(runs)} partition(s) whose latest run did not succeed ({again})")
+        if (left.persons or left.cards or runs) and not repaired:
+            worse(ExitCode.DRIFT)
         for kind, n in r.drift.counts().items():
             if n:
                 what, repair = DRIFT_KINDS[kind]

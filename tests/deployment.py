@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from etl.demo.config import DEMO_ATENEI, DemoAteneo, demo_config_toml, key_env
 from etl.deploy.env import DEFAULT_BROKER
@@ -37,7 +38,7 @@ def add_service_args(ap: argparse.ArgumentParser) -> None:
 def fresh_database(base_url: str, prefix: str, driver: str | None = None) -> Iterator[str]:
     """A new empty database on ``base_url``'s server, dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:

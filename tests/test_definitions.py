@@ -91,6 +91,7 @@ def test_definitions_load_and_graph_is_as_expected(runtime: Runtime) -> None:
         "qr_complete",
         "esse3_matches_local",
         "router_matches_local",
+        "router_calls_complete",
     }
     keys = defs.resolve_job_def(JOB_NAME).partitions_def.get_partition_keys()
     assert sorted(keys) == ["2024|unife", "2024|unipa", "2025|unife", "2025|unipa"]
@@ -142,8 +143,17 @@ def test_materialise_partition_then_sensor_sees_only_changes(runtime: Runtime) -
                 )
             ).scalar_one()
         assert md["quarantined"] == held
-        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-        assert checks == {"no_duplicate_careers": True, "quarantine_share": True, "qr_complete": True}
+        checks = {
+            (e.asset_key.to_user_string(), e.check_name): e.passed
+            for e in result.get_asset_check_evaluations()
+        }
+        assert checks == {
+            ("careers", "no_duplicate_careers"): True,
+            ("careers", "quarantine_share"): True,
+            ("qr_images", "qr_complete"): True,
+            ("esi_assignments", "router_calls_complete"): True,  # every call answered
+            ("esc_cards", "router_calls_complete"): True,
+        }
         assert _requested(defs, runtime, instance) == {"2024|unipa", "2025|unife", "2025|unipa"}
 
         # A change in Esse3 for one career of 2024 at unife: that partition is requested again.

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from etl.assets.automation import FOLLOWS_CARDS
 from etl.assets.claims import claim_partition
+from etl.assets.step_retries import retry_transient
 from etl.config import Ateneo
 from etl.domain.badges import unwritten
 from etl.domain.careers import Rejection
@@ -59,6 +60,7 @@ def build_badge_write_back_asset(partitions: MultiPartitionsDefinition) -> Asset
         kinds={"sql"},
         description="ESCN, QR payload and Router status (optionally the QR PNG) stored on each Esse3 badge.",
     )
+    @retry_transient
     def esse3_badge_write_back(
         context: AssetExecutionContext, esc: ResourceParam[Runtime]
     ) -> MaterializeResult:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Row
 
 from etl.assets.careers import Gone
 from etl.assets.claims import claim_partition
+from etl.assets.step_retries import retry_transient
 from etl.domain.badges import validate_badge
 from etl.domain.careers import Rejection
 from etl.domain.esse3_time import esse3_now, read_since
@@ -225,6 +226,7 @@ def build_badges_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
         kinds={"sql"},
         description="Esse3 badges (P01_BADGE) of the partition's careers, validated; bad rows quarantined.",
     )
+    @retry_transient
     def badges(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
         runtime = esc
         partition = Partition.parse(context.partition_key)

@@ -19,7 +19,8 @@ from dagster import (
 from sqlalchemy import Engine
 
 from etl.assets.claims import claim_partition
-from etl.assets.router_calls import ROUTER_POOL, CallReport, run_chunks, run_with_client
+from etl.assets.router_calls import ROUTER_POOL, CallReport, calls_check_spec, run_chunks, run_with_client
+from etl.assets.step_retries import retry_transient
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
 from etl.domain.escn import EscnMinter
@@ -254,6 +255,10 @@ def sync_cards(
             common.resolve_quarantine(conn, inst, STAGE, "P01_BADGE", (str(o.bdg_id) for o in done))
         reminted += sum(1 for o in outcomes if o.reminted)
         report.counts.update(o.result.value for o in outcomes)
+        # retries ran out (a transient failure): the card stays as it was, for the next run
+        report.counts["unsent"] += sum(
+            1 for o in outcomes if o.result is SyncResult.FAILED and o.reason is None
+        )
 
     with engine.begin() as conn:  # first, cards that stayed with a badge whose career changed person
         retire = cards_to_retire(store.card_candidates(conn, inst, year))
@@ -292,7 +297,9 @@ def build_cards_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition
         kinds={"sql"},
         pool=ROUTER_POOL,
         description="A card per badge (ESCN minted offline, PASSIVE or SMART_PASSIVE) at the ESC Router.",
+        check_specs=[calls_check_spec("esc_cards")],
     )
+    @retry_transient
     def esc_cards(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
         runtime = esc
         partition = Partition.parse(context.partition_key)
@@ -308,7 +315,8 @@ def build_cards_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition
                 "dagster/row_count": sum(cards.values()),
                 **report.metadata(),
                 **{f"cards_{k}": v for k, v in cards.items()},
-            }
+            },
+            check_results=[report.calls_check("esc_cards")],
         )
 
     return esc_cards

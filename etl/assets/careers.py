@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import Row
 
 from etl.assets.claims import claim_partition
+from etl.assets.step_retries import retry_transient
 from etl.config import Ateneo
 from etl.domain.careers import SOURCE_COLUMNS, CareerRules, Rejection, map_career, shown_fields
 from etl.domain.esse3_time import esse3_now, read_since
@@ -319,6 +320,7 @@ def build_careers_asset(partitions: MultiPartitionsDefinition) -> AssetsDefiniti
             ),
         ],
     )
+    @retry_transient
     def careers(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
         runtime = esc
         partition = Partition.parse(context.partition_key)

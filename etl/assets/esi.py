@@ -19,7 +19,8 @@ from dagster import (
 from sqlalchemy import Engine
 
 from etl.assets.claims import claim_partition
-from etl.assets.router_calls import ROUTER_POOL, CallReport, run_chunks, run_with_client
+from etl.assets.router_calls import ROUTER_POOL, CallReport, calls_check_spec, run_chunks, run_with_client
+from etl.assets.step_retries import retry_transient
 from etl.config import Ateneo
 from etl.domain.careers import Rejection
 from etl.domain.esi import EsiWriteBack, InvalidEsi, compose_esi, same_esi
@@ -178,6 +179,7 @@ def assign_esis(
             ok = [str(o.stu_id) for o in outcomes if o.state is SyncState.REGISTERED]
             quarantine_store.resolve_quarantine(conn, ateneo.code, STAGE, "P01_STU", ok)
         report.counts.update(o.result.value for o in outcomes)
+        report.counts["unsent"] += sum(1 for o in outcomes if o.last_error)  # retries ran out: pending
 
     async def body(client: RouterClient) -> None:
         await run_chunks(client, plan.work, CHUNK, record, sync_person, confirm)
@@ -212,7 +214,9 @@ def build_esi_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
         kinds={"sql"},
         pool=ROUTER_POOL,
         description="ESIs of finalised careers, registered at the ESC Router and written back to Esse3.",
+        check_specs=[calls_check_spec("esi_assignments")],
     )
+    @retry_transient
     def esi_assignments(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
         runtime = esc
         partition = Partition.parse(context.partition_key)
@@ -231,6 +235,9 @@ def build_esi_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
         context.log.info(f"{partition.key}: {dict(report.counts)} in {dt.datetime.now() - started}")
         with runtime.engine.connect() as conn:
             registered = store.count_persons(conn, ateneo.code, partition.academic_year)
-        return MaterializeResult(metadata={"dagster/row_count": registered, **report.metadata()})
+        return MaterializeResult(
+            metadata={"dagster/row_count": registered, **report.metadata()},
+            check_results=[report.calls_check("esi_assignments")],
+        )
 
     return esi_assignments

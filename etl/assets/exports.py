@@ -42,6 +42,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Row
 
 from etl.assets.automation import FOLLOWS_CARDS
+from etl.assets.step_retries import retry_transient
 from etl.domain.export_policy import ExportPolicy
 from etl.exports import ExportFiles, ExportRow, InvalidRowError, validate_row, write_export
 from etl.partitions import Partition
@@ -364,6 +365,7 @@ def build_export_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
         kinds={"parquet"},
         description="Vendor exports (Parquet + ZIP of QR images), full and incremental, with retention.",
     )
+    @retry_transient
     def export_files(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
         runtime = esc
         partition = Partition.parse(context.partition_key)

@@ -18,6 +18,7 @@ from dagster import (
 from sqlalchemy import Engine
 
 from etl.assets.automation import FOLLOWS_CARDS
+from etl.assets.step_retries import retry_transient
 from etl.config import Settings
 from etl.domain.prints import printable, sheet_digest
 from etl.files import write_atomically
@@ -79,6 +80,7 @@ def build_prints_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
         description="A4 sheets (ID-1 cards, crop marks) of the active printed badges, for universities "
         "that print physical badges.",
     )
+    @retry_transient
     def badge_sheets(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
         runtime = esc
         partition = Partition.parse(context.partition_key)

@@ -26,6 +26,7 @@ from dagster import (
 from sqlalchemy import Engine
 
 from etl.assets.automation import FOLLOWS_CARDS
+from etl.assets.step_retries import retry_transient
 from etl.errors import ConfigError
 from etl.partitions import Partition
 from etl.render.qr import (
@@ -143,6 +144,7 @@ def build_qr_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
             )
         ],
     )
+    @retry_transient
     def qr_images(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
         runtime = esc
         partition = Partition.parse(context.partition_key)

@@ -9,13 +9,26 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec
+
 from etl.errors import EscSyncError, ExitCode, UniversityError
 from etl.resources.router import RouterClient
-from etl.resources.router_errors import RouterError
+from etl.resources.router_errors import RouterError, RouterUnavailable
 
 ROUTER_POOL = "esc_router"  # Dagster pool of the steps that call the Router: bounds concurrent runs
+CALLS_COMPLETE = "router_calls_complete"  # the check that is red while calls ran out of retries
 
 T = TypeVar("T")
+
+
+def calls_check_spec(asset: str) -> AssetCheckSpec:
+    return AssetCheckSpec(
+        CALLS_COMPLETE,
+        asset=asset,
+        description="Every Router call of the run was answered (none ran out of retries).",
+    )
+
+
 R = TypeVar("R")
 
 
@@ -33,6 +46,18 @@ class CallReport:
             v = s.latency_percentile(pct)
             if v is not None:
                 setattr(self, attr, round(v * 1000, 1))
+
+    def calls_check(self, asset: str) -> AssetCheckResult:
+        """Red (ERROR) while calls of this run ran out of retries: the items stay pending, and the
+        unfinished_work sensor (or `esc-sync sync`) runs the partition again."""
+        unsent = int(self.counts["unsent"])
+        return AssetCheckResult(
+            asset_key=asset,
+            check_name=CALLS_COMPLETE,
+            passed=unsent == 0,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"unsent": unsent, "retries": self.retries},
+        )
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -91,4 +116,6 @@ def run_with_client(
     except* RouterError as group:
         first = group.exceptions[0]
         kind = UniversityError if isinstance(first, RouterError) and first.stops_run else EscSyncError
-        raise kind(str(first), exit_code=ExitCode.ROUTER) from None
+        raise kind(
+            str(first), exit_code=ExitCode.ROUTER, transient=isinstance(first, RouterUnavailable)
+        ) from None

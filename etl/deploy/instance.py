@@ -12,6 +12,7 @@ from pathlib import Path
 from etl.assets.router_calls import ROUTER_POOL
 from etl.config import DeploySettings
 from etl.deploy.env import DAGSTER_PG_ENV
+from etl.deploy.launcher import MonitoredRunLauncher
 from etl.deploy.storage import PooledPostgresEventLogStorage
 from etl.files import write_atomically
 
@@ -19,6 +20,7 @@ from etl.files import write_atomically
 # each dimension's value.
 PARTITION_TAG = "dagster/partition"
 INSTITUTION_TAG = "dagster/partition/institution"
+MAX_RUNTIME_S = 6 * 3600
 
 
 def instance_yaml(deploy: DeploySettings) -> str:
@@ -56,10 +58,19 @@ run_coordinator:
   class: QueuedRunCoordinator
   config:
     dequeue_interval_seconds: 1
+# Dagster's default launcher with a health check: a run whose process is gone is failed by run
+# monitoring within a poll, and run retries launch it again (etl/deploy/launcher.py)
+run_launcher:
+  module: {MonitoredRunLauncher.__module__}
+  class: {MonitoredRunLauncher.__name__}
 run_monitoring:
   enabled: true
-  start_timeout_seconds: 180
-  cancel_timeout_seconds: 180
+  # a run process starts in seconds: one that has not within a minute (its code server was killed)
+  # is failed, and run retries launch it again
+  start_timeout_seconds: 60
+  cancel_timeout_seconds: 60
+  # a backstop for a run that hangs alive: no partition's run takes this long
+  max_runtime_seconds: {MAX_RUNTIME_S}
   poll_interval_seconds: 20
   # a run that ended badly must not hold an {ROUTER_POOL} slot
   free_slots_after_run_end_seconds: 30

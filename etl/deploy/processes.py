@@ -8,13 +8,17 @@ runtime to restart. `worker` becomes a Celery worker executing steps.
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -24,6 +28,7 @@ from etl.deploy.env import BROKER_ENV, DAGSTER_PG_ENV, broker_url, dagster_pg_ur
 from etl.deploy.instance import write_instance
 from etl.deploy.worker_app import queue
 from etl.errors import ConfigError, EscSyncError, ExitCode
+from etl.files import write_atomically
 
 BIN = Path(sys.executable).parent  # the venv's commands, activated or not
 STOP_GRACE_S = 20.0
@@ -127,21 +132,26 @@ def serve(settings: Settings, host: str, port: int) -> int:
         raise ConfigError(f"{workspace} missing: run `esc-sync deploy init` first")
     logs = settings.home / "logs"
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _wait_port_free(host, port)  # a webserver still answering there is not ours
     commands = {
         "daemon": [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
         "webserver": [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", host, "-p", str(port)],
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stop = _StopFlag()
+    started = time.time()
+    state = home / SERVE_STATE
     try:
         for what, cmd in commands.items():
             log = os.open(logs / f"{what}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             procs[what] = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                preexec_fn=_die_with(os.getpid()),
+            )  # fmt: skip
             os.close(log)
         url = f"http://{host}:{port}"
-        _wait_healthy(url, env, procs, stop)
+        _wait_healthy(url, env, procs, stop, started)
+        write_atomically(state, json.dumps({"pid": os.getpid(), "host": host, "port": port}).encode())
         print(f"serving: UI {url}, daemon up (sensor, run queue, monitoring); logs in {logs}", flush=True)
         while not stop.signal:
             for what, proc in procs.items():
@@ -153,19 +163,73 @@ def serve(settings: Settings, host: str, port: int) -> int:
             time.sleep(1)
         return 128 + stop.signal
     finally:
+        state.unlink(missing_ok=True)
         _stop_all(procs)
         stop.restore()
 
 
-def check(settings: Settings, host: str, port: int) -> int:
-    """Health of a running `serve`: the webserver answers and the daemon's heartbeat is fresh."""
+SERVE_STATE = "serve.json"  # where a running `serve` says what it serves, for `serve --check`
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """In a child of `serve`, before it runs: be sent SIGTERM when `serve` dies, however it dies (Linux's
+    parent-death signal), so a killed `serve` leaves no webserver or daemon behind in their sessions."""
+
+    def arm() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # serve died before the signal was armed
+                os._exit(1)
+
+    return arm
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _wait_port_free(host: str, port: int, timeout_s: float = 30.0) -> None:
+    """A restarted `serve` may find its killed predecessor's webserver still stopping: wait a little,
+    then refuse with one line rather than report a webserver that is not its own."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise EscSyncError(
+                        f"port {port} on {host} is in use by another process (another serve?): stop it, "
+                        "or give --port",
+                        exit_code=ExitCode.SERVICE,
+                    ) from None
+        time.sleep(1)
+
+
+def check(settings: Settings, host: str | None, port: int | None) -> int:
+    """Health of a running `serve`: the webserver it serves answers and the daemon's heartbeat is
+    fresh. Without --host/--port, the address the running `serve` recorded."""
     env = deployment_env(settings)
-    problems = [p for p in (_webserver_problem(f"http://{host}:{port}"), _daemon_problem(env)) if p]
+    recorded = _serve_state(Path(env["DAGSTER_HOME"])) or {}
+    host, port = host or recorded.get("host") or "127.0.0.1", port or recorded.get("port")
+    if port is None:
+        problems = ["no `esc-sync serve` is running here (none recorded its address): give --port"]
+    else:
+        problems = [p for p in (_webserver_problem(f"http://{host}:{port}"), _daemon_problem(env)) if p]
     for p in problems:
         print(f"esc-sync: {p}", file=sys.stderr)
     if not problems:
-        print("healthy: webserver answers, daemon heartbeat fresh")
+        print(f"healthy: webserver http://{host}:{port} answers, daemon heartbeat fresh")
     return ExitCode.SERVICE if problems else 0
+
+
+def _serve_state(home: Path) -> dict[str, Any] | None:
+    """What a running `serve` recorded, when its process is alive."""
+    try:
+        state = json.loads((home / SERVE_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and psutil.pid_exists(int(state.get("pid", 0))) else None
 
 
 def _webserver_problem(url: str) -> str | None:
@@ -176,19 +240,35 @@ def _webserver_problem(url: str) -> str | None:
     return None if r.status_code == 200 else f"webserver {url} answered {r.status_code}"
 
 
-def _daemon_problem(env: Mapping[str, str]) -> str | None:
+def _daemon_problem(env: Mapping[str, str], since: float | None = None) -> str | None:
     done = subprocess.run(
         [str(BIN / "dagster-daemon"), "liveness-check"], env=dict(env), capture_output=True, text=True
     )
-    return None if done.returncode == 0 else "daemon not running (no fresh heartbeat)"
+    if done.returncode != 0:
+        return "daemon not running (no fresh heartbeat)"
+    if since is not None and _oldest_heartbeat(env) < since:
+        return "daemon heartbeat not yet from this serve's daemon"
+    return None
+
+
+def _oldest_heartbeat(env: Mapping[str, str]) -> float:
+    """The oldest of the daemon's heartbeats (one per daemon type), as a UNIX time."""
+    from dagster import DagsterInstance
+
+    os.environ[DAGSTER_PG_ENV] = env[DAGSTER_PG_ENV]  # the instance file names the variable
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        beats = instance.get_daemon_heartbeats()
+    return min((b.timestamp for b in beats.values()), default=0.0)
 
 
 def _wait_healthy(
     url: str, env: Mapping[str, str], procs: Mapping[str, subprocess.Popen[bytes]], stop: _StopFlag,
-    timeout_s: float = 180.0,
+    started: float, timeout_s: float = 180.0,
 ) -> None:  # fmt: skip
+    """Our webserver answers and *our* daemon beats: every daemon heartbeat is newer than our start
+    (a fresh one from before would be another daemon's)."""
     deadline = time.monotonic() + timeout_s
-    while (problem := _webserver_problem(url) or _daemon_problem(env)) is not None:
+    while (problem := _webserver_problem(url) or _daemon_problem(env, since=started)) is not None:
         for what, proc in procs.items():
             if proc.poll() is not None:
                 raise EscSyncError(f"the {what} exited ({proc.returncode})", exit_code=ExitCode.SERVICE)

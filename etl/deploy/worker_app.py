@@ -46,6 +46,9 @@ CELERY_CONFIG: dict[str, Any] = {
         "socket_settings": {socket.TCP_KEEPIDLE: 60, socket.TCP_KEEPINTVL: 10, socket.TCP_KEEPCNT: 6},
     },
     "worker_hijack_root_logger": False,
+    # A step's Dagster log lines go to the worker's stderr as Dagster wrote them (with their own level):
+    # Celery would otherwise re-log every one of them as a WARNING of its own.
+    "worker_redirect_stdouts": False,
 }
 
 # The run's coordinator looks for finished steps once a tick, 1 s in dagster-celery: a run of eight

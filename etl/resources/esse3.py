@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from etl.domain.badges import BadgeWriteBack
 from etl.domain.esi import EsiWriteBack
 from etl.errors import ExitCode, UniversityError
-from etl.store.db import check_reachable, database_reason, make_engine
+from etl.store.db import check_reachable, database_reason, make_engine, sqlite_file_missing
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql" / "esse3"
 CAREER_TABLES = ("P01_STU", "P01_ANAPER", "P06_CDS")
@@ -91,6 +91,11 @@ class Esse3Source:
     def __init__(self, institution: str, url: str, *, batch_size: int = 5_000) -> None:
         self.institution = institution
         self.batch_size = batch_size
+        if missing := sqlite_file_missing(url):  # connecting would leave an empty file behind
+            raise UniversityError(
+                f"university {institution}: Esse3 database file {missing} not found (esse3_url)",
+                exit_code=ExitCode.DATABASE,
+            )
         self.engine: Engine = make_engine(url, what=f"university {institution}: Esse3")
 
     def check(self) -> None:
@@ -225,14 +230,15 @@ class Esse3Source:
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
 
-    def badge_write_back_counts(self) -> tuple[int, int]:
-        """Badges carrying an ESCN, and a QR image."""
+    def badges_carrying_cards(self) -> Iterator[tuple[int, str, bool]]:
+        """(BDG_ID, the ESCN it carries, whether it carries the QR image) of every badge with an ESCN."""
         try:
             with self.engine.connect() as conn:
-                escns, pngs = conn.execute(text(sql("badge_write_back_counts"))).one()
+                result = conn.execution_options(stream_results=True, yield_per=10_000)
+                for bdg_id, escn, png in result.execute(text(sql("badges_carrying_cards"))):
+                    yield int(bdg_id), str(escn), bool(png)
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
-        return int(escns), int(pngs)
 
     def change_markers(self, cutoff: dt.datetime = dt.datetime.max) -> list[ChangeMarker]:
         """Newest DATA_MOD per academic year and table, ignoring rows dated after ``cutoff``, and the
@@ -302,7 +308,11 @@ def describe_source_error(institution: str, e: DBAPIError) -> UniversityError:
         kind = "unreachable or failed"
     else:
         kind = "query failed"
-    return UniversityError(f"university {institution}: Esse3 {kind}: {first}", exit_code=ExitCode.DATABASE)
+    return UniversityError(
+        f"university {institution}: Esse3 {kind}: {first}",
+        exit_code=ExitCode.DATABASE,
+        transient=isinstance(e, OperationalError) and kind != "missing table or column",
+    )
 
 
 def _badge_cards(conn: Connection, bdg_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -9,6 +10,19 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from etl.errors import EscSyncError, ExitCode
+
+
+def sqlite_file_missing(url: str) -> str | None:
+    """The path of a SQLite database file that does not exist (connecting would create it empty), or
+    None (it exists, the database is in memory, or it is not SQLite)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return None if Path(path).exists() else path
 
 
 def make_engine(url: str, *, what: str = "state DB") -> Engine:

@@ -37,9 +37,10 @@ RunOver = Callable[[str], bool]  # run id → whether that run has ended (Dagste
 
 
 class PartitionBusy(EscSyncError):
-    """Another run holds the partition."""
+    """Another run holds the partition (a step retried in a while finds it free)."""
 
     exit_code = ExitCode.BUSY
+    transient = True
 
 
 # Claims this process holds for a command's whole run: the run's steps re-enter them.

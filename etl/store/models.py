@@ -38,6 +38,11 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# Persons and cards the Router has not confirmed as wanted: intents not yet confirmed, or a call that
+# failed (a transient failure keeps the confirmed state and records last_error). Partial indexes.
+UNFINISHED = "state = 'pending' OR last_error IS NOT NULL"
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -174,7 +179,15 @@ class Person(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
-    __table_args__ = (Index("uq_persons_pers_id", "institution", "pers_id", unique=True),)
+    __table_args__ = (
+        Index("uq_persons_pers_id", "institution", "pers_id", unique=True),
+        Index(
+            "ix_persons_unfinished",
+            "institution",
+            sqlite_where=text(UNFINISHED),
+            postgresql_where=text(UNFINISHED),
+        ),
+    )
 
 
 class Card(Base):
@@ -219,6 +232,12 @@ class Card(Base):
         Index("ix_cards_partition", "institution", "academic_year"),
         Index("ix_cards_feed", "institution", "changed_at", "escn"),
         Index("ix_cards_esi", "institution", "esi"),
+        Index(
+            "ix_cards_unfinished",
+            "institution",
+            sqlite_where=text(UNFINISHED),
+            postgresql_where=text(UNFINISHED),
+        ),
     )
 
 
@@ -254,6 +273,21 @@ class VanishHold(Base):
     reason: Mapped[str] = mapped_column(Text)
     held_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     confirmed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class PartitionRetry(Base):
+    """A partition the deployment is running again because work was left (Router calls out of retries,
+    a failed run): how many attempts so far and when the next one is due (etl.domain.retries). Deleted
+    when the partition has no work left."""
+
+    __tablename__ = "partition_retries"
+
+    partition_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    institution: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    next_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    reason: Mapped[str] = mapped_column(Text)  # counts and kinds only
 
 
 class EscnClock(Base):

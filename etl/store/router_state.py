@@ -539,19 +539,16 @@ def record_card_errors(conn: Connection, outcomes: Sequence[CardOutcome]) -> Non
     )
 
 
-def retry_backlog(conn: Connection, institution: str) -> dict[str, int]:
-    """Persons and cards whose last Router call failed transiently (retries ran out): the next run
-    retries them. Permanent refusals are in the quarantine instead."""
-    return {
-        table: conn.execute(
-            text(  # the table from the fixed tuple below, never from input
-                f"SELECT COUNT(*) FROM {table} "
-                "WHERE institution = :i AND last_error LIKE 'Router unavailable%'"
-            ),
-            {"i": institution},
-        ).scalar_one()
-        for table in ("persons", "cards")
-    }
+def current_cards(conn: Connection, institution: str) -> dict[int, str]:
+    """Badge → the ESCN of its current registered card."""
+    rows = conn.execute(
+        text(
+            "SELECT bdg_id, escn FROM cards "
+            "WHERE institution = :i AND state = 'registered' AND retired_at IS NULL"
+        ),
+        {"i": institution},
+    )
+    return {int(b): e for b, e in rows}
 
 
 def registered_totals(conn: Connection, institution: str) -> dict[str, int]:

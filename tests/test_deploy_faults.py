@@ -1,0 +1,318 @@
+"""The production deployment on this machine, and what it does when things break (issues 13 and 20).
+
+`esc-sync deploy init` writes a Dagster instance on PostgreSQL; `esc-sync serve` runs Dagster's webserver
+and daemon; Celery workers execute steps from RabbitMQ. Nobody launches a run by hand: the esse3_changes
+sensor finds every partition of two universities new and the daemon's queue launches them. Then faults,
+one after another on the same deployment, each followed by convergence within a bound with no person
+acting: every partition's latest run SUCCESS, nothing unconfirmed, the Router equal to the state DB
+(nobody registered twice), `reconcile` exit 0.
+
+0. A worker SIGKILLed inside a Router step, a third one joining: the step is redone whole elsewhere.
+1. The Router stopped for 60 s in the middle of the backfill (calls run out of retries, steps fail).
+2. PostgreSQL backends (state DB and Dagster's) terminated every second for 20 s while runs work.
+3. `serve` SIGKILLed alone (its webserver and daemon must die with it), restarted; then the whole
+   process tree SIGKILLed with runs in flight (run monitoring must fail the dead runs), restarted.
+
+Needs PostgreSQL (ESC_SYNC_TEST_PG_URL) and a broker (ESC_SYNC_TEST_BROKER_URL, default RabbitMQ on
+loopback); CI sets ESC_SYNC_REQUIRE_BROKER=1, where a missing broker fails the test instead of skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from etl.demo.config import DEMO_ATENEI
+from etl.demo.generate import generate
+from etl.demo.mutate import mutate
+from etl.deploy.env import DEFAULT_BROKER
+from etl.deploy.processes import check_broker
+from etl.emulator import FaultConfig, start_emulator
+from etl.errors import EscSyncError
+from etl.store.db import make_engine
+from etl.store.work import unfinished_totals
+from tests.deployment import (
+    Processes,
+    deploy_toml,
+    deployment_env,
+    esc_sync,
+    free_port,
+    fresh_database,
+    wait_until,
+)
+from tests.test_router_reliability import NOW, assert_router_equals_local, local_state
+
+BROKER = os.environ.get("ESC_SYNC_TEST_BROKER_URL") or DEFAULT_BROKER
+YEARS = (2024, 2025)
+CONVERGE_S = 300  # the bound: every fault converges within five minutes of its end
+TASK = re.compile(r"Task execute_plan\[([0-9a-f-]{36})\] (received|succeeded)")
+ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+          DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]  # fmt: skip
+
+
+@pytest.fixture
+def broker() -> str:
+    try:
+        check_broker(BROKER, timeout_s=3)
+    except EscSyncError as e:
+        if os.environ.get("ESC_SYNC_REQUIRE_BROKER"):
+            pytest.fail(f"ESC_SYNC_REQUIRE_BROKER is set: {e}")
+        pytest.skip(str(e))
+    return BROKER
+
+
+@pytest.fixture
+def dagster_pg(pg_url: str) -> Iterator[str]:
+    """A second fresh database, for Dagster's own storage."""
+    with fresh_database(pg_url, "escsync_dagster", driver="postgresql") as url:
+        yield url
+
+
+def unfinished_tasks(log: str) -> list[str]:
+    received = [m[1] for m in TASK.finditer(log) if m[2] == "received"]
+    done = {m[1] for m in TASK.finditer(log) if m[2] == "succeeded"}
+    return [t for t in received if t not in done]
+
+
+def router_step_in_progress(log: str) -> bool:
+    """The worker is executing esi_assignments or esc_cards (received, started, not finished)."""
+    if not unfinished_tasks(log):
+        return False
+    current = log[log.rindex("received") :]
+    return any(f'Started execution of step "{s}"' in current for s in ("esi_assignments", "esc_cards"))
+
+
+@dataclass
+class Deployment:
+    home: Path
+    env: dict[str, str]
+    state_url: str
+    dagster_url: str
+    procs: Processes
+    port: int
+    emulator: object
+    keys: dict[str, str]
+    log: list[str]
+
+    def instance(self) -> DagsterInstance:
+        os.environ["ESC_SYNC_DAGSTER_PG_URL"] = self.env["ESC_SYNC_DAGSTER_PG_URL"]
+        return DagsterInstance.from_config(str(self.home / "dagster"))
+
+    def settled(self) -> str | None:
+        """None when the deployment has finished its work, else what is left (for the timeout's message)."""
+        with self.instance() as instance:
+            busy = instance.get_runs_count(RunsFilter(job_name="esc_sync", statuses=ACTIVE))
+            latest = instance.run_storage.get_run_partition_data(RunsFilter(job_name="esc_sync"))
+        not_ok = sorted(d.partition for d in latest if d.status != DagsterRunStatus.SUCCESS)
+        partitions = {d.partition for d in latest}
+        engine = make_engine(self.state_url)
+        try:
+            with engine.connect() as conn:
+                left = {a.code: unfinished_totals(conn, a.code) for a in DEMO_ATENEI}
+        finally:
+            engine.dispose()
+        unconfirmed = {k: v for k, v in left.items() if v.persons or v.cards}
+        if busy or not_ok or unconfirmed or len(partitions) < len(YEARS) * len(DEMO_ATENEI):
+            return f"{busy} active run(s), not ok {not_ok}, unconfirmed {unconfirmed}, {len(partitions)} seen"
+        return None
+
+    def converge(self, what: str, since: float) -> float:
+        """Wait for the deployment to finish by itself; check the Router and `reconcile`; return seconds."""
+        last: list[str | None] = [None]
+
+        def done() -> bool:
+            last[0] = self.settled()
+            return last[0] is None
+
+        try:
+            wait_until(done, CONVERGE_S, f"convergence after {what}", poll_s=3)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}: {last[0]}") from None
+        took = time.monotonic() - since
+        rec = esc_sync(self.env, "reconcile", timeout=300)
+        assert rec.returncode == 0, rec.stdout + rec.stderr
+        engine = make_engine(self.state_url)
+        for a in DEMO_ATENEI:
+            local = local_state(engine, a.code)
+            key = self.keys[a.code]
+            assert_router_equals_local(
+                self.emulator.url, local, self.emulator, inst=a.code, key=key, pic=a.pic
+            )
+        engine.dispose()
+        self.log.append(f"{what}: converged {took:.0f} s after the fault ended")
+        return took
+
+    def mutate(self, seed: int) -> None:
+        for a in DEMO_ATENEI:
+            mutate(
+                f"sqlite:///{self.home / f'esse3-{a.code}.sqlite'}", seed=seed, now=dt.datetime.now(), size=30
+            )
+
+    def red_somewhere(self) -> bool:
+        """The UI shows the trouble: a failed run or step, or a failed router_calls_complete check."""
+        with self.instance() as instance:
+            if instance.get_runs_count(RunsFilter(job_name="esc_sync", statuses=[DagsterRunStatus.FAILURE])):
+                return True
+            records = instance.get_records_for_run
+            for run in instance.get_runs(RunsFilter(job_name="esc_sync")):
+                for rec in records(run.run_id).records:
+                    ev = rec.event_log_entry.dagster_event
+                    if ev is None:
+                        continue
+                    if ev.event_type_value == "STEP_FAILURE" or ev.event_type_value == "STEP_UP_FOR_RETRY":
+                        return True
+                    if ev.event_type_value == "ASSET_CHECK_EVALUATION" and not ev.event_specific_data.passed:
+                        return True
+        return False
+
+
+def pg_terminator(base_url: str, databases: list[str], seconds: float) -> threading.Thread:
+    """Terminates every backend of ``databases`` once a second for ``seconds`` (a restart as clients
+    see it)."""
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+
+    def loop() -> None:
+        deadline = time.monotonic() + seconds
+        with admin.connect() as conn:
+            while time.monotonic() < deadline:
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = ANY(:dbs) AND pid <> pg_backend_pid()"
+                    ),
+                    {"dbs": databases},
+                )
+                time.sleep(1)
+        admin.dispose()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, pg_url: str, dagster_pg: str, broker: str) -> Iterator[Deployment]:
+    home = tmp_path / "home"
+    home.mkdir()
+    for a in DEMO_ATENEI:
+        generate(
+            f"sqlite:///{home / f'esse3-{a.code}.sqlite'}", seed=a.seed, students=200, first_year=2019,
+            last_year=2025, now=NOW, matricola_base=a.matricola_base, email_domain=f"studenti.{a.domain}",
+        )  # fmt: skip
+    keys = {a.code: f"faults-{a.code}-{uuid.uuid4().hex}" for a in DEMO_ATENEI}
+    emu = start_emulator({keys[a.code]: a.pic for a in DEMO_ATENEI}, tmp_path / "router.sqlite",
+                         faults=FaultConfig(latency_ms=60))  # fmt: skip
+    toml = deploy_toml(emu.url, *YEARS, max_concurrent_runs=4, runs_per_university=2, router_steps=4)
+    # calls run out of retries within seconds of the Router going away (the issue's case)
+    toml = toml.replace("concurrency = 16\n", "concurrency = 16\nmax_retries = 2\ntimeout_s = 3\n")
+    (home / "esc-sync.toml").write_text(toml, encoding="utf-8")
+    env = deployment_env(home, pg_url, dagster_pg, broker, keys)
+    init = esc_sync(env, "deploy", "init", timeout=120)
+    assert init.returncode == 0, init.stderr
+    assert "Dagster storage ready" in init.stdout and "answers" in init.stdout
+    assert (home / "dagster" / "dagster.yaml").stat().st_mode & 0o077 == 0
+    procs = Processes(env, tmp_path / "logs")
+    d = Deployment(home, env, pg_url, dagster_pg, procs, free_port(), emu, keys, [])
+    try:
+        procs.start("worker-a", "worker", "--name", "a")
+        procs.start("worker-b", "worker", "--name", "b")
+        yield d
+    finally:
+        procs.stop_all()
+        emu.stop()
+        os.environ.pop("ESC_SYNC_DAGSTER_PG_URL", None)
+        print("\n".join(d.log))
+
+
+def children_of(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_deployment_converges_after_router_database_and_serve_faults(
+    deployment: Deployment, pg_url: str
+) -> None:
+    d = deployment
+    d.procs.serve(d.port)
+    check = esc_sync(d.env, "serve", "--check", timeout=60)  # the address serve recorded
+    assert check.returncode == 0, check.stderr
+
+    # 0. The sensor starts the backfill; worker a is killed inside a step that talks to the Router.
+    wait_until(lambda: router_step_in_progress(d.procs.log("worker-a")), 240, "a Router step on a", 0.1)
+    d.procs.kill("worker-a")
+    d.procs.start("worker-c", "worker", "--name", "c")
+
+    # 1. The Router stops for 60 s in the middle of the backfill (the killed step is being redone).
+    d.emulator.stop()
+    time.sleep(60)
+    status = esc_sync(d.env, "status")
+    assert "not confirmed by the Router" in status.stdout or d.red_somewhere(), status.stdout
+    d.emulator.start()  # same port, same data
+    d.converge("the Router down for 60 s", time.monotonic())
+    assert d.red_somewhere()  # it was not green while it lasted
+
+    # 2. PostgreSQL drops every connection every second for 20 s, while runs work.
+    d.mutate(seed=21)
+    wait_until(lambda: bool(d.settled()), 60, "the sensor to start runs", 0.5)
+    names = [make_url(d.state_url).database, make_url(d.dagster_url).database]
+    pg_terminator(pg_url, names, 20).join()
+    d.converge("PostgreSQL connections dropped for 20 s", time.monotonic())
+
+    # 3a. serve SIGKILLed alone: its webserver and daemon go with it; a restart serves again.
+    serve = d.procs.procs["serve"]
+    children = psutil.Process(serve.pid).children()  # the webserver and the daemon
+    assert sorted(Path(p.cmdline()[1]).name for p in children) == ["dagster-daemon", "dagster-webserver"]
+    d.mutate(seed=22)
+    os.kill(serve.pid, 9)
+    serve.wait(timeout=10)
+    _, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, f"left behind: {[p.pid for p in alive]}"
+    check = esc_sync(d.env, "serve", "--check", timeout=60)
+    assert check.returncode == 8 and "no `esc-sync serve` is running" in check.stderr, check.stderr
+    d.procs.serve(d.port)
+    check = esc_sync(d.env, "serve", "--check", timeout=60)
+    assert check.returncode == 0, check.stderr
+    d.converge("serve SIGKILLed alone", time.monotonic())
+
+    # 3b. the whole process tree SIGKILLed with runs in flight, then restarted.
+    d.mutate(seed=23)
+    with d.instance() as instance:
+        wait_until(lambda: instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.STARTED])) > 0, 120,
+                   "a run in flight", 0.5)  # fmt: skip
+    serve = d.procs.procs["serve"]
+    tree = [psutil.Process(serve.pid), *children_of(serve.pid)]
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(tree, timeout=30)
+    d.procs.serve(d.port)
+    d.converge("the whole serve tree SIGKILLed", time.monotonic())
+
+    # The step worker a was killed in was executed again, whole, by another worker; c, added late,
+    # took work; the operator's commands work on the deployment's instance (nothing left to do).
+    cut = unfinished_tasks(d.procs.log("worker-a"))
+    assert len(cut) == 1
+    assert f"execute_plan[{cut[0]}] succeeded" in d.procs.log("worker-b") + d.procs.log("worker-c")
+    assert "succeeded" in d.procs.log("worker-c")
+    again = esc_sync(d.env, "materialize", "--partition", f"{YEARS[1]}|unife")
+    assert again.returncode == 0 and "cards +0" in again.stdout, again.stdout + again.stderr
+    # worker logs carry Dagster's lines at their own level, not as Celery warnings
+    assert " - DEBUG - " in d.procs.log("worker-c") and "WARNING/MainProcess" not in d.procs.log("worker-c")
