@@ -5,7 +5,7 @@ then PostgreSQL); then, each in a fresh process: the baseline streams every care
 every academic year without doing anything with them, through the incremental reads from the start
 (bench_ingest's read-only baseline, badges included: the floor any comparison pays), and the sweep
 compares every partition's careers and badges with the state DB by key and digest (report mode,
-nothing recorded; its reads are unordered, since it keys rows in a dict). Memory flatness: the same sweep at N/4 and N.
+nothing recorded). Memory flatness: the same sweep at N/4 and N.
 
     python bench/bench_sweep.py [--n 100000] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
 """
