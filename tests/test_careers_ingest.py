@@ -174,6 +174,12 @@ def test_a_failure_mid_partition_writes_nothing(state_engine, esse3, tmp_path) -
 
 
 def test_missing_table_and_unreachable_source_fail_with_one_line(tmp_path) -> None:
+    with pytest.raises(
+        EscSyncError, match=r"university unife: Esse3 database file .*absent.sqlite not found"
+    ):
+        Esse3Source("unife", f"sqlite:///{tmp_path / 'absent.sqlite'}")
+    assert not (tmp_path / "absent.sqlite").exists()  # never created empty
+    (tmp_path / "empty.sqlite").touch()  # a file without the tables
     empty = Esse3Source("unife", f"sqlite:///{tmp_path / 'empty.sqlite'}")
     with pytest.raises(EscSyncError) as e:
         list(empty.changed_careers(2024, {}, dt.timedelta(0)))
