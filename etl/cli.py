@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from etl.config import Settings
     from etl.resources.runtime import Runtime
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _years(text: str) -> list[int]:
     first, _, last = text.partition("-")
@@ -217,13 +215,15 @@ def _dispatch(args: argparse.Namespace) -> int:
             "ESC_SYNC_HOME": str(settings.home),
             "ESC_SYNC_CONFIG": str(settings.config_path),
         }
+        from etl.deploy.instance import write_workspace
         from etl.orchestrate import ensure_instance
 
         ensure_instance(settings)
         env["DAGSTER_HOME"] = os.environ["DAGSTER_HOME"]
+        workspace = write_workspace(Path(env["DAGSTER_HOME"]))  # the installed package, wherever it is
         dagster = str(Path(sys.executable).with_name("dagster"))  # the venv's, activated or not
-        cmd = [dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(args.port)]
-        return subprocess.call(cmd, env=env, cwd=REPO)
+        cmd = [dagster, "dev", "-w", str(workspace), "-p", str(args.port)]
+        return subprocess.call(cmd, env=env, cwd=settings.home)
 
     from etl.resources.runtime import Runtime
     from etl.store.db import check_reachable

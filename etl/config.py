@@ -101,6 +101,7 @@ class Settings:
     esse3_timezone: str = "UTC"
     # More than this share of a partition's careers or badges vanishing at once is held for a person.
     max_vanished_share: float = 0.05
+    esse3_sql_dir: Path | None = None  # a site's own versions of etl/sql/esse3/*.sql
     api_public_url: str | None = None  # where vendors reach the REST service: links are built on it
     run_wait_timeout_s: float = 600.0  # how long a run waits for a Router pool slot held by live runs
     deploy: DeploySettings | None = None  # set: this configuration is a production deployment
@@ -166,7 +167,7 @@ KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {
     "qr": frozenset(("base_url", "logo_path")),
     "quarantine": frozenset(("warn_share",)),
     "exports": EXPORT_KEYS,
-    "esse3": frozenset(("max_future_skew_minutes", "timezone", "max_vanished_share")),
+    "esse3": frozenset(("max_future_skew_minutes", "timezone", "max_vanished_share", "sql_dir")),
     "api": frozenset(("public_url",)),
     "runs": frozenset(("wait_timeout_s",)),
     "deploy": frozenset(
@@ -259,6 +260,11 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
     vanished = esse3.get("max_vanished_share", Settings.max_vanished_share)
     if isinstance(vanished, bool) or not isinstance(vanished, int | float) or not 0 <= vanished <= 1:
         raise ConfigError(f"esse3: field max_vanished_share: {vanished!r} must be a share from 0 to 1")
+    sql_dir = esse3.get("sql_dir")
+    if sql_dir is not None:
+        sql_dir = Path(_str(sql_dir, "esse3", "sql_dir").replace("{home}", str(home)))
+        if not sql_dir.is_dir():
+            raise ConfigError(f"esse3: field sql_dir: {sql_dir} is not a directory")
     wait = raw.get("runs", {}).get("wait_timeout_s", Settings.run_wait_timeout_s)
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 24 * 3600:
         raise ConfigError(f"runs: field wait_timeout_s: {wait!r} must be a number of seconds 0-86400")
@@ -277,6 +283,7 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         esse3_future_skew=dt.timedelta(minutes=skew),
         esse3_timezone=tz,
         max_vanished_share=float(vanished),
+        esse3_sql_dir=sql_dir,
         api_public_url=public,
         run_wait_timeout_s=float(wait),
         deploy=_parse_deploy(raw["deploy"]) if "deploy" in raw else None,

@@ -95,3 +95,29 @@ def sqlite_runtime(tmp_path: Path) -> Iterator[Runtime]:
     rt = make_runtime(f"sqlite:///{tmp_path / 'state.sqlite'}", tmp_path)
     yield rt
     rt.dispose()
+
+
+@pytest.fixture
+def broker() -> str:
+    """The Celery broker of the deployment tests (RabbitMQ on loopback unless ESC_SYNC_TEST_BROKER_URL)."""
+    from etl.deploy.env import DEFAULT_BROKER
+    from etl.deploy.processes import check_broker
+    from etl.errors import EscSyncError
+
+    url = os.environ.get("ESC_SYNC_TEST_BROKER_URL") or DEFAULT_BROKER
+    try:
+        check_broker(url, timeout_s=3)
+    except EscSyncError as e:
+        if os.environ.get("ESC_SYNC_REQUIRE_BROKER"):
+            pytest.fail(f"ESC_SYNC_REQUIRE_BROKER is set: {e}")
+        pytest.skip(str(e))
+    return url
+
+
+@pytest.fixture
+def dagster_pg(pg_url: str) -> Iterator[str]:
+    """A second fresh database, for Dagster's own storage."""
+    from tests.deployment import fresh_database
+
+    with fresh_database(pg_url, "escsync_dagster", driver="postgresql") as url:
+        yield url

@@ -248,11 +248,13 @@ def test_overlong_source_values_are_quarantined_not_fatal(state_engine, esse3, t
 
 
 def test_a_source_query_missing_a_column_stops_with_one_line() -> None:
-    """Sites adapt sql/esse3/; a column lost there stops the run naming it, not with a KeyError."""
+    """Sites adapt etl/sql/esse3/ (in their sql_dir); a column lost there stops the run naming it, not
+    with a KeyError."""
     columns = [*SOURCE_COLUMNS, "STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD"]
     rules = CareerRules(FinalisedRule(), {})
     Row = namedtuple("Row", [c for c in columns if c != "CONSENSO_ESC"])
-    with pytest.raises(EscSyncError, match=r"^Esse3 careers query returns no CONSENSO_ESC \(sql/esse3/\)$"):
+    where = r"\(etl/sql/esse3/, or the site.s \[esse3\] sql_dir\)"
+    with pytest.raises(EscSyncError, match=rf"^Esse3 careers query returns no CONSENSO_ESC {where}$"):
         prepare_batch([Row(*([None] * len(Row._fields)))], rules, TODAY)
 
 

@@ -39,10 +39,7 @@ from sqlalchemy.engine import make_url
 from etl.demo.config import DEMO_ATENEI
 from etl.demo.generate import generate
 from etl.demo.mutate import mutate
-from etl.deploy.env import DEFAULT_BROKER
-from etl.deploy.processes import check_broker
 from etl.emulator import FaultConfig, start_emulator
-from etl.errors import EscSyncError
 from etl.store.db import make_engine
 from etl.store.work import unfinished_totals
 from tests.deployment import (
@@ -51,35 +48,15 @@ from tests.deployment import (
     deployment_env,
     esc_sync,
     free_port,
-    fresh_database,
     wait_until,
 )
 from tests.test_router_reliability import NOW, assert_router_equals_local, local_state
 
-BROKER = os.environ.get("ESC_SYNC_TEST_BROKER_URL") or DEFAULT_BROKER
 YEARS = (2024, 2025)
 CONVERGE_S = 300  # the bound: every fault converges within five minutes of its end
 TASK = re.compile(r"Task execute_plan\[([0-9a-f-]{36})\] (received|succeeded)")
 ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
           DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]  # fmt: skip
-
-
-@pytest.fixture
-def broker() -> str:
-    try:
-        check_broker(BROKER, timeout_s=3)
-    except EscSyncError as e:
-        if os.environ.get("ESC_SYNC_REQUIRE_BROKER"):
-            pytest.fail(f"ESC_SYNC_REQUIRE_BROKER is set: {e}")
-        pytest.skip(str(e))
-    return BROKER
-
-
-@pytest.fixture
-def dagster_pg(pg_url: str) -> Iterator[str]:
-    """A second fresh database, for Dagster's own storage."""
-    with fresh_database(pg_url, "escsync_dagster", driver="postgresql") as url:
-        yield url
 
 
 def unfinished_tasks(log: str) -> list[str]:

@@ -84,7 +84,8 @@ def prepare_batch(
     keys = batch[0]._fields
     missing = SOURCE_COLUMNS.union(_DATA_MOD_COLUMNS).difference(keys)
     if missing:  # a site's edit of the SQL lost a column: no career can be validated
-        raise EscSyncError(f"Esse3 careers query returns no {', '.join(sorted(missing))} (sql/esse3/)")
+        where = "etl/sql/esse3/, or the site's [esse3] sql_dir"
+        raise EscSyncError(f"Esse3 careers query returns no {', '.join(sorted(missing))} ({where})")
     stu, anaper, cds = (keys.index(c) for c in _DATA_MOD_COLUMNS)
     digest_of = career_digester(keys)
     columns = tuple(zip(CAREER_TABLES, (stu, anaper, cds), strict=True))

@@ -1,7 +1,7 @@
 """The Esse3 tables esc-sync reads, as SQLAlchemy Core tables, used to create the demo Esse3 database.
 
 Column names follow Esse3 (Oracle, upper case). Production never creates these: the reader in
-``etl.resources.esse3`` only runs the SQL under ``sql/esse3/`` against them.
+``etl.resources.esse3`` only runs the SQL of ``etl/sql/esse3/`` against them.
 """
 
 from __future__ import annotations

@@ -113,9 +113,14 @@ load_from:
 
 def write_instance(dagster_home: Path, deploy: DeploySettings) -> list[Path]:
     dagster_home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    written = []
-    for name, text in (("dagster.yaml", instance_yaml(deploy)), ("workspace.yaml", workspace_yaml())):
-        path = dagster_home / name
-        write_atomically(path, text.encode())  # 0600, like every file esc-sync writes
-        written.append(path)
-    return written
+    path = dagster_home / "dagster.yaml"
+    write_atomically(path, instance_yaml(deploy).encode())  # 0600, like every file esc-sync writes
+    return [path, write_workspace(dagster_home)]
+
+
+def write_workspace(dagster_home: Path) -> Path:
+    """The workspace file (the code location is the installed package: no path to a checkout)."""
+    dagster_home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = dagster_home / "workspace.yaml"
+    write_atomically(path, workspace_yaml().encode())
+    return path

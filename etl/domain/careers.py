@@ -108,7 +108,7 @@ MAX_LENGTHS = {
 }
 EMAIL_MAX_LENGTH = 255
 
-# The columns map_career reads: what sql/esse3/careers_*.sql must return, whatever a site adapts there.
+# The columns map_career reads: what etl/sql/esse3/careers_*.sql must return, whatever a site adapts there.
 SOURCE_COLUMNS = frozenset(
     (
         *("STU_ID", "PERS_ID", "MATRICOLA", "CDS_ID", "AA_ID", "DATA_IMM", "STA_STU_COD"),

@@ -1,4 +1,5 @@
-"""Esse3 source: runs the SQL under ``sql/esse3/`` against any SQLAlchemy URL (Oracle in production
+"""Esse3 source: runs the SQL of ``etl/sql/esse3/`` (shipped in the package; a site's own versions of
+any of them in ``[esse3] sql_dir`` take their place) against any SQLAlchemy URL (Oracle in production
 through ``oracledb``; SQLite or PostgreSQL in the demo and tests). The only code that reads Esse3."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from etl.domain.esi import EsiWriteBack
 from etl.errors import ExitCode, UniversityError
 from etl.store.db import check_reachable, database_reason, make_engine, sqlite_file_missing
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql" / "esse3"
+PACKAGED_SQL = files("etl") / "sql" / "esse3"  # found in a wheel's install as in a checkout
 CAREER_TABLES = ("P01_STU", "P01_ANAPER", "P06_CDS")
 EPOCH = dt.datetime(1900, 1, 1)
 
@@ -37,8 +39,11 @@ WRITE_BACK_CHUNK = 1000  # badges written in one Esse3 transaction
 
 
 @cache
-def sql(name: str) -> str:
-    return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+def sql(name: str, site_dir: Path | None = None) -> str:
+    """The statement ``name``: the site's version in ``site_dir`` if it has one, else esc-sync's."""
+    if site_dir is not None and (site := site_dir / f"{name}.sql").is_file():
+        return site.read_text(encoding="utf-8")
+    return (PACKAGED_SQL / f"{name}.sql").read_text(encoding="utf-8")
 
 
 # The sweep digests a row without its DATA_MODs: parsing them (text on SQLite) would be wasted.
@@ -46,11 +51,11 @@ _SWEEP_UNTYPED = ("STU_DATA_MOD", "ANAPER_DATA_MOD", "CDS_DATA_MOD", "DATA_MOD")
 
 
 @cache
-def _careers_statement(name: str) -> TextClause:
+def _careers_statement(name: str, site_dir: Path | None) -> TextClause:
     """Typed binds and result columns, so every driver (SQLite included) returns real dates (and the
     same values whichever statement read a row: its digest must not depend on it)."""
     types = _CAREER_TYPES if name != "careers_of_year" else _without(_CAREER_TYPES, _SWEEP_UNTYPED)
-    stmt = text(sql(name)).columns(**types)
+    stmt = text(sql(name, site_dir)).columns(**types)
     if name == "careers_by_id":
         return stmt.bindparams(bindparam("stu_ids", expanding=True))  # type: ignore[return-value]
     if name == "careers_changed":
@@ -63,9 +68,9 @@ _BADGE_TYPES = {"DATA_INI": Date, "DATA_FIN": Date, "DATA_STAMPA": Date, "DATA_M
 
 
 @cache
-def _badges_statement(name: str) -> TextClause:
+def _badges_statement(name: str, site_dir: Path | None) -> TextClause:
     types = _BADGE_TYPES if name != "badges_of_year" else _without(_BADGE_TYPES, _SWEEP_UNTYPED)
-    stmt = text(sql(name)).columns(**types)
+    stmt = text(sql(name, site_dir)).columns(**types)
     if name == "badges_by_id":
         return stmt.bindparams(bindparam("bdg_ids", expanding=True))  # type: ignore[return-value]
     if name == "badges_changed":
@@ -88,9 +93,12 @@ class ChangeMarker:
 class Esse3Source:
     """Reads one university's Esse3 database. Streams: memory stays flat whatever the table size."""
 
-    def __init__(self, institution: str, url: str, *, batch_size: int = 5_000) -> None:
+    def __init__(
+        self, institution: str, url: str, *, batch_size: int = 5_000, sql_dir: Path | None = None
+    ) -> None:
         self.institution = institution
         self.batch_size = batch_size
+        self.sql_dir = sql_dir  # a site's own statements (``[esse3] sql_dir``)
         if missing := sqlite_file_missing(url):  # connecting would leave an empty file behind
             raise UniversityError(
                 f"university {institution}: Esse3 database file {missing} not found (esse3_url)",
@@ -116,17 +124,17 @@ class Esse3Source:
                 for t in CAREER_TABLES
             },
         }
-        yield from self._stream(_careers_statement("careers_changed"), params)
+        yield from self._stream(_careers_statement("careers_changed", self.sql_dir), params)
 
     def careers_by_id(self, academic_year: int, stu_ids: Sequence[int]) -> Iterator[list[Row[Any]]]:
-        stmt = _careers_statement("careers_by_id")
+        stmt = _careers_statement("careers_by_id", self.sql_dir)
         for start in range(0, len(stu_ids), 500):  # Oracle caps IN lists at 1,000
             chunk = list(stu_ids[start : start + 500])
             yield from self._stream(stmt, {"aa_id": academic_year, "stu_ids": chunk})
 
     def careers_of_year(self, academic_year: int) -> Iterator[list[Row[Any]]]:
         """Every career of the year, whatever its DATA_MOD (the sweep), ordered by STU_ID."""
-        yield from self._stream(_careers_statement("careers_of_year"), {"aa_id": academic_year})
+        yield from self._stream(_careers_statement("careers_of_year", self.sql_dir), {"aa_id": academic_year})
 
     def changed_badges(
         self, academic_year: int, since: dt.datetime | None, overlap: dt.timedelta = dt.timedelta(0)
@@ -134,23 +142,23 @@ class Esse3Source:
         """Badges of the year's careers changed after ``since - overlap`` (``since`` already widened
         for the repeated hour by the caller)."""
         params = {"aa_id": academic_year, "since": (since or EPOCH) - overlap}
-        yield from self._stream(_badges_statement("badges_changed"), params)
+        yield from self._stream(_badges_statement("badges_changed", self.sql_dir), params)
 
     def badges_by_id(self, academic_year: int, bdg_ids: Sequence[int]) -> Iterator[list[Row[Any]]]:
-        stmt = _badges_statement("badges_by_id")
+        stmt = _badges_statement("badges_by_id", self.sql_dir)
         for start in range(0, len(bdg_ids), 500):
             chunk = list(bdg_ids[start : start + 500])
             yield from self._stream(stmt, {"aa_id": academic_year, "bdg_ids": chunk})
 
     def badges_of_year(self, academic_year: int) -> Iterator[list[Row[Any]]]:
-        yield from self._stream(_badges_statement("badges_of_year"), {"aa_id": academic_year})
+        yield from self._stream(_badges_statement("badges_of_year", self.sql_dir), {"aa_id": academic_year})
 
     def count_of_year(self, table: str, academic_year: int) -> int:
         """How many rows the year's careers (``P01_STU``) or badges (``P01_BADGE``) have in Esse3."""
         name = {"P01_STU": "career_keys", "P01_BADGE": "badge_keys"}[table]
         try:
             with self.engine.connect() as conn:
-                stmt = text(f"SELECT COUNT(*) FROM ({sql(name)}) k")
+                stmt = text(f"SELECT COUNT(*) FROM ({sql(name, self.sql_dir)}) k")
                 return int(conn.execute(stmt, {"aa_id": academic_year}).scalar_one())
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
@@ -161,7 +169,7 @@ class Esse3Source:
         name = {"P01_STU": "career_keys", "P01_BADGE": "badge_keys"}[table]
         try:
             with self.engine.connect() as conn:
-                return list(conn.execute(text(sql(name)), {"aa_id": academic_year}).scalars())
+                return list(conn.execute(text(sql(name, self.sql_dir)), {"aa_id": academic_year}).scalars())
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
 
@@ -169,7 +177,7 @@ class Esse3Source:
         """Where rows gone from their partition are now: key → academic year (None: a badge whose
         career is gone). A key absent from the answer is gone from Esse3."""
         name, bind = {"P01_STU": ("career_years", "stu_ids"), "P01_BADGE": ("badge_years", "bdg_ids")}[table]
-        stmt = text(sql(name)).bindparams(bindparam(bind, expanding=True))
+        stmt = text(sql(name, self.sql_dir)).bindparams(bindparam(bind, expanding=True))
         found: dict[int, int | None] = {}
         try:
             with self.engine.connect() as conn:
@@ -188,7 +196,7 @@ class Esse3Source:
         try:
             with self.engine.begin() as conn:
                 result = conn.execute(
-                    text(sql("write_back_esi")),
+                    text(sql("write_back_esi", self.sql_dir)),
                     [{"stu_id": w.stu_id, "esi": w.esi, "previous": w.previous} for w in writes],
                 )
                 return result.rowcount
@@ -204,7 +212,7 @@ class Esse3Source:
                 chunk = rows[start : start + WRITE_BACK_CHUNK]
                 with self.engine.begin() as conn:
                     conn.execute(
-                        text(sql("write_back_badge")),
+                        text(sql("write_back_badge", self.sql_dir)),
                         [
                             {"bdg_id": w.bdg_id, "escn": w.escn, "qr_url": w.qr_url, "status": w.status,
                              "previous_escn": w.previous_escn, "pending_escn": w.pending_escn}
@@ -213,10 +221,12 @@ class Esse3Source:
                     )  # fmt: skip
                     if with_png:
                         conn.execute(
-                            text(sql("write_back_badge_png")).bindparams(bindparam("png", type_=LargeBinary)),
+                            text(sql("write_back_badge_png", self.sql_dir)).bindparams(
+                                bindparam("png", type_=LargeBinary)
+                            ),
                             [{"bdg_id": w.bdg_id, "escn": w.escn, "png": w.png} for w in chunk],
                         )
-                    written = _badge_cards(conn, [w.bdg_id for w in chunk])
+                    written = _badge_cards(conn, [w.bdg_id for w in chunk], self.sql_dir)
                 carried.update((bdg_id, escn) for bdg_id, (escn, _status) in written.items())
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
@@ -226,7 +236,7 @@ class Esse3Source:
         """(ESCN, Router status) each badge carries in Esse3."""
         try:
             with self.engine.connect() as conn:
-                return _badge_cards(conn, bdg_ids)
+                return _badge_cards(conn, bdg_ids, self.sql_dir)
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
 
@@ -235,7 +245,7 @@ class Esse3Source:
         try:
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=10_000)
-                for bdg_id, escn, png in result.execute(text(sql("badges_carrying_cards"))):
+                for bdg_id, escn, png in result.execute(text(sql("badges_carrying_cards", self.sql_dir))):
                     yield int(bdg_id), str(escn), bool(png)
         except DBAPIError as e:
             raise describe_source_error(self.institution, e) from None
@@ -243,7 +253,7 @@ class Esse3Source:
     def change_markers(self, cutoff: dt.datetime = dt.datetime.max) -> list[ChangeMarker]:
         """Newest DATA_MOD per academic year and table, ignoring rows dated after ``cutoff``, and the
         careers' and badges' row counts."""
-        stmt = text(sql("change_markers")).bindparams(bindparam("cutoff", type_=DateTime))
+        stmt = text(sql("change_markers", self.sql_dir)).bindparams(bindparam("cutoff", type_=DateTime))
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(stmt, {"cutoff": cutoff}).all()
@@ -315,8 +325,10 @@ def describe_source_error(institution: str, e: DBAPIError) -> UniversityError:
     )
 
 
-def _badge_cards(conn: Connection, bdg_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
-    stmt = text(sql("badge_cards")).bindparams(bindparam("bdg_ids", expanding=True))
+def _badge_cards(
+    conn: Connection, bdg_ids: Sequence[int], site_dir: Path | None
+) -> dict[int, tuple[str | None, str | None]]:
+    stmt = text(sql("badge_cards", site_dir)).bindparams(bindparam("bdg_ids", expanding=True))
     out: dict[int, tuple[str | None, str | None]] = {}
     for start in range(0, len(bdg_ids), 500):  # Oracle caps IN lists at 1,000
         for bdg_id, escn, status in conn.execute(stmt, {"bdg_ids": list(bdg_ids[start : start + 500])}):

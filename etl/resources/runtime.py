@@ -33,7 +33,9 @@ class Runtime:
     def esse3(self, institution: str) -> Esse3Source:
         if institution not in self._sources:
             ateneo = self.settings.ateneo(institution)
-            self._sources[institution] = Esse3Source(institution, ateneo.esse3_url)
+            self._sources[institution] = Esse3Source(
+                institution, ateneo.esse3_url, sql_dir=self.settings.esse3_sql_dir
+            )
         return self._sources[institution]
 
     def router_client(self, institution: str) -> RouterClient:

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+# The migrations ship inside the package (a wheel's install finds them as a checkout does).
+SCRIPT_LOCATION = "etl:migrations"
 
 
 def _config() -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
     return cfg
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg = _config()
     with engine.begin() as conn:
-        cfg.attributes["connection"] = conn  # alembic/env.py migrates on this connection
+        cfg.attributes["connection"] = conn  # etl/migrations/env.py migrates on this connection
         command.upgrade(cfg, revision)
 
 

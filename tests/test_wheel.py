@@ -1,0 +1,94 @@
+"""What users install: the wheel, built from this checkout and installed into a fresh virtualenv outside
+it (README Production step 1, `pip install -c constraints.txt .`). From there `esc-sync demo`, `db
+upgrade` and `deploy init` must work: the migrations and the Esse3 SQL ship inside the package.
+
+Also a site's own SQL in `[esse3] sql_dir`, which is how a wheel's user adapts a statement."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from etl.demo.generate import generate
+from etl.resources.esse3 import Esse3Source, sql
+from tests.deployment import deploy_toml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `esc-sync` command of a fresh virtualenv holding the wheel (and its pinned dependencies)."""
+    where = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(where), str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    [wheel] = where.glob("esc_sync-*.whl")
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"),
+         str(wheel)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    return venv / "bin" / "esc-sync"
+
+
+def run(command: Path, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ESC_SYNC_", "DAGSTER_", "PYTHON"))}
+    return subprocess.run(
+        [str(command), *args], cwd=cwd, env=clean | env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_installed_wheel_runs_the_demo_migrates_and_deploys(
+    installed: Path, tmp_path: Path, pg_url: str, dagster_pg: str, broker: str
+) -> None:
+    home = tmp_path / "home"
+    demo = run(installed, tmp_path, "demo", "--students", "200", ESC_SYNC_HOME=str(home))
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    assert "Router beside local state" in demo.stdout and "MISMATCH" not in demo.stdout
+    # the package's own files, not the checkout's
+    where = run(installed.with_name("python"), tmp_path, "-c", "import etl; print(etl.__file__)")
+    assert "site-packages" in where.stdout and str(REPO) not in where.stdout
+
+    state = make_url(pg_url).render_as_string(hide_password=False)
+    upgrade = run(installed, tmp_path, "db", "upgrade", ESC_SYNC_HOME=str(home), ESC_SYNC_DATABASE_URL=state)
+    assert upgrade.returncode == 0 and "state DB at revision" in upgrade.stdout, upgrade.stderr
+
+    (home / "deploy.toml").write_text(deploy_toml("http://127.0.0.1:9/esc-rest", 2024, 2025))
+    deploy_env = {"ESC_SYNC_HOME": str(home), "ESC_SYNC_CONFIG": str(home / "deploy.toml")}
+    init = run(
+        installed, tmp_path, "deploy", "init", **deploy_env, ESC_SYNC_DATABASE_URL=state,
+        ESC_SYNC_DAGSTER_PG_URL=dagster_pg, ESC_SYNC_BROKER_URL=broker,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert "Dagster storage ready" in init.stdout and (home / "dagster" / "workspace.yaml").is_file()
+
+
+def test_a_sites_own_statement_replaces_the_packaged_one(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'esse3.sqlite'}"
+    generate(url, seed=2, students=120, first_year=2025, last_year=2025, now=dt.datetime(2026, 11, 2, 9))
+    site = tmp_path / "site-sql"
+    site.mkdir()
+    # A site that keeps closed careers out of esc-sync's view, in its own copy of one statement.
+    (site / "careers_changed.sql").write_text(sql("careers_changed").replace(
+        'WHERE s."AA_ID" = :aa_id', 'WHERE s."AA_ID" = :aa_id AND s."STA_STU_COD" <> \'X\''
+    ))  # fmt: skip
+    packaged = [r for b in Esse3Source("unife", url).changed_careers(2025, {}) for r in b]
+    own = [r for b in Esse3Source("unife", url, sql_dir=site).changed_careers(2025, {}) for r in b]
+    assert any(r.STA_STU_COD == "X" for r in packaged)
+    assert own and not any(r.STA_STU_COD == "X" for r in own)
+    # the statements the site did not copy are still esc-sync's
+    assert Esse3Source("unife", url, sql_dir=site).count_of_year("P01_STU", 2025) == len(packaged)
