@@ -36,7 +36,8 @@ from pathlib import Path
 
 import psutil
 
-from etl.assets.cards import ingest_badges, sync_cards
+from etl.assets.badges import ingest_badges
+from etl.assets.cards import sync_cards
 from etl.assets.careers import ingest_careers
 from etl.assets.esi import assign_esis
 from etl.assets.router_calls import CallReport

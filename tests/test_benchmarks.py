@@ -1,0 +1,57 @@
+"""Benchmarks cannot rot: every script in bench/ runs here at a tiny size and must finish with exit 0.
+The figures mean nothing at these sizes (and targets are not checked): this only proves that each
+script still runs against today's code. The real measurements are in docs/performance.md."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+
+# script → tiny arguments (thresholds set so that a tiny run never "fails" on a figure)
+TINY: dict[str, list[str]] = {
+    "bench_api.py": ["--cards", "200", "--export-rows", "500", "--seconds", "0.5", "--rate", "50",
+                     "--repeat", "1"],
+    "bench_badge_pdf.py": ["--rounds", "1", "--sheet", "10"],
+    "bench_export_pipeline.py": ["--cards", "300", "--naive-sample", "20", "--min-ratio", "0"],
+    "bench_exports.py": ["--rows", "500", "--batch-size", "100", "--qr-pool", "20"],
+    "bench_http_transport.py": ["--requests", "100", "--rounds", "1"],
+    "bench_ingest.py": ["--n", "400"],
+    "bench_qr.py": ["--n", "50", "--rounds", "1", "--min-ratio", "0"],
+    "bench_router.py": ["--students", "150", "--sequential-students", "30", "--latency-ms", "2"],
+    "bench_sweep.py": ["--n", "400"],
+    "bench_latency.py": ["--events", "2", "--every", "1", "--students", "40", "--workers", "1",
+                         "--latency-ms", "2"],
+    "bench_scale.py": ["--universities", "1", "--years", "1", "--students", "30", "--workers", "1",
+                       "--latency-ms", "2"],
+}  # fmt: skip
+DEPLOYMENT = {"bench_latency.py", "bench_scale.py"}  # start a whole deployment: PostgreSQL and RabbitMQ
+
+
+def test_every_benchmark_is_listed() -> None:
+    assert {p.name for p in BENCH.glob("bench_*.py")} == set(TINY)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script",
+    [pytest.param(s, marks=pytest.mark.postgres) if s in DEPLOYMENT | {"bench_ingest.py", "bench_sweep.py"}
+     else s for s in sorted(TINY)],
+)  # fmt: skip
+def test_the_benchmark_runs_at_a_tiny_size(script: str, tmp_path: Path) -> None:
+    if script in DEPLOYMENT:
+        pytest.importorskip("celery")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # its caches and work folders go away with the test
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *TINY[script]],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, (
+        f"{script} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
