@@ -50,7 +50,7 @@ from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from etl.store.models import ApiAudit, ApiToken, Card, Export, QrImage, utcnow
 from tests.api_seed import BASE_TIME, LiveServer, SeededCard, add_card, export_rows, seed_cards, seed_export
-from tests.conftest import demo_settings
+from tests.fixtures.world import demo_settings
 
 A, B = "unife", "unipa"
 TODAY = dt.date(2026, 1, 15)

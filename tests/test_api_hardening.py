@@ -20,7 +20,7 @@ from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from etl.store.models import ApiAudit
 from tests.api_seed import LiveServer, SeededCard, export_rows, seed_cards, seed_export
-from tests.conftest import demo_settings
+from tests.fixtures.world import demo_settings
 
 PUBLIC = "https://esc.unife.example/api/"
 

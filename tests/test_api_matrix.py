@@ -21,7 +21,7 @@ from etl.api.tokens import create_token, revoke_token
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from tests.api_seed import LiveServer, SeededCard, export_rows, seed_cards, seed_export
-from tests.conftest import demo_settings
+from tests.fixtures.world import demo_settings
 
 A, B = "unife", "unipa"
 

@@ -21,7 +21,7 @@ from etl.api.tokens import create_token
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from tests.api_seed import LiveServer, export_rows, seed_cards, seed_export
-from tests.conftest import demo_settings
+from tests.fixtures.world import demo_settings
 
 
 def _document() -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 from dagster import AssetMaterialization, DagsterInstance, evaluate_automation_conditions
 
 from etl.definitions import build_definitions
-from tests.conftest import demo_settings
+from tests.fixtures.world import demo_settings
 
 P = "2025|unife"
 FOLLOWERS = {"qr_images", "export_files", "badge_sheets", "esse3_badge_write_back"}

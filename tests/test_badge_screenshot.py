@@ -26,7 +26,7 @@ from etl.api.tokens import create_token
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from tests.api_seed import LiveServer, SeededCard, seed_cards
-from tests.conftest import demo_settings
+from tests.fixtures.world import demo_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WINDOW = (520, 360)  # CSS px: the badge is at most 480 px wide, with 16 px of page padding

@@ -21,7 +21,7 @@ from etl.orchestrate import run_partitions
 from etl.partitions import Partition
 from etl.resources.runtime import Runtime
 from etl.store.migrate import upgrade
-from tests.conftest import NOW, demo_settings
+from tests.fixtures.world import NOW, demo_settings
 
 P = Partition(2025, "unife")
 

@@ -21,7 +21,7 @@ from etl.partitions import Partition
 from etl.resources.esse3 import CAREER_TABLES, Esse3Source
 from etl.store import careers as store
 from etl.store.models import Career, Quarantine
-from tests.conftest import NOW, demo_settings
+from tests.fixtures.world import NOW, demo_settings
 
 YEARS = (2023, 2024, 2025)
 TODAY = NOW.date()

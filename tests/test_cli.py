@@ -93,6 +93,7 @@ def test_demo_twice_then_mutate(tmp_path: Path) -> None:
     assert " upd" in mutated.stdout
 
 
+@pytest.mark.slow
 def test_demo_leaves_no_personal_data_in_dagster_storage_and_only_private_files(tmp_path: Path) -> None:
     """Issue 11: Dagster's run and event storage hold counts, reasons and keys, never a name, an
     e-mail or a matricola; every file esc-sync writes is 0600 and every folder 0700."""

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from etl.emulator import FaultConfig, start_emulator
@@ -31,6 +32,8 @@ from tests.test_router_reliability import (
     sync_env,
     write_config,
 )
+
+pytestmark = pytest.mark.slow  # end to end, seconds to minutes each: `make test-quick` leaves them out
 
 RERUN_BOUND_S = 240
 

@@ -20,22 +20,12 @@ from etl.assets.router_calls import ROUTER_POOL
 from etl.definitions import JOB_NAME, build_definitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_STU
-from etl.emulator import EmulatorProcess, start_emulator
+from etl.emulator import EmulatorProcess
 from etl.errors import ExitCode
 from etl.resources.runtime import Runtime
 from etl.store import router_state
 from etl.store.migrate import upgrade
-from tests.conftest import NOW, demo_settings
-
-PICS = {"unife": "999978433", "unipa": "999912345"}
-
-
-@pytest.fixture
-def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorProcess]:
-    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", "k1")
-    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIPA", "k2")
-    with start_emulator({"k1": PICS["unife"], "k2": PICS["unipa"]}, tmp_path / "router.sqlite") as emu:
-        yield emu
+from tests.fixtures.world import KEYS, NOW, PICS, demo_settings
 
 
 @pytest.fixture
@@ -199,7 +189,7 @@ def test_a_refused_key_for_one_university_never_stops_the_other(
     assert len(lines) == 1 and lines[0].startswith("esc-sync: university unife:")
     assert "(2024|unife; 1 more partition(s) of unife not run)" in lines[0]
 
-    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", "k1")
+    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", KEYS["unife"])
     rerun = run_partitions(defs, DagsterInstance.ephemeral(), partitions[:2])
     assert not rerun.failures and len(rerun.runs) == 2
     at_router = emulator.stats()["organisations"]

@@ -33,7 +33,7 @@ from etl.resources.runtime import Runtime
 from etl.store import exports as export_store
 from etl.store.exports import ExportInfo
 from etl.store.models import Card, Career, Export, QrImage, utcnow
-from tests.conftest import demo_settings
+from tests.fixtures.world import demo_settings
 from tests.test_qr_asset import BASE, NAMES, PART, PIC, seed_cards
 
 N = 8

@@ -30,6 +30,8 @@ from tests.test_router_reliability import (
     write_config,
 )
 
+pytestmark = pytest.mark.slow  # end to end, seconds to minutes each: `make test-quick` leaves them out
+
 COMMAND = [sys.executable, "-m", "etl.cli", "materialize", "--institution", INST]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,15 @@ from etl.changes import WATCHED_TABLES, changed_partitions
 from etl.demo.generate import generate
 from etl.domain.esi import compose_esi
 from etl.domain.source_values import future_cutoff
-from etl.emulator import EmulatorProcess, start_emulator
+from etl.emulator import EmulatorProcess
 from etl.partitions import Partition
 from etl.resources.runtime import Runtime
 from etl.store.careers import all_watermarks
 from etl.store.migrate import upgrade
 from etl.store.models import Card, Career, Person, Quarantine, Watermark
-from tests.conftest import demo_settings
+from tests.fixtures.world import demo_settings
 
 YEAR = 2025
-KEY = "hostile-unife-key"
 NOW = dt.datetime.now().replace(microsecond=0) - dt.timedelta(days=2)
 FUTURE = dt.datetime(2100, 1, 1, 12, 0)
 BASE = 900_000  # keys of the hostile copies
@@ -191,16 +189,8 @@ def make_hostile_esse3(path: Path) -> list[Kind]:
     return found
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorProcess]:
-    with start_emulator({KEY: "999978433"}) as emu:
-        yield emu
-
-
 @pytest.fixture
-def world(emulator: EmulatorProcess, state_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    emulator.reset()
-    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", KEY)
+def world(emulator: EmulatorProcess, state_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     found = make_hostile_esse3(tmp_path / "esse3-unife.sqlite")
     settings = demo_settings(tmp_path, state_url, academic_years={"first": YEAR, "last": YEAR})
     rt = Runtime(replace(settings, router=replace(settings.router, url=emulator.url)))

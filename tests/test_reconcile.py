@@ -33,6 +33,8 @@ from tests.test_router_reliability import (
     write_config,
 )
 
+pytestmark = pytest.mark.slow  # end to end, seconds to minutes each: `make test-quick` leaves them out
+
 
 def esc_sync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

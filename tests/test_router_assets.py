@@ -20,35 +20,20 @@ from etl.demo.generate import generate
 from etl.demo.schema import P01_ANAPER, P01_BADGE, P01_STU
 from etl.domain.escn import EscnMinter
 from etl.domain.esi import compose_esi
-from etl.emulator import start_emulator
 from etl.partitions import Partition
 from etl.resources.router_bodies import person_body
 from etl.resources.runtime import Runtime
 from etl.store import router_state
 from etl.store.migrate import upgrade
 from etl.store.models import Card, Person, Quarantine
-from tests.conftest import NOW, demo_settings
+from tests.fixtures.world import NOW, demo_settings
 
 TODAY = NOW.date()
 YEAR = 2025
-KEYS = {"unife": "k-unife-test", "unipa": "k-unipa-test"}
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory):
-    emu = start_emulator(
-        {KEYS["unife"]: "999978433", KEYS["unipa"]: "999912345"},
-        tmp_path_factory.mktemp("router") / "router.sqlite",
-    )
-    yield emu
-    emu.stop()
 
 
 @pytest.fixture
-def rt(emulator, state_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    emulator.reset()
-    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIFE", KEYS["unife"])
-    monkeypatch.setenv("ESC_SYNC_ROUTER_KEY_UNIPA", KEYS["unipa"])
+def rt(emulator, state_url: str, tmp_path: Path):
     for seed, code in ((3, "unife"), (4, "unipa")):
         generate(
             f"sqlite:///{tmp_path / f'esse3-{code}.sqlite'}",

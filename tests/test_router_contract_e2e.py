@@ -30,8 +30,10 @@ from etl.partitions import Partition
 from etl.resources.runtime import Runtime
 from etl.store.migrate import upgrade
 from etl.store.models import Card, QrImage, Quarantine
-from tests.conftest import demo_settings
+from tests.fixtures.world import demo_settings
 from tests.router_contract import ContractProxy
+
+pytestmark = pytest.mark.slow  # end to end, seconds to minutes each: `make test-quick` leaves them out
 
 STUDENTS = 350  # per university, over every demo academic year
 NOW = dt.datetime.now().replace(microsecond=0)  # card expiries follow today

@@ -47,7 +47,7 @@ from etl.resources.runtime import Runtime
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from etl.store.models import Card, Person
-from tests.conftest import demo_settings
+from tests.fixtures.world import demo_settings
 
 INST = "unife"
 PIC = "999978433"  # unife's PIC in the demo configuration

@@ -29,7 +29,6 @@ from etl.definitions import build_definitions
 from etl.demo.config import DEMO_ATENEI, demo_config_toml, key_env
 from etl.demo.generate import generate
 from etl.domain.esi import compose_esi
-from etl.emulator import start_emulator
 from etl.errors import ExitCode
 from etl.orchestrate import ensure_instance, run_partitions
 from etl.partitions import Partition
@@ -37,19 +36,16 @@ from etl.resources.router import RouterClient
 from etl.resources.runtime import Runtime
 from etl.store.db import make_engine
 from etl.store.models import Card, Career, Export, Watermark
+from tests.fixtures.world import KEYS, PICS
 
-INST, PIC, KEY = "unife", "999978433", "source-completeness-unife"
+pytestmark = pytest.mark.slow  # end to end, seconds to minutes each: `make test-quick` leaves them out
+
+INST = "unife"
+PIC, KEY = PICS[INST], KEYS[INST]
 SCOPE = "unife.it"
 # Esse3's wall clock when the demo data was written: 02:50 on 2026-10-25, inside the first pass of the
 # hour Europe/Rome repeats that night (03:00 CEST → 02:00 CET).
 GENERATED_AT = dt.datetime(2026, 10, 25, 2, 50)
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    emu = start_emulator({KEY: PIC}, tmp_path_factory.mktemp("router") / "router.sqlite")
-    yield emu
-    emu.stop()
 
 
 @dataclass
@@ -210,7 +206,6 @@ def world(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> Iterator[World]:
-    emulator.reset()
     home = tmp_path / "home"
     home.mkdir()
     esse3_url = f"sqlite:///{home / f'esse3-{INST}.sqlite'}"
@@ -223,7 +218,6 @@ def world(
     monkeypatch.setenv("ESC_SYNC_HOME", str(home))
     monkeypatch.setenv("ESC_SYNC_CONFIG", str(home / "esc-sync.toml"))
     monkeypatch.setenv("ESC_SYNC_DATABASE_URL", state_url)
-    monkeypatch.setenv(key_env(INST), KEY)
     assert cli.main(["db", "upgrade"]) == 0
     w = World(home, make_engine(state_url), make_engine(esse3_url), emulator, capsys)
     w.sync()
