@@ -443,10 +443,11 @@ def test_sync_killed_five_times_then_rerun_converges_with_the_same_escns(
     engine = make_engine(state_url)
     upgrade(engine)
     env = sync_env(home, state_url)
-    # Latency stretches the Router phases; faults (half after the commit) add answers that never came
+    # Latency stretches the Router phases (25 ms: wide enough for a kill to land inside one even on a
+    # loaded machine); faults (half after the commit) add answers that never came
     # back, so a killed run leaves both kinds of loose ends: unconfirmed intents and unknown outcomes.
     emulator.set_faults(
-        FaultConfig(latency_ms=10, fail_rate=0.05, post_commit_share=0.5, retry_after_s=0, seed=7)
+        FaultConfig(latency_ms=25, fail_rate=0.05, post_commit_share=0.5, retry_after_s=0, seed=7)
     )
     # Random kill points, seeded: one anywhere after start-up, then two in the ESI phase and two in
     # the card phase of random partitions, in chain order so each run gets further. In those phases
