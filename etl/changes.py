@@ -11,14 +11,15 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection
 
 from etl.config import Settings
+from etl.domain.careers import CAREER_TABLES
 from etl.domain.esse3_time import esse3_now, inside_repeat
 from etl.domain.source_values import future_cutoff
 from etl.errors import EscSyncError
 from etl.partitions import Partition, all_partitions
-from etl.resources.esse3 import CAREER_TABLES, ChangeMarker
+from etl.resources.esse3 import ChangeMarker
 from etl.resources.runtime import Runtime
 from etl.store import source_state
-from etl.store.careers import all_row_counts, all_watermarks
+from etl.store.watermarks import all_row_counts, all_watermarks
 
 # Source tables whose watermarks decide whether a partition needs a run.
 WATCHED_TABLES = (*CAREER_TABLES, "P01_BADGE")

@@ -1,7 +1,8 @@
 """The one Dagster `Definitions`: assets, checks, the change-data sensor, jobs and resources.
 
 `dagster dev -w workspace.yaml` loads `defs` from here; configuration comes from ESC_SYNC_CONFIG /
-ESC_SYNC_HOME like every other command."""
+ESC_SYNC_HOME like every other command. The assets receive the systems they speak to as three
+resources: ``state_db``, ``esse3`` and ``router`` (etl.resources)."""
 
 # No `from __future__ import annotations`: Dagster reads the ResourceParam annotation at runtime.
 import os
@@ -20,6 +21,7 @@ from dagster import (
     SensorResult,
     SkipReason,
     define_asset_job,
+    definitions,
     in_process_executor,
     sensor,
 )
@@ -38,7 +40,9 @@ from etl.changes import pending_partitions
 from etl.config import DeploySettings, Settings, load_settings
 from etl.domain.retries import run_key as retry_run_key
 from etl.partitions import partitions_def
+from etl.resources.esse3_sources import Esse3Sources
 from etl.resources.runtime import Runtime
+from etl.resources.state_db import StateDB
 
 JOB_NAME = "esc_sync"
 RECONCILE_JOB = "router_reconciliation"
@@ -48,16 +52,20 @@ UNFINISHED_INTERVAL_S = 30  # how often the unfinished_work sensor looks (a few 
 def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Definitions:
     partitions = partitions_def(settings)
     assets = [
-        build_careers_asset(partitions),
-        build_esi_asset(partitions),
-        build_badges_asset(partitions),
-        build_cards_asset(partitions),
-        build_qr_asset(partitions),
-        build_badge_write_back_asset(partitions),
-        build_export_asset(partitions),
-        build_prints_asset(partitions),
+        build(partitions, settings)
+        for build in (
+            build_careers_asset,
+            build_esi_asset,
+            build_badges_asset,
+            build_cards_asset,
+            build_qr_asset,
+            build_badge_write_back_asset,
+            build_export_asset,
+            build_prints_asset,
+        )
     ]
-    checks = [build_sweep_check(), build_reconcile_check()]
+    checks = [build_sweep_check(settings), build_reconcile_check(settings)]
+    runtime = runtime or Runtime(settings)
     # The partitions' job leaves the source sweep and the Router walk out: they have their own job,
     # nightly in a deployment (the sweep first: what it finds is the next runs' work).
     job = define_asset_job(
@@ -74,12 +82,13 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         default_status=DefaultSensorStatus.RUNNING if deploy else DefaultSensorStatus.STOPPED,
     )
     def esse3_changes(
-        context: SensorEvaluationContext, esc: ResourceParam[Runtime]
+        context: SensorEvaluationContext, state_db: ResourceParam[StateDB], esse3: ResourceParam[Esse3Sources]
     ) -> SensorResult | SkipReason:
         """Thin by design (60 s tick deadline): one aggregate query per university, then run
         requests for the partitions whose Esse3 data is newer than our watermark."""
         # one university's Esse3 down (its one-line reason logged) leaves the others' changes going
-        changes = pending_partitions(settings, esc, on_error=lambda e: context.log.warning(str(e)))
+        systems = Runtime(settings, state_db=state_db, esse3_sources=esse3)
+        changes = pending_partitions(settings, systems, on_error=lambda e: context.log.warning(str(e)))
         requests = [
             RunRequest(run_key=change.run_key, partition_key=change.partition.dagster_key())
             for change in changes
@@ -95,13 +104,13 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         default_status=DefaultSensorStatus.RUNNING if deploy else DefaultSensorStatus.STOPPED,
     )
     def unfinished_work(
-        context: SensorEvaluationContext, esc: ResourceParam[Runtime]
+        context: SensorEvaluationContext, state_db: ResourceParam[StateDB]
     ) -> SensorResult | SkipReason:
         """Partitions with work left undone (Router calls whose retries ran out, a run that failed or
         was cancelled) run again, with backoff, a bounded number of times (etl.unfinished)."""
         failed = unfinished.latest_unsuccessful(context.instance, JOB_NAME)
         busy = unfinished.active_partitions(context.instance, JOB_NAME)
-        with esc.engine.begin() as conn:
+        with state_db.engine.begin() as conn:
             found = unfinished.partitions_with_work(conn, settings, failed)
             due, given_up = unfinished.schedule(conn, found, busy)
         for r in given_up:  # counts and keys only
@@ -147,7 +156,7 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         jobs=[job, reconcile_job],
         schedules=[nightly],
         sensors=[esse3_changes, unfinished_work, follow_cards],
-        resources={"esc": runtime or Runtime(settings)},
+        resources=runtime.resources(),
         executor=executor_for(deploy),
     )
 
@@ -166,11 +175,9 @@ def executor_for(deploy: DeploySettings | None) -> ExecutorDefinition | None:
     return celery_executor.configured(executor_config())
 
 
-def __getattr__(name: str) -> Definitions:
-    # Loaded lazily so importing this module (tests, tools) does not need a config file.
-    if name == "defs":
-        os.umask(0o077)  # loaded by `dagster dev` / the daemon: what they write stays private too
-        loaded = build_definitions(load_settings())
-        globals()["defs"] = loaded  # built once
-        return loaded
-    raise AttributeError(name)
+@definitions
+def defs() -> Definitions:
+    """What `dagster dev`, the daemon, the code server and the workers load (the workspace's attribute
+    ``defs``), built when they load it: importing this module (tests, tools) needs no config file."""
+    os.umask(0o077)  # loaded by the daemon and the workers: what they write stays private too
+    return build_definitions(load_settings())

@@ -9,13 +9,14 @@ from sqlalchemy import Connection
 
 from etl.config import Settings
 from etl.domain.retries import MAX_ATTEMPTS, exhausted
+from etl.domain.sync_outcomes import SyncResult as R
 from etl.errors import ExitCode, UniversityError
 from etl.orchestrate import Backfill, PartitionFailure, PartitionRun
 from etl.partitions import all_partitions
 from etl.reconcile import UniversityDrift
 from etl.resources.runtime import Runtime
+from etl.store import cards, quarantine, source_state, work
 from etl.store import careers as store
-from etl.store import router_state, source_state, work
 from etl.store.source_state import Hold
 from etl.store.work import Unfinished
 from etl.sweep import UniversitySweep
@@ -36,12 +37,12 @@ def progress(i: int, n: int, run: PartitionRun | PartitionFailure) -> None:
     router = ""
     if e or k:
         router = (
-            f" | ESI +{e.get('registered', 0) + e.get('adopted', 0)} ({e.get('updated', 0)} upd)"
-            f" | cards +{k.get('registered', 0) + k.get('reconciled', 0)} ({k.get('updated', 0)} upd)"
+            f" | ESI +{e.get(R.REGISTERED, 0) + e.get(R.ADOPTED, 0)} ({e.get(R.UPDATED, 0)} upd)"
+            f" | cards +{k.get(R.REGISTERED, 0) + k.get(R.RECONCILED, 0)} ({k.get(R.UPDATED, 0)} upd)"
             f" | retries {e.get('retries', 0) + k.get('retries', 0)}"
         )
         # calls whose retries ran out: the items stay pending, `sync` (or the deployment) runs them again
-        if failed := e.get("failed", 0) + k.get("failed", 0):
+        if failed := e.get(R.FAILED, 0) + k.get(R.FAILED, 0):
             router += f" | failed {failed} (retried next run)"
     q = run.metadata.get("qr_images", {})
     x = run.metadata.get("export_files", {})
@@ -71,7 +72,7 @@ def summary(settings: Settings, runtime: Runtime, router: dict[str, dict[str, in
         for p in all_partitions(settings):
             c = store.partition_counts(conn, p.institution, p.academic_year)
             reasons = ", ".join(
-                f"{r} ×{n}" for r, n in store.top_quarantine_reasons(conn, p.institution, p.academic_year)
+                f"{r} ×{n}" for r, n in quarantine.top_reasons(conn, p.institution, p.academic_year)
             )
             say(f"  {p.key:<14} {c['careers']:>8} {c['finalised']:>9} {c['quarantined']:>11}  {reasons}")
         for a in settings.atenei:
@@ -89,7 +90,7 @@ def summary(settings: Settings, runtime: Runtime, router: dict[str, dict[str, in
                 except UniversityError as e:  # the status of the rest is still worth printing
                     say(f"  {e}")
                     continue
-                current = router_state.current_cards(conn, a.code)
+                current = cards.current_cards(conn, a.code)
                 say(f"  {a.code}: {badges_line(current, carried, a.write_back_qr_png)}")
         if router is None:
             return
@@ -99,7 +100,7 @@ def summary(settings: Settings, runtime: Runtime, router: dict[str, dict[str, in
             f"{'cards local':>11} {'at Router':>9}"
         )
         for a in settings.atenei:
-            local = router_state.registered_totals(conn, a.code)
+            local = cards.registered_totals(conn, a.code)
             remote = router.get(a.pic, {})
             mark = (
                 ""

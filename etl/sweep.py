@@ -32,8 +32,8 @@ from etl.domain.source_drift import (
 )
 from etl.errors import EscSyncError
 from etl.resources.runtime import Runtime
+from etl.store import badges, source_state, watermarks
 from etl.store import careers as careers_store
-from etl.store import router_state, source_state
 from etl.store.models import Quarantine
 
 TABLES = ("P01_STU", "P01_BADGE")
@@ -77,7 +77,7 @@ def sweep(
     refresh digests that moved without a change)."""
     today = today or dt.date.today()
     with runtime.engine.connect() as conn:
-        read = set(careers_store.all_watermarks(conn))  # a partition never read is the backfill's
+        read = set(watermarks.all_watermarks(conn))  # a partition never read is the backfill's
     out = []
     for code in institutions:
         result = UniversitySweep(code)
@@ -181,7 +181,7 @@ def _same_content(
                         same.add(int(row[0]))
             return same
         for batch in source.badges_by_id(year, keys):
-            stored_badges = router_state.existing_badges(conn, ateneo.code, [int(r[0]) for r in batch])
+            stored_badges = badges.existing_badges(conn, ateneo.code, [int(r[0]) for r in batch])
             for row in batch:
                 _, stu_id, pers_id, ini, fin, ann, printed, kind = badge_content(row)
                 b = stored_badges.get(int(row[0]))

@@ -10,16 +10,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select, text, update
 
-from etl.assets.careers import ingest_careers, prepare_batch
+from etl.assets.careers import ingest_careers
 from etl.changes import changed_partitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_ANAPER, P01_STU
-from etl.domain.careers import SOURCE_COLUMNS, CareerRecord, CareerRules
+from etl.domain.career_batch import ReadCareer, prepare_batch
+from etl.domain.careers import CAREER_TABLES, SOURCE_COLUMNS, CareerRecord, CareerRules
 from etl.domain.enrolment import FinalisedRule
 from etl.errors import EscSyncError
 from etl.partitions import Partition
-from etl.resources.esse3 import CAREER_TABLES, Esse3Source
+from etl.resources.esse3 import Esse3Source
 from etl.store import careers as store
+from etl.store import watermarks
 from etl.store.models import Career, Quarantine
 from tests.fixtures.world import NOW, demo_settings
 
@@ -80,12 +82,12 @@ def test_second_run_changes_nothing(state_engine, esse3, tmp_path) -> None:
     _, _, source = esse3
     sync_all(state_engine, source, tmp_path)
     with state_engine.connect() as conn:
-        marks = store.all_watermarks(conn)
+        marks = watermarks.all_watermarks(conn)
         before = conn.execute(select(Career.stu_id, Career.row_hash, Career.updated_at)).all()
     again = sync_all(state_engine, source, tmp_path)
     assert all(r.inserted == 0 and r.updated == 0 for r in again.values())
     with state_engine.connect() as conn:
-        assert store.all_watermarks(conn) == marks
+        assert watermarks.all_watermarks(conn) == marks
         assert conn.execute(select(Career.stu_id, Career.row_hash, Career.updated_at)).all() == before
     assert changed_partitions("unife", source.change_markers(), marks, YEARS, CAREER_TABLES) == []
 
@@ -94,12 +96,12 @@ def test_backfill_of_one_year_never_moves_another_years_watermark(state_engine, 
     _, _, source = esse3
     sync_all(state_engine, source, tmp_path, years=(2024,))
     with state_engine.connect() as conn:
-        marks = store.all_watermarks(conn)
+        marks = watermarks.all_watermarks(conn)
     assert {k for k, _ in marks} == {"2024|unife"}
     assert {t for _, t in marks} == set(CAREER_TABLES)
     sync_all(state_engine, source, tmp_path, years=(2025,))
     with state_engine.connect() as conn:
-        after = store.all_watermarks(conn)
+        after = watermarks.all_watermarks(conn)
     assert {k: v for k, v in after.items() if k[0] == "2024|unife"} == marks
     pending = changed_partitions("unife", source.change_markers(), after, YEARS, CAREER_TABLES)
     assert [c.partition.academic_year for c in pending] == [2023]
@@ -133,7 +135,7 @@ def test_mutation_is_synced_for_the_changed_partitions_only(state_engine, esse3,
     sync_all(state_engine, source, tmp_path)
     m = mutate(url, seed=3, now=NOW + dt.timedelta(hours=1), size=30)
     with state_engine.connect() as conn:
-        marks = store.all_watermarks(conn)
+        marks = watermarks.all_watermarks(conn)
     pending = changed_partitions("unife", source.change_markers(), marks, YEARS, CAREER_TABLES)
     assert {c.partition.academic_year for c in pending} == m.touched_years & set(YEARS)
     results = sync_all(state_engine, source, tmp_path, years=[c.partition.academic_year for c in pending])
@@ -141,7 +143,7 @@ def test_mutation_is_synced_for_the_changed_partitions_only(state_engine, esse3,
     with state_engine.connect() as conn:
         assert (
             changed_partitions(
-                "unife", source.change_markers(), store.all_watermarks(conn), YEARS, CAREER_TABLES
+                "unife", source.change_markers(), watermarks.all_watermarks(conn), YEARS, CAREER_TABLES
             )
             == []
         )
@@ -169,7 +171,7 @@ def test_a_failure_mid_partition_writes_nothing(state_engine, esse3, tmp_path) -
         ingest_careers(state_engine, FailingSource(source), ateneo, Partition(2024, "unife"), today=TODAY)
     with state_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Career)).scalar_one() == 0
-        assert store.all_watermarks(conn) == {}
+        assert watermarks.all_watermarks(conn) == {}
         assert conn.execute(select(func.count()).select_from(Quarantine)).scalar_one() == 0
 
 
@@ -220,8 +222,8 @@ def test_a_career_inserted_by_another_run_meanwhile_is_merged(state_engine, esse
     changed = record._replace(first_name="Altro")
     with state_engine.begin() as conn:
         careers = [
-            store.ReadCareer(changed, "h" * 32, NOW, "d" * 32),
-            store.ReadCareer(fresh, "n" * 32, NOW, "e" * 32),
+            ReadCareer(changed, "h" * 32, NOW, "d" * 32),
+            ReadCareer(fresh, "n" * 32, NOW, "e" * 32),
         ]
         store.upsert_careers(conn, "unife", careers, new=True)
     with state_engine.connect() as conn:
@@ -289,5 +291,5 @@ def test_the_first_summer_hour_is_never_mistaken_for_the_future(state_engine, tm
     )
     assert right.inserted > 0 and "DATA_MOD in the future (P01_STU)" not in right.reasons
     with state_engine.connect() as conn:
-        assert store.get_watermarks(conn, p.key)["P01_STU"] == written
+        assert watermarks.get_watermarks(conn, p.key)["P01_STU"] == written
     source.dispose()

@@ -23,7 +23,7 @@ from etl.demo.schema import P01_STU
 from etl.emulator import EmulatorProcess
 from etl.errors import ExitCode
 from etl.resources.runtime import Runtime
-from etl.store import router_state
+from etl.store import cards as card_store
 from etl.store.migrate import upgrade
 from tests.fixtures.world import KEYS, NOW, PICS, demo_settings
 
@@ -89,7 +89,7 @@ def test_definitions_load_and_graph_is_as_expected(runtime: Runtime) -> None:
 
 def _requested(defs: Definitions, runtime: Runtime, instance: DagsterInstance) -> set[str]:
     sensor = defs.resolve_sensor_def("esse3_changes")
-    result = sensor(build_sensor_context(instance=instance, resources={"esc": runtime}))
+    result = sensor(build_sensor_context(instance=instance, resources=runtime.resources()))
     if isinstance(result, SkipReason):
         return set()
     assert isinstance(result, SensorResult)
@@ -195,7 +195,7 @@ def test_a_refused_key_for_one_university_never_stops_the_other(
     at_router = emulator.stats()["organisations"]
     with any_state_runtime.engine.connect() as conn:
         for code, pic in PICS.items():
-            local = router_state.registered_totals(conn, code)
+            local = card_store.registered_totals(conn, code)
             assert local["persons"] > 0 and local["cards"] > 0
             assert at_router[pic] == local | {"deleted_cards": 0}, code
 

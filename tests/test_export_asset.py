@@ -18,20 +18,18 @@ from sqlalchemy import Engine, select, text, update
 from etl.assets.exports import (
     ExportPolicy,
     build_export_asset,
-    expired_by_retention,
     export_directory,
     export_id,
     export_partition,
-    plan_export,
 )
 from etl.assets.qr import build_qr_asset, render_partition_qr
 from etl.config import Settings
+from etl.domain.export_plan import ExportInfo, expired_by_retention, plan_export
 from etl.errors import ConfigError
 from etl.exports import sha256_file
 from etl.partitions import Partition, partitions_def
 from etl.resources.runtime import Runtime
 from etl.store import exports as export_store
-from etl.store.exports import ExportInfo
 from etl.store.models import Card, Career, Export, QrImage, utcnow
 from tests.fixtures.world import demo_settings
 from tests.test_qr_asset import BASE, NAMES, PART, PIC, seed_cards
@@ -245,19 +243,22 @@ def test_empty_partition_writes_nothing(sqlite_runtime: Runtime) -> None:
 def test_assets_materialise_together_and_export_alone(sqlite_runtime: Runtime) -> None:
     seed_cards(sqlite_runtime.engine, range(N))
     partitions = partitions_def(sqlite_runtime.settings)
-    qr, export = build_qr_asset(partitions), build_export_asset(partitions)
+    settings = sqlite_runtime.settings
+    qr, export = build_qr_asset(partitions, settings), build_export_asset(partitions, settings)
     assert export.group_names_by_key[AssetKey("export_files")] == "exports"
     assert AssetKey("qr_images") in export.dependency_keys
     with DagsterInstance.ephemeral() as instance:
         result = materialize(
-            [qr, export], partition_key=KEY, resources={"esc": sqlite_runtime}, instance=instance
+            [qr, export], partition_key=KEY, resources=sqlite_runtime.resources(), instance=instance
         )
         assert result.success
         [mat] = result.asset_materializations_for_node("export_files")
         md = {k: v.value for k, v in mat.metadata.items()}
         assert md["kind"] == "full" and md["dagster/row_count"] == N and md["exportable_cards"] == N
         assert md["export_id"] in rows_of(sqlite_runtime.engine)
-        again = materialize([export], partition_key=KEY, resources={"esc": sqlite_runtime}, instance=instance)
+        again = materialize(
+            [export], partition_key=KEY, resources=sqlite_runtime.resources(), instance=instance
+        )
         [mat] = again.asset_materializations_for_node("export_files")
         assert mat.metadata["kind"].value == "none" and mat.metadata["dagster/row_count"].value == 0
 

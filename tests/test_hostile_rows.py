@@ -30,9 +30,9 @@ from etl.domain.source_values import future_cutoff
 from etl.emulator import EmulatorProcess
 from etl.partitions import Partition
 from etl.resources.runtime import Runtime
-from etl.store.careers import all_watermarks
 from etl.store.migrate import upgrade
 from etl.store.models import Card, Career, Person, Quarantine, Watermark
+from etl.store.watermarks import all_watermarks
 from tests.fixtures.world import demo_settings
 
 YEAR = 2025

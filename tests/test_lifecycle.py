@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from etl.assets.esi import plan_persons
 from etl.config import parse_settings
 from etl.demo.config import demo_config_toml
 from etl.domain.lifecycle import (
@@ -22,7 +21,7 @@ from etl.domain.lifecycle import (
     card_target,
     consented,
 )
-from etl.store.router_state import PersonCandidate
+from etl.domain.person_plan import PersonCandidate, plan_persons
 
 TODAY = dt.date(2026, 11, 2)
 FROM, TO = dt.date(2024, 9, 20), dt.date(2027, 10, 31)

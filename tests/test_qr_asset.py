@@ -218,13 +218,13 @@ def test_chunk_and_workers_must_be_positive(sqlite_runtime: Runtime) -> None:
 
 def test_asset_materialises_with_metadata_and_check(sqlite_runtime: Runtime) -> None:
     seed_cards(sqlite_runtime.engine, range(5))
-    asset = build_qr_asset(partitions_def(sqlite_runtime.settings))
+    asset = build_qr_asset(partitions_def(sqlite_runtime.settings), sqlite_runtime.settings)
     assert asset.group_names_by_key[AssetKey("qr_images")] == "exports"
     assert AssetKey("esc_cards") in asset.dependency_keys
     with DagsterInstance.ephemeral() as instance:
         for expected in (5, 0):
             result = materialize(
-                [asset], partition_key="2024|unife", resources={"esc": sqlite_runtime}, instance=instance
+                [asset], partition_key="2024|unife", resources=sqlite_runtime.resources(), instance=instance
             )
             assert result.success
             [mat] = result.asset_materializations_for_node("qr_images")

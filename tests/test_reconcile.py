@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from etl.domain.router_bodies import card_body, card_update_body, person_body
 from etl.emulator import start_emulator
 from etl.errors import ExitCode
-from etl.resources.router_bodies import card_body, card_update_body, person_body
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from etl.store.models import Card

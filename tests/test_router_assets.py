@@ -12,18 +12,20 @@ import pytest
 from sqlalchemy import select, text, update
 
 from etl.assets.badges import ingest_badges
-from etl.assets.cards import CardWork, plan_cards, sync_cards
+from etl.assets.cards import sync_cards
 from etl.assets.careers import ingest_careers
 from etl.assets.esi import assign_esis
 from etl.assets.router_calls import CallReport
 from etl.demo.generate import generate
 from etl.demo.schema import P01_ANAPER, P01_BADGE, P01_STU
+from etl.domain.card_plan import CardWork, plan_cards
 from etl.domain.escn import EscnMinter
 from etl.domain.esi import compose_esi
+from etl.domain.router_bodies import person_body
 from etl.partitions import Partition
-from etl.resources.router_bodies import person_body
 from etl.resources.runtime import Runtime
-from etl.store import router_state
+from etl.store import cards as card_store
+from etl.store import persons as router_persons
 from etl.store.migrate import upgrade
 from etl.store.models import Card, Person, Quarantine
 from tests.fixtures.world import NOW, demo_settings
@@ -81,7 +83,7 @@ def test_chain_registers_writes_back_and_is_idempotent(rt: Runtime, emulator) ->
     assert report.counts["registered"] > 0 and report.counts["failed"] == 0
     counts = emulator.stats()["organisations"]["999978433"]
     with rt.engine.connect() as conn:
-        totals = router_state.registered_totals(conn, "unife")
+        totals = card_store.registered_totals(conn, "unife")
         persons = conn.execute(select(Person.esi, Person.pers_id).where(Person.state == "registered")).all()
     assert (counts["persons"], counts["cards"]) == (totals["persons"], totals["cards"]) and totals[
         "cards"
@@ -182,7 +184,7 @@ def test_existing_person_is_adopted_and_a_recorded_card_reconciled(rt: Runtime) 
     ateneo = rt.settings.ateneo("unife")
     ingest_careers(rt.engine, rt.esse3("unife"), ateneo, Partition(YEAR, "unife"), today=TODAY)
     with rt.engine.connect() as conn:
-        first = router_state.person_candidates(conn, "unife", YEAR)[0]
+        first = router_persons.person_candidates(conn, "unife", YEAR)[0]
     esi = compose_esi("unife.it", first.person_key)
 
     async def pre_register() -> None:  # an earlier run whose answer was lost
@@ -204,7 +206,7 @@ def test_existing_person_is_adopted_and_a_recorded_card_reconciled(rt: Runtime) 
     # A card recorded and POSTed, then the process died before confirming it.
     ingest_badges(rt.engine, rt.esse3("unife"), Partition(YEAR, "unife"))
     with rt.engine.connect() as conn:
-        rows = router_state.card_candidates(conn, "unife", YEAR)
+        rows = card_store.card_candidates(conn, "unife", YEAR)
     work = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), TODAY).work
     w = work[0]
     record_intent(rt, w)
@@ -227,14 +229,8 @@ def test_existing_person_is_adopted_and_a_recorded_card_reconciled(rt: Runtime) 
 
 def record_intent(rt: Runtime, w: CardWork) -> None:
     """What sync_cards commits before its POST: the badge's minted number, state pending."""
-    row = {
-        "escn": w.escn, "institution": "unife", "academic_year": YEAR, "bdg_id": w.bdg_id,
-        "stu_id": w.stu_id, "esi": w.esi, "card_type": w.card_type, "issued_at": w.issued_at,
-        "expires_at": w.target.expires_at, "desired_status": w.target.status, "state": "pending",
-        "changed_at": NOW, "created_at": NOW,
-    }  # fmt: skip
     with rt.engine.begin() as conn:
-        router_state.record_card_intents(conn, [row])
+        card_store.record_card_intents(conn, "unife", YEAR, [w])
 
 
 def open_quarantine(rt: Runtime, stage: str = "cards") -> dict[str, str]:
@@ -282,7 +278,7 @@ def test_a_number_someone_else_holds_is_replaced_by_a_fresh_one(rt: Runtime) -> 
     assign_esis(rt.engine, rt.esse3("unife"), lambda: rt.router_client("unife"), ateneo, p, CallReport())
     ingest_badges(rt.engine, rt.esse3("unife"), p)
     with rt.engine.connect() as conn:
-        rows = router_state.card_candidates(conn, "unife", YEAR)
+        rows = card_store.card_candidates(conn, "unife", YEAR)
     w = plan_cards(rows, ateneo, EscnMinter(ateneo.pic), TODAY).work[0]
     record_intent(rt, w)
     stranger = compose_esi("unife.it", "stranger-1")
@@ -311,8 +307,8 @@ def test_escn_prefix_is_configurable_and_minters_never_share_a_clock_sequence(rt
     numbers = [c.escn for c in local_cards(rt).values()]
     assert numbers and all(n.endswith("007999978433") for n in numbers)
     with rt.engine.begin() as conn:
-        taken = [router_state.take_clock_sequence(conn, "999978433") for _ in range(5)]
-        other = router_state.take_clock_sequence(conn, "999912345")
+        taken = [card_store.take_clock_sequence(conn, "999978433") for _ in range(5)]
+        other = card_store.take_clock_sequence(conn, "999912345")
     assert len(set(taken)) == 5 and other == 0
     # two minters in the same millisecond with their own sequences never mint the same number
     frozen = lambda: 1_767_225_600_000  # noqa: E731

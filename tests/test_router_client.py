@@ -23,8 +23,8 @@ import httpx
 import pytest
 from aiohttp import web
 
+from etl.domain.router_bodies import card_body, person_body
 from etl.resources.router import RouterClient
-from etl.resources.router_bodies import card_body, person_body
 from etl.resources.router_errors import (
     RouterAccessDenied,
     RouterAuthError,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from etl.assets.badges import ingest_badges
 from etl.assets.cards import sync_cards
@@ -39,6 +39,7 @@ from etl.assets.router_calls import CallReport
 from etl.config import Settings
 from etl.demo.config import demo_config_toml, key_env
 from etl.demo.generate import generate
+from etl.domain.states import SyncState
 from etl.emulator import EmulatorProcess, FaultConfig, start_emulator
 from etl.errors import EscSyncError
 from etl.partitions import Partition
@@ -141,6 +142,16 @@ def local_state(engine: Engine, inst: str = INST) -> Local:
         )
         cards = {r[0]: tuple(r[1:]) for r in rows}
     return Local(persons, cards)  # type: ignore[arg-type]
+
+
+def unconfirmed(engine: Engine, inst: str = INST) -> int:
+    """Persons and cards recorded as intents (pending) and not yet confirmed by the Router."""
+    with engine.connect() as conn:
+        counts = (
+            select(func.count()).select_from(m).where(m.institution == inst, m.state == SyncState.PENDING)
+            for m in (Person, Card)
+        )
+        return sum(conn.execute(c).scalar_one() for c in counts)
 
 
 def router_lists(url: str, **who: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -391,10 +402,13 @@ class Runs:
         assert line, f"the sync parent died: {self.log.read_text()[-3000:]}"
         return line
 
-    def run(self, marker: str, delay_s: float, timeout_s: float = 180) -> Kill:
+    def run(
+        self, marker: str, delay_s: float, timeout_s: float = 180, armed: Callable[[], bool] | None = None
+    ) -> Kill:
         """Fork a run, wait for its progress line ``marker`` ("ready" = start-up done, "2021 cards" =
-        the card phase of 2021 begins), sleep ``delay_s`` and SIGKILL it. The marker "never" lets
-        the run finish."""
+        the card phase of 2021 begins), sleep ``delay_s`` and SIGKILL it; with ``armed``, only once it
+        holds too (within 5 s): a kill point defined by state, not by timing on a loaded machine.
+        The marker "never" lets the run finish."""
         assert self.parent.stdin is not None
         self.count += 1
         progress = self.workdir / f"run-{self.count}.progress"
@@ -412,6 +426,11 @@ class Runs:
             os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"run {self.count}: no {marker!r} within {timeout_s} s: {lines[-3:]}")
         time.sleep(delay_s)
+        armed_by = time.perf_counter() + 5
+        while armed is not None and not armed() and time.perf_counter() < armed_by:
+            if progress.read_text().splitlines()[-1:] in (["finished"], ["failed"]):
+                break
+            time.sleep(0.005)
         lines = progress.read_text().splitlines()
         killed = marker != "never" and lines[-1] not in ("finished", "failed")
         if killed:
@@ -463,7 +482,9 @@ def test_sync_killed_five_times_then_rerun_converges_with_the_same_escns(
     runs = Runs(env, tmp_path)
     try:
         for marker, delay in markers:
-            kill = runs.run(marker, delay)
+            # Inside a Router phase, the kill waits for recorded intents the Router has not confirmed.
+            armed = None if marker == "ready" else lambda: unconfirmed(engine) > 0
+            kill = runs.run(marker, delay, armed=armed)
             local = local_state(engine)
             kill.pending = (
                 sum(s == "pending" for s in local.persons.values()),

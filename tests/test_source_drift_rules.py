@@ -11,19 +11,18 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from etl.assets.cards import cards_to_retire, plan_cards
 from etl.changes import RepeatClock, changed_partitions
 from etl.config import parse_settings
 from etl.demo.config import demo_config_toml
+from etl.domain.card_plan import CardCandidate, RetiredCard, cards_to_retire, plan_cards
 from etl.domain.careers import CareerRules, map_career
 from etl.domain.enrolment import FinalisedRule
 from etl.domain.escn import EscnMinter
 from etl.domain.esse3_time import esse3_now, inside_repeat, read_since, repeat_length
+from etl.domain.router_bodies import person_body
 from etl.domain.source_drift import compare, digest, guard_reason, suspects
 from etl.errors import ConfigError
 from etl.resources.esse3 import ChangeMarker
-from etl.resources.router_bodies import person_body
-from etl.store.router_state import CardCandidate, RetiredCard
 
 ROME = ZoneInfo("Europe/Rome")
 OVERLAP = dt.timedelta(minutes=10)

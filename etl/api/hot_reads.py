@@ -11,7 +11,7 @@ of the engine's pool for good and run hand-written SQL on them:
 * Other databases (PostgreSQL): up to ``pool_size`` autocommit connections, used from the threadpool
   since a network round trip may wait.
 
-Only cards the Router confirmed (``state='registered'``) are shown, as the exports do: a pending
+Only cards the Router confirmed (state registered) are shown, as the exports do: a pending
 card's number does not verify yet. A retired card (its career changed person) is not shown: its
 career now names someone else. A DBAPI error invalidates the connection (a new one is made next
 time) and surfaces as SQLAlchemy's OperationalError, which the API answers with a 503.
@@ -33,6 +33,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
+from etl.domain.states import CardStatus, SyncState
+
+# A card shown: one the Router confirmed, not retired
+_SHOWN = f"c.state = '{SyncState.REGISTERED}' AND c.retired_at IS NULL"
 _BADGE_COLUMNS = (
     "c.escn, c.institution, c.academic_year, c.esi, c.card_type, c.issued_at, c.expires_at, "
     "c.desired_status, k.matricola, k.first_name, k.last_name, k.course_name"
@@ -43,12 +47,12 @@ _STUDENT_CARDS = (
     "JOIN cards c ON c.institution = b.institution AND c.bdg_id = b.bdg_id "
 )
 _STUDENT = (
-    "WHERE k.institution = ? AND b.institution = ? AND c.state = 'registered' AND c.retired_at IS NULL "
+    f"WHERE k.institution = ? AND b.institution = ? AND {_SHOWN} "
     "AND b.stu_id IN (SELECT stu_id FROM careers WHERE institution = ? AND matricola = ?) "
 )
 # The student's current card: an ACTIVE one if any, else the latest issued.
 _CURRENT_FIRST = (
-    "ORDER BY CASE WHEN c.desired_status = 'ACTIVE' THEN 0 ELSE 1 END, "
+    f"ORDER BY CASE WHEN c.desired_status = '{CardStatus.ACTIVE}' THEN 0 ELSE 1 END, "
     "c.issued_at DESC, c.changed_at DESC, c.escn DESC LIMIT 1"
 )
 _QR_COLUMNS = "c.escn, c.institution, q.payload, q.png, q.svg"
@@ -56,12 +60,12 @@ _QR_COLUMNS = "c.escn, c.institution, q.payload, q.png, q.svg"
 CARD_BY_ESCN = (
     f"SELECT {_BADGE_COLUMNS} FROM cards c "
     "JOIN careers k ON k.institution = c.institution AND k.stu_id = c.stu_id "
-    "WHERE c.escn = ? AND c.state = 'registered' AND c.retired_at IS NULL"
+    f"WHERE c.escn = ? AND {_SHOWN}"
 )
 CARD_BY_MATRICOLA = f"SELECT {_BADGE_COLUMNS} {_STUDENT_CARDS}{_STUDENT}{_CURRENT_FIRST}"
 QR_BY_ESCN = (
     f"SELECT {_QR_COLUMNS} FROM cards c LEFT JOIN qr_images q ON q.escn = c.escn "
-    "WHERE c.escn = ? AND c.state = 'registered' AND c.retired_at IS NULL"
+    f"WHERE c.escn = ? AND {_SHOWN}"
 )
 QR_BY_MATRICOLA = (
     f"SELECT {_QR_COLUMNS} {_STUDENT_CARDS}"

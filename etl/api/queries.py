@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, bindparam, select, tuple_, update
 
-from etl.domain.sync_outcomes import SyncState
+from etl.domain.states import ExportStatus, SyncState
 from etl.store.models import Card, Career, Export, QrImage
 
 _cards = Card.__table__.c
@@ -17,7 +17,7 @@ _careers = Career.__table__.c
 _qr = QrImage.__table__.c
 _exports = Export.__table__.c
 
-LISTED_EXPORT_STATUSES = ("ready", "rebuild")
+LISTED_EXPORT_STATUSES = (ExportStatus.READY, ExportStatus.REBUILD)
 
 _CAREER_OF_CARD = (_careers.institution == _cards.institution) & (_careers.stu_id == _cards.stu_id)
 
@@ -54,8 +54,8 @@ def mark_export_for_rebuild(engine: Engine, export_id: str) -> None:
     with engine.begin() as conn:
         conn.execute(
             update(Export)
-            .where(_exports.id == export_id, _exports.status == "ready")
-            .values(status="rebuild")
+            .where(_exports.id == export_id, _exports.status == ExportStatus.READY)
+            .values(status=ExportStatus.REBUILD)
         )
 
 

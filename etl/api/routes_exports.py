@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AfterValidator, BeforeValidator
@@ -28,6 +28,7 @@ from etl.api.queries import get_export, list_exports, mark_export_for_rebuild
 from etl.api.ranges import RangeNotSatisfiable, etag_matches, if_range_allows, parse_range, quoted_etag
 from etl.api.schemas import ExportListOut, error_responses
 from etl.api.tokens import EXPORTS_READ
+from etl.domain.states import ExportKind, ExportStatus
 
 log = logging.getLogger("etl.api")
 
@@ -86,7 +87,7 @@ async def list_exports_route(
         AfterValidator(naive_utc),
         Query(description="only exports created after this instant (ISO 8601; UTC if naive)"),
     ] = None,
-    kind: Annotated[Literal["full", "incremental"] | None, Query()] = None,
+    kind: Annotated[ExportKind | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     ctx = ctx_of(request)
@@ -136,10 +137,10 @@ async def download(request: Request, principal: Principal, export_id: str, which
     if row is None or not principal.sees(row.institution):
         await audit(404)
         raise not_found("export")
-    if row.status == "expired":
+    if row.status == ExportStatus.EXPIRED:
         await audit(410)
         raise ApiError(410, "export_expired", f"export {export_id} has expired; list the current exports")
-    if row.status == "rebuild":
+    if row.status == ExportStatus.REBUILD:
         await audit(503)
         raise _rebuilding(export_id)
     path, size, sha256 = (

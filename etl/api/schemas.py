@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from etl.domain.states import ExportKind, ExportStatus
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(examples=["not_found"])
@@ -36,12 +38,12 @@ class ExportOut(BaseModel):
     id: str
     university: str
     academic_year: int
-    kind: Literal["full", "incremental"] | str
+    kind: ExportKind
     since: dt.datetime | None = Field(description="incremental: cards changed after this instant (UTC)")
     until: dt.datetime = Field(description="cards changed up to this instant (UTC)")
     created_at: dt.datetime
     rows: int
-    status: str = Field(description="ready, or rebuild while its files are being rebuilt")
+    status: ExportStatus = Field(description="ready, or rebuild while its files are being rebuilt")
     parquet: ExportFileOut
     zip: ExportFileOut
 

@@ -17,16 +17,18 @@ from sqlalchemy import Engine
 from etl.assets.automation import FOLLOWS_CARDS
 from etl.assets.claims import claim_partition
 from etl.assets.step_retries import retry_transient
-from etl.config import Ateneo
+from etl.config import Ateneo, Settings
 from etl.domain.badges import unwritten
 from etl.domain.careers import Rejection
+from etl.domain.states import QuarantineStage
 from etl.partitions import Partition
 from etl.resources.esse3 import Esse3Source
-from etl.resources.runtime import Runtime
+from etl.resources.esse3_sources import Esse3Sources
+from etl.resources.state_db import StateDB
 from etl.store import badge_write_back as store
-from etl.store import careers as quarantine_store
+from etl.store import quarantine
 
-STAGE = "badge_write_back"
+STAGE = QuarantineStage.BADGE_WRITE_BACK
 
 
 def write_back_badges(
@@ -44,13 +46,15 @@ def write_back_badges(
         if problems:
             store.forget(conn, inst, problems)
         rejected = [Rejection(bdg_id, (reason,)) for bdg_id, reason in problems.items()]
-        quarantine_store.quarantine(conn, inst, year, STAGE, "P01_BADGE", rejected)
-        quarantine_store.resolve_quarantine(conn, inst, STAGE, "P01_BADGE", (str(w.bdg_id) for w in written))
+        quarantine.record(conn, inst, year, STAGE, "P01_BADGE", rejected)
+        quarantine.resolve(conn, inst, STAGE, "P01_BADGE", (str(w.bdg_id) for w in written))
         carrying = store.count_written(conn, inst, year)
     return {"written": len(written), "quarantined": len(problems), "badges_carrying_escn": carrying}
 
 
-def build_badge_write_back_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
+def build_badge_write_back_asset(
+    partitions: MultiPartitionsDefinition, settings: Settings
+) -> AssetsDefinition:
     @asset(
         name="esse3_badge_write_back",
         partitions_def=partitions,
@@ -60,17 +64,16 @@ def build_badge_write_back_asset(partitions: MultiPartitionsDefinition) -> Asset
         kinds={"sql"},
         description="ESCN, QR payload and Router status (optionally the QR PNG) stored on each Esse3 badge.",
     )
-    @retry_transient
+    @retry_transient(settings)
     def esse3_badge_write_back(
-        context: AssetExecutionContext, esc: ResourceParam[Runtime]
+        context: AssetExecutionContext, state_db: ResourceParam[StateDB], esse3: ResourceParam[Esse3Sources]
     ) -> MaterializeResult:
-        runtime = esc
         partition = Partition.parse(context.partition_key)
-        ateneo = runtime.settings.ateneo(partition.institution)
+        ateneo = settings.ateneo(partition.institution)
         if not ateneo.write_back_badge:
             return MaterializeResult(metadata={"enabled": False})
-        with claim_partition(context, runtime.engine, partition.key):
-            counts = write_back_badges(runtime.engine, runtime.esse3(ateneo.code), ateneo, partition)
+        with claim_partition(context, state_db.engine, partition.key):
+            counts = write_back_badges(state_db.engine, esse3.of(ateneo.code), ateneo, partition)
         context.log.info(f"{partition.key}: {counts}")
         return MaterializeResult(metadata={"enabled": True, **counts})
 

@@ -23,22 +23,25 @@ from sqlalchemy.engine import Row
 from etl.assets.careers import Gone
 from etl.assets.claims import claim_partition
 from etl.assets.step_retries import retry_transient
-from etl.domain.badges import validate_badge
+from etl.config import Settings
+from etl.domain.badges import ReadBadge, badge_content, validate_badge
 from etl.domain.careers import Rejection
 from etl.domain.esse3_time import esse3_now, read_since
 from etl.domain.source_drift import DriftKind, badge_digest, guard_reason
 from etl.domain.source_reads import ReadPolicy
 from etl.domain.source_values import future_cutoff, in_the_future, key_problem, quarantine_key
+from etl.domain.states import QuarantineStage
 from etl.errors import VanishHeld
 from etl.partitions import Partition
 from etl.resources.esse3 import Esse3Source
-from etl.resources.runtime import Runtime
+from etl.resources.esse3_sources import Esse3Sources
+from etl.resources.state_db import StateDB
+from etl.store import badges as store
 from etl.store import careers as common
-from etl.store import router_state as store
-from etl.store import source_state
+from etl.store import quarantine, source_state, watermarks
 from etl.store.bulk import refresh_statistics
 
-STAGE = "badges"
+STAGE = QuarantineStage.BADGES
 CHUNK = 1000
 P01_BADGE = "P01_BADGE"
 
@@ -52,9 +55,7 @@ class BadgeSyncResult:
     held: str | None = None
 
 
-def _validated(
-    batch: list[Row], year: int, cutoff: dt.datetime
-) -> tuple[list[store.ReadBadge], list[Rejection]]:
+def _validated(batch: list[Row], year: int, cutoff: dt.datetime) -> tuple[list[ReadBadge], list[Rejection]]:
     good, bad = [], []
     counts = Counter(quarantine_key(row[0]) for row in batch)
     for row in batch:
@@ -70,7 +71,7 @@ def _validated(
             bad.append(Rejection(quarantine_key(bdg_id), tuple(reasons)))
         else:
             good.append(
-                store.ReadBadge(
+                ReadBadge(
                     int(bdg_id),
                     int(stu_id),
                     int(pers_id),
@@ -114,20 +115,20 @@ def ingest_badges(
                         newest = data_mod if newest is None or data_mod > newest else newest
                 good, bad = _validated(batch, year, cutoff)
                 _write(conn, inst, year, good, result)
-                common.quarantine(conn, inst, year, STAGE, P01_BADGE, bad)
-                common.resolve_quarantine(conn, inst, STAGE, P01_BADGE, (str(g.bdg_id) for g in good))
+                quarantine.record(conn, inst, year, STAGE, P01_BADGE, bad)
+                quarantine.resolve(conn, inst, STAGE, P01_BADGE, (str(g.bdg_id) for g in good))
                 result.read += len(batch)
                 result.quarantined += len(bad)
                 returned.update(row[0] for row in batch)
             return returned
 
-        mark = common.get_watermarks(conn, partition.key).get(P01_BADGE)
+        mark = watermarks.get_watermarks(conn, partition.key).get(P01_BADGE)
         since = None if mark is None else read_since(mark, policy.overlap, policy.zone)
         read = apply(source.changed_badges(year, since))
         gone = _complete(conn, source, partition, apply, read)
         result.vanished, result.held = _apply_vanished(conn, partition, policy, gone)
         if newest is not None:
-            common.advance_watermarks(conn, partition.key, {P01_BADGE: newest})
+            watermarks.advance_watermarks(conn, partition.key, {P01_BADGE: newest})
         if result.read > CHUNK // 2:
             refresh_statistics(conn, "badges", "cards", "persons")
     if result.held:
@@ -138,14 +139,12 @@ def ingest_badges(
     return result
 
 
-def _write(
-    conn: Connection, inst: str, year: int, good: list[store.ReadBadge], result: BadgeSyncResult
-) -> None:
+def _write(conn: Connection, inst: str, year: int, good: list[ReadBadge], result: BadgeSyncResult) -> None:
     existing = store.existing_badges(conn, inst, [b.bdg_id for b in good])
     changed, digests, moved, other_career = [], [], [], []
     for b in good:
         old = existing.get(b.bdg_id)
-        if old is None or old.vanished or old.content != store.badge_content(b):
+        if old is None or old.vanished or old.content != badge_content(b):
             changed.append(b)
             if old is not None and old.academic_year != year:
                 moved.append(b.bdg_id)
@@ -175,7 +174,7 @@ def _complete(
     candidates = set(found) - reread
     local = common.partition_keys(conn, "badges", inst, year)
     counted = source.count_of_year(P01_BADGE, year)
-    compared = counted != common.get_row_counts(conn, partition.key).get(P01_BADGE)
+    compared = counted != watermarks.get_row_counts(conn, partition.key).get(P01_BADGE)
     if compared or source_state.get_hold(conn, partition.key, P01_BADGE):
         keys = source.keys_of_year(P01_BADGE, year)
         counted = len(keys)
@@ -192,7 +191,7 @@ def _complete(
         # A badge whose career is gone from Esse3 (year None) makes no card any more: deleted too.
         deleted = sorted(k for k in candidates if now_in.get(k, None) is None)
     if compared:
-        common.set_row_count(conn, partition.key, P01_BADGE, counted)
+        watermarks.set_row_count(conn, partition.key, P01_BADGE, counted)
     source_state.clear_findings(conn, inst, P01_BADGE, found)
     return Gone(deleted, counted, len(local))
 
@@ -217,7 +216,7 @@ def _apply_vanished(
     return len(gone.deleted), None
 
 
-def build_badges_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
+def build_badges_asset(partitions: MultiPartitionsDefinition, settings: Settings) -> AssetsDefinition:
     @asset(
         name="badges",
         partitions_def=partitions,
@@ -226,16 +225,15 @@ def build_badges_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
         kinds={"sql"},
         description="Esse3 badges (P01_BADGE) of the partition's careers, validated; bad rows quarantined.",
     )
-    @retry_transient
-    def badges(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
-        runtime = esc
+    @retry_transient(settings)
+    def badges(
+        context: AssetExecutionContext, state_db: ResourceParam[StateDB], esse3: ResourceParam[Esse3Sources]
+    ) -> MaterializeResult:
         partition = Partition.parse(context.partition_key)
-        ateneo = runtime.settings.ateneo(partition.institution)
-        with claim_partition(context, runtime.engine, partition.key):
-            result = ingest_badges(
-                runtime.engine, runtime.esse3(ateneo.code), partition, runtime.settings.read_policy
-            )
-        with runtime.engine.connect() as conn:
+        ateneo = settings.ateneo(partition.institution)
+        with claim_partition(context, state_db.engine, partition.key):
+            result = ingest_badges(state_db.engine, esse3.of(ateneo.code), partition, settings.read_policy)
+        with state_db.engine.connect() as conn:
             total = store.count_badges(conn, ateneo.code, partition.academic_year)
         return MaterializeResult(
             metadata={

@@ -4,9 +4,7 @@ reconcile). Lifecycle changes from career and badge data are pushed with PUT."""
 # No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
 
 import datetime as dt
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from functools import partial
 
 from dagster import (
     AssetExecutionContext,
@@ -21,150 +19,27 @@ from sqlalchemy import Engine
 from etl.assets.claims import claim_partition
 from etl.assets.router_calls import ROUTER_POOL, CallReport, calls_check_spec, run_chunks, run_with_client
 from etl.assets.step_retries import retry_transient
-from etl.config import Ateneo
+from etl.config import Ateneo, Settings
+from etl.domain.card_plan import CardWork, cards_to_retire, plan_cards
 from etl.domain.careers import Rejection
 from etl.domain.escn import EscnMinter
-from etl.domain.esi import same_esi
 from etl.domain.lifecycle import (
-    ACTIVE,
-    CARD_TYPE_OF_BADGE,
-    INACTIVE,
-    Action,
-    BadgeFacts,
-    CardTarget,
     body_hash,
-    card_action,
-    card_target,
-    consented,
 )
-from etl.domain.sync_outcomes import CardOutcome, SyncResult, SyncState
+from etl.domain.states import QuarantineStage
+from etl.domain.sync_outcomes import CardOutcome, SyncResult
 from etl.partitions import Partition
 from etl.resources.router import RouterClient
-from etl.resources.router_bodies import card_body, card_update_body
+from etl.resources.router_clients import RouterClients
 from etl.resources.router_errors import RouterAccessDenied, RouterConflict, RouterError, RouterNotFound
 from etl.resources.router_views import read_card
-from etl.resources.runtime import Runtime
-from etl.store import careers as common
-from etl.store import router_state as store
-from etl.store.models import utcnow
-from etl.store.router_state import CardCandidate, RetiredCard
+from etl.resources.state_db import StateDB
+from etl.store import cards as store
+from etl.store import quarantine
 
-STAGE = "cards"
+STAGE = QuarantineStage.CARDS
 CHUNK = 1000
 OVERLAP = dt.timedelta(minutes=10)
-
-
-@dataclass(frozen=True)
-class CardWork:
-    escn: str
-    bdg_id: int
-    stu_id: int
-    esi: str
-    card_type: str
-    issued_at: dt.date
-    target: CardTarget
-    body: dict[str, Any]  # the POST body (CardUpdateView with cardNumber)
-    create: bool
-    new: bool  # no card row yet: record the intent (a freshly minted ESCN)
-    pic: str
-    today: dt.date
-
-    @property
-    def put_body(self) -> dict[str, Any]:
-        return card_update_body(self.body)
-
-    @property
-    def target_expired(self) -> bool:
-        """The wanted expiry is already past: the card reads EXPIRED whatever we send."""
-        return self.target.expires_at < self.today
-
-
-class CardPlan(NamedTuple):
-    work: list[CardWork]
-    waiting: int  # badges whose person is not (yet) at the Router
-    badge_expired: int  # badges of active careers whose validity ended: never extended, reported
-
-
-def cards_to_retire(rows: Sequence[CardCandidate]) -> list[str]:
-    """Current cards registered for another person than their badge's career now has (an Esse3 person
-    merge, a badge moved to another student's career), or whose career's person has no ESI: the Router
-    never moves a card to another person, so the card is retired (INACTIVE for good, under the ESI it
-    was registered for) and the badge gets a new card under its holder's ESI."""
-    return [
-        r.escn
-        for r in rows
-        if r.escn is not None
-        and r.card_esi is not None
-        and (r.esi is None or not same_esi(r.card_esi, r.esi))
-    ]
-
-
-def plan_cards(
-    rows: Sequence[CardCandidate],
-    ateneo: Ateneo,
-    minter: EscnMinter,
-    today: dt.date,
-    retired: Sequence[RetiredCard] = (),
-) -> CardPlan:
-    """Pure decision per badge (whose current card, if any, belongs to its holder: see
-    ``cards_to_retire``), and per retired card still to be deactivated."""
-    work, waiting, expired = [], 0, 0
-    for r in rows:
-        if r.esi is None or r.person_state is None:
-            continue  # the career's person has no ESI: nothing to attach a card to (yet)
-        ok = consented(ateneo.consent, r.consent) and r.person_state != SyncState.OPTED_OUT
-        facts = BadgeFacts(r.career_status, r.annulled, r.valid_from, r.valid_to, ok, r.in_source)
-        target = card_target(facts, today)
-        synced = (
-            CardTarget(r.router_status, r.synced_expiry)
-            if r.card_state == SyncState.REGISTERED and r.router_status and r.synced_expiry
-            else None
-        )
-        action = card_action(target, exists=r.escn is not None, synced=synced, today=today)
-        if target.status == ACTIVE and target.expires_at < today:
-            expired += 1  # reported: the university must extend the badge or issue a new one
-        if action in (Action.NONE, Action.SKIP, Action.BADGE_EXPIRED):
-            continue
-        if action is Action.REGISTER and r.person_state != SyncState.REGISTERED:
-            waiting += 1  # the person is not (yet) at the Router: nothing to attach a card to
-            continue
-        card_type = CARD_TYPE_OF_BADGE[r.kind]
-        number = r.escn or minter.mint()
-        body = card_body(number, r.esi, ateneo.pic, card_type, target.status, r.valid_from, target.expires_at)
-        work.append(
-            CardWork(
-                number,
-                r.bdg_id,
-                r.stu_id,
-                r.esi,
-                card_type,
-                r.valid_from,
-                target,
-                body,
-                create=action is Action.REGISTER,
-                new=r.escn is None,
-                pic=ateneo.pic,
-                today=today,
-            )
-        )
-    for c in retired:
-        target = CardTarget(INACTIVE, c.expires_at)
-        synced = (
-            CardTarget(c.router_status, c.expires_at)
-            if c.state == SyncState.REGISTERED and c.router_status
-            else None
-        )
-        action = card_action(target, exists=True, synced=synced, today=today)
-        if action not in (Action.REGISTER, Action.UPDATE):
-            continue
-        body = card_body(c.escn, c.esi, ateneo.pic, c.card_type, INACTIVE, c.issued_at, c.expires_at)
-        work.append(
-            CardWork(
-                c.escn, c.bdg_id, c.stu_id, c.esi, c.card_type, c.issued_at, target, body,
-                create=action is Action.REGISTER, new=False, pic=ateneo.pic, today=today,
-            )
-        )  # fmt: skip
-    return CardPlan(work, waiting, expired)
 
 
 async def sync_card(client: RouterClient, w: CardWork) -> CardOutcome:
@@ -227,19 +102,8 @@ def sync_cards(
     minter = EscnMinter(ateneo.pic, ateneo.escn_prefix, clock_seq=clock_seq)
 
     def record(chunk: list[CardWork]) -> None:  # the intent: minted ESCNs recorded before any call
-        now = utcnow()
-        rows = [
-            {
-                "escn": w.escn, "institution": inst, "academic_year": year, "bdg_id": w.bdg_id,
-                "stu_id": w.stu_id, "esi": w.esi, "card_type": w.card_type, "issued_at": w.issued_at,
-                "expires_at": w.target.expires_at, "desired_status": w.target.status,
-                "state": SyncState.PENDING, "changed_at": now, "created_at": now,
-            }
-            for w in chunk
-            if w.new
-        ]  # fmt: skip
         with engine.begin() as conn:
-            store.record_card_intents(conn, rows)
+            store.record_card_intents(conn, inst, year, chunk)
 
     reminted = 0
 
@@ -251,8 +115,8 @@ def sync_cards(
             store.record_card_errors(conn, [o for o in outcomes if o.result is SyncResult.FAILED])
             store.forget_card_intents(conn, [o.escn for o in outcomes if o.reminted])
             bad = [Rejection(o.bdg_id, (o.reason,)) for o in outcomes if o.reason]
-            common.quarantine(conn, inst, year, STAGE, "P01_BADGE", bad)
-            common.resolve_quarantine(conn, inst, STAGE, "P01_BADGE", (str(o.bdg_id) for o in done))
+            quarantine.record(conn, inst, year, STAGE, "P01_BADGE", bad)
+            quarantine.resolve(conn, inst, STAGE, "P01_BADGE", (str(o.bdg_id) for o in done))
         reminted += sum(1 for o in outcomes if o.reminted)
         report.counts.update(o.result.value for o in outcomes)
         # retries ran out (a transient failure): the card stays as it was, for the next run
@@ -288,7 +152,7 @@ def sync_cards(
         run_with_client(client_factory, body, report)
 
 
-def build_cards_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
+def build_cards_asset(partitions: MultiPartitionsDefinition, settings: Settings) -> AssetsDefinition:
     @asset(
         name="esc_cards",
         partitions_def=partitions,
@@ -299,16 +163,17 @@ def build_cards_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition
         description="A card per badge (ESCN minted offline, PASSIVE or SMART_PASSIVE) at the ESC Router.",
         check_specs=[calls_check_spec("esc_cards")],
     )
-    @retry_transient
-    def esc_cards(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
-        runtime = esc
+    @retry_transient(settings)
+    def esc_cards(
+        context: AssetExecutionContext, state_db: ResourceParam[StateDB], router: ResourceParam[RouterClients]
+    ) -> MaterializeResult:
         partition = Partition.parse(context.partition_key)
-        ateneo = runtime.settings.ateneo(partition.institution)
+        ateneo = settings.ateneo(partition.institution)
         report = CallReport()
-        with claim_partition(context, runtime.engine, partition.key):
-            sync_cards(runtime.engine, lambda: runtime.router_client(ateneo.code), ateneo, partition, report)
+        with claim_partition(context, state_db.engine, partition.key):
+            sync_cards(state_db.engine, partial(router.of, ateneo.code), ateneo, partition, report)
         context.log.info(f"{partition.key}: {dict(report.counts)}")
-        with runtime.engine.connect() as conn:
+        with state_db.engine.connect() as conn:
             cards = store.count_cards(conn, ateneo.code, partition.academic_year)
         return MaterializeResult(
             metadata={

@@ -25,28 +25,28 @@ from sqlalchemy.engine import Row
 
 from etl.assets.claims import claim_partition
 from etl.assets.step_retries import retry_transient
-from etl.config import Ateneo
-from etl.domain.careers import SOURCE_COLUMNS, CareerRules, Rejection, map_career, shown_fields
+from etl.config import Ateneo, Settings
+from etl.domain.career_batch import PreparedBatch, ReadCareer, prepare_batch
+from etl.domain.careers import CareerRules, Rejection, shown_fields
 from etl.domain.esse3_time import esse3_now, read_since
 from etl.domain.source_drift import (
-    CAREER_DATA_MOD_COLUMNS,
     DriftKind,
-    career_digester,
     guard_reason,
 )
 from etl.domain.source_reads import ReadPolicy
-from etl.domain.source_values import future_cutoff, in_the_future, key_problem, quarantine_key
-from etl.errors import EscSyncError, VanishHeld
+from etl.domain.source_values import future_cutoff, key_problem
+from etl.domain.states import QuarantineStage
+from etl.errors import VanishHeld
 from etl.partitions import Partition
 from etl.prefetch import prefetch
-from etl.resources.esse3 import CAREER_TABLES, EPOCH, Esse3Source
-from etl.resources.runtime import Runtime
+from etl.resources.esse3 import Esse3Source
+from etl.resources.esse3_sources import Esse3Sources
+from etl.resources.state_db import StateDB
 from etl.store import careers as store
-from etl.store import source_state
+from etl.store import quarantine, source_state, watermarks
 from etl.store.bulk import refresh_statistics
 
 BULK = 500  # rows written after which the planner statistics are refreshed
-_DATA_MOD_COLUMNS = CAREER_DATA_MOD_COLUMNS
 P01_STU = "P01_STU"
 
 
@@ -65,56 +65,6 @@ class CareerSyncResult:
     @property
     def read(self) -> int:
         return self.inserted + self.updated + self.unchanged + self.quarantined
-
-
-class PreparedBatch(NamedTuple):
-    """One source batch validated, without touching the state DB: what can run ahead of the writes."""
-
-    good: list[store.ReadCareer]
-    bad: list[Rejection]
-    newest: dict[str, dt.datetime]  # per source table, the newest DATA_MOD in the batch
-    keys: list[Any]  # every key the batch returned (raw)
-
-
-def prepare_batch(
-    batch: list[Row], rules: CareerRules, today: dt.date, cutoff: dt.datetime = dt.datetime.max
-) -> PreparedBatch:
-    """``cutoff``: the latest believable DATA_MOD. A row changed "after" it is quarantined and its
-    DATA_MOD never reaches a watermark, so it cannot hide later changes of its academic year."""
-    keys = batch[0]._fields
-    missing = SOURCE_COLUMNS.union(_DATA_MOD_COLUMNS).difference(keys)
-    if missing:  # a site's edit of the SQL lost a column: no career can be validated
-        where = "etl/sql/esse3/, or the site's [esse3] sql_dir"
-        raise EscSyncError(f"Esse3 careers query returns no {', '.join(sorted(missing))} ({where})")
-    stu, anaper, cds = (keys.index(c) for c in _DATA_MOD_COLUMNS)
-    digest_of = career_digester(keys)
-    columns = tuple(zip(CAREER_TABLES, (stu, anaper, cds), strict=True))
-    newest: dict[str, dt.datetime] = {}
-    for table, i in columns:
-        values = [v for row in batch if (v := row[i]) is not None and v <= cutoff]
-        if values:
-            newest[table] = max(values)
-    good: list[store.ReadCareer] = []
-    bad: list[Rejection] = []
-    copies = Counter(row[0] for row in batch)  # the reader keeps the rows of one key in one batch
-    for key in (k for k, n in copies.items() if n > 1):
-        bad.append(Rejection(quarantine_key(key), ("duplicate STU_ID (more than one row with this key)",)))
-    for row in batch:
-        if copies[row[0]] > 1:
-            continue
-        mapped = map_career(dict(zip(keys, row, strict=True)), rules, today)  # plain dict: fastest lookups
-        if future := [t for t, i in columns if in_the_future(row[i], cutoff)]:
-            earlier = mapped.reasons if isinstance(mapped, Rejection) else ()
-            reason = f"DATA_MOD in the future ({', '.join(future)})"
-            bad.append(Rejection(mapped.stu_id, (*earlier, reason)))
-            continue
-        if isinstance(mapped, Rejection):
-            bad.append(mapped)
-            continue
-        # The career's own DATA_MOD: the newest of its joined rows (person and course may be newer).
-        data_mod = max(row[stu] or EPOCH, row[anaper] or EPOCH, row[cds] or EPOCH)
-        good.append(store.ReadCareer(mapped, mapped.row_hash(), data_mod, digest_of(row)))
-    return PreparedBatch(good, bad, newest, [row[0] for row in batch])
 
 
 def ingest_careers(
@@ -150,19 +100,19 @@ def ingest_careers(
                 returned.update(batch.keys)
             return returned
 
-        open_keys = store.open_quarantine_keys(conn, institution, year, store.CAREERS_STAGE)
+        open_keys = quarantine.open_keys(conn, institution, year, QuarantineStage.CAREERS)
         since = {
             t: read_since(m, policy.overlap, policy.zone)
-            for t, m in store.get_watermarks(conn, partition.key).items()
+            for t, m in watermarks.get_watermarks(conn, partition.key).items()
         }
         read = apply(source.changed_careers(year, since))
         gone = _complete(conn, source, partition, apply, open_keys, read)
         # A quarantined career that vanished from Esse3 (deleted or moved year) is resolved too.
         vanished_quarantine = {k for k in open_keys if k.isdigit()}
-        store.resolve_quarantine(conn, institution, store.CAREERS_STAGE, P01_STU, vanished_quarantine)
+        quarantine.resolve(conn, institution, QuarantineStage.CAREERS, P01_STU, vanished_quarantine)
         result.resolved += len(vanished_quarantine)
         result.vanished, result.held = _apply_vanished(conn, partition, policy, gone)
-        store.advance_watermarks(conn, partition.key, seen)
+        watermarks.advance_watermarks(conn, partition.key, seen)
         if result.inserted + result.updated > BULK:
             refresh_statistics(conn, "careers", "quarantine")
     if result.held:
@@ -200,7 +150,7 @@ def _complete(
     candidates = set(found) - reread
     local = store.partition_keys(conn, "careers", institution, year)
     counted = source.count_of_year(P01_STU, year)
-    compared = counted != store.get_row_counts(conn, partition.key).get(P01_STU)
+    compared = counted != watermarks.get_row_counts(conn, partition.key).get(P01_STU)
     if compared or source_state.get_hold(conn, partition.key, P01_STU):
         keys = source.keys_of_year(P01_STU, year)
         counted = len(keys)
@@ -220,7 +170,7 @@ def _complete(
         apply(source.careers_by_id(year, back))
         deleted = sorted(candidates - set(now_in))
     if compared:
-        store.set_row_count(conn, partition.key, P01_STU, counted)
+        watermarks.set_row_count(conn, partition.key, P01_STU, counted)
     source_state.clear_findings(conn, institution, P01_STU, found)
     return Gone(deleted, counted, len(local))
 
@@ -259,7 +209,7 @@ def _apply_batch(
     bad = list(batch.bad)
     # A matricola already held by another career (here or earlier in the batch) is quarantined.
     holders = store.matricola_holders(conn, partition.institution, (c.record.matricola for c in batch.good))
-    kept: list[store.ReadCareer] = []
+    kept: list[ReadCareer] = []
     for career in batch.good:
         holder = holders.setdefault(career.record.matricola, career.record.stu_id)
         if holder != career.record.stu_id:
@@ -292,12 +242,14 @@ def _apply_batch(
     source_state.move_careers(conn, partition.institution, partition.academic_year, moved)
     source_state.touch_cards(conn, partition.institution, shown)
 
-    store.quarantine(conn, partition.institution, partition.academic_year, store.CAREERS_STAGE, P01_STU, bad)
+    quarantine.record(
+        conn, partition.institution, partition.academic_year, QuarantineStage.CAREERS, P01_STU, bad
+    )
     result.quarantined += len(bad)
     result.reasons.update(reason for rej in bad for reason in rej.reasons)
     good_keys = {str(c.record.stu_id) for c in kept}
     cleared = good_keys & open_keys
-    store.resolve_quarantine(conn, partition.institution, store.CAREERS_STAGE, P01_STU, cleared)
+    quarantine.resolve(conn, partition.institution, QuarantineStage.CAREERS, P01_STU, cleared)
     result.resolved += len(cleared)
     # Rows seen in this run are settled: either processed or (re)quarantined.
     open_keys.difference_update(good_keys | {str(r.stu_id) for r in bad})
@@ -307,7 +259,7 @@ NO_DUPLICATES = "no_duplicate_careers"
 QUARANTINE_SHARE = "quarantine_share"
 
 
-def build_careers_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
+def build_careers_asset(partitions: MultiPartitionsDefinition, settings: Settings) -> AssetsDefinition:
     @asset(
         name="careers",
         partitions_def=partitions,
@@ -321,25 +273,22 @@ def build_careers_asset(partitions: MultiPartitionsDefinition) -> AssetsDefiniti
             ),
         ],
     )
-    @retry_transient
-    def careers(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
-        runtime = esc
+    @retry_transient(settings)
+    def careers(
+        context: AssetExecutionContext, state_db: ResourceParam[StateDB], esse3: ResourceParam[Esse3Sources]
+    ) -> MaterializeResult:
         partition = Partition.parse(context.partition_key)
-        ateneo = runtime.settings.ateneo(partition.institution)
-        with claim_partition(context, runtime.engine, partition.key):
+        ateneo = settings.ateneo(partition.institution)
+        with claim_partition(context, state_db.engine, partition.key):
             result = ingest_careers(
-                runtime.engine,
-                runtime.esse3(partition.institution),
-                ateneo,
-                partition,
-                policy=runtime.settings.read_policy,
+                state_db.engine, esse3.of(ateneo.code), ateneo, partition, policy=settings.read_policy
             )
-        with runtime.engine.connect() as conn:
+        with state_db.engine.connect() as conn:
             counts = store.partition_counts(conn, partition.institution, partition.academic_year)
             dupes = store.duplicate_matricole(conn, partition.institution)
         total = counts["careers"] + counts["quarantined"]
         share = counts["quarantined"] / total if total else 0.0
-        threshold = runtime.settings.quarantine_warn_share
+        threshold = settings.quarantine_warn_share
         context.log.info(
             f"{partition.key}: {result.inserted} inserted, {result.updated} updated, "
             f"{result.unchanged} unchanged, {result.quarantined} quarantined, {result.resolved} resolved, "

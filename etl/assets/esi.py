@@ -4,9 +4,7 @@ confirmation: a crash anywhere is recovered by re-running (409 ER-0019 → read 
 # No `from __future__ import annotations`: Dagster inspects the context annotation at runtime.
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 from dagster import (
     AssetExecutionContext,
@@ -21,91 +19,26 @@ from sqlalchemy import Engine
 from etl.assets.claims import claim_partition
 from etl.assets.router_calls import ROUTER_POOL, CallReport, calls_check_spec, run_chunks, run_with_client
 from etl.assets.step_retries import retry_transient
-from etl.config import Ateneo
+from etl.config import Ateneo, Settings
 from etl.domain.careers import Rejection
-from etl.domain.esi import EsiWriteBack, InvalidEsi, compose_esi, same_esi
-from etl.domain.lifecycle import body_hash, consented
-from etl.domain.sync_outcomes import PersonOutcome, SyncResult, SyncState
+from etl.domain.esi import EsiWriteBack, same_esi
+from etl.domain.person_plan import ESI_CONFLICT, PersonWork, plan_persons
+from etl.domain.states import QuarantineStage, SyncState
+from etl.domain.sync_outcomes import PersonOutcome, SyncResult
 from etl.partitions import Partition
 from etl.resources.esse3 import Esse3Source
+from etl.resources.esse3_sources import Esse3Sources
 from etl.resources.router import RouterClient
-from etl.resources.router_bodies import person_body
+from etl.resources.router_clients import RouterClients
 from etl.resources.router_errors import RouterConflict, RouterError
 from etl.resources.router_views import person_identifier
-from etl.resources.runtime import Runtime
-from etl.store import careers as quarantine_store
-from etl.store import router_state as store
+from etl.resources.state_db import StateDB
+from etl.store import persons as store
+from etl.store import quarantine
 from etl.store.bulk import refresh_statistics
-from etl.store.router_state import PersonCandidate
 
-STAGE = "esi"
+STAGE = QuarantineStage.ESI
 CHUNK = 1000  # persons per intent/call/confirm round: bounds what a crash can leave pending
-
-
-@dataclass(frozen=True)
-class PersonWork:
-    pers_id: int
-    person_key: str
-    stu_id: int  # the current career: where a quarantine row points
-    esi: str
-    body: dict[str, Any]
-    body_hash: str
-    create: bool  # POST (with ER-0019 adoption) rather than PUT
-
-
-@dataclass(frozen=True)
-class PersonPlan:
-    work: list[PersonWork]
-    opted_out: list[tuple[int, str, str, SyncState]]  # person intents never sent (no consent)
-    rejections: list[Rejection]
-    fine: list[int]  # stu_ids with nothing to do and nothing wrong (quarantine can be resolved)
-    not_eligible: int  # careers whose course has no ESC academic level
-
-
-ESI_CONFLICT = "career already carries a different ESI (CODICE_ESI)"
-
-
-def plan_persons(
-    rows: Sequence[PersonCandidate], ateneo: Ateneo, source_esis: Mapping[int, set[str]] | None = None
-) -> PersonPlan:
-    """Pure decision per candidate row (see router_state.PERSON_CANDIDATES). ``source_esis``: the ESIs
-    already on the person's Esse3 careers; another one than ours stops the person before any call."""
-    work, opted_out, rejections, fine, not_eligible = [], [], [], [], []
-    for r in rows:
-        esi = r.esi
-        if not esi:
-            try:
-                esi = compose_esi(ateneo.schac_home_organization, r.person_key)
-            except InvalidEsi as e:
-                rejections.append(Rejection(r.stu_id, (f"cannot compose ESI: {e}",)))
-                continue
-        if any(not same_esi(s, esi) for s in (source_esis or {}).get(r.pers_id, ())):
-            rejections.append(Rejection(r.stu_id, (ESI_CONFLICT,)))
-            continue
-        if not consented(ateneo.consent, r.consent):
-            if r.state is None:
-                opted_out.append((r.pers_id, r.person_key, esi, SyncState.OPTED_OUT))
-            fine.append(r.stu_id)
-            continue
-        if r.academic_level is None:
-            # Valid data, just not eligible: single courses and the like have no ESC level.
-            not_eligible.append(r.stu_id)
-            continue
-        try:
-            body = person_body(esi, ateneo.pic, f"{r.first_name} {r.last_name}", r.email, r.academic_level)
-        except ValueError as e:
-            rejections.append(Rejection(r.stu_id, (f"invalid Router body: {str(e).split(':')[0]}",)))
-            continue
-        h = body_hash(body)
-        if r.state == SyncState.REGISTERED and r.synced_hash == h:
-            fine.append(r.stu_id)
-            continue
-        work.append(
-            PersonWork(
-                r.pers_id, r.person_key, r.stu_id, esi, body, h, create=r.state != SyncState.REGISTERED
-            )
-        )
-    return PersonPlan(work, opted_out, rejections, fine + not_eligible, len(not_eligible))
 
 
 async def sync_person(client: RouterClient, w: PersonWork) -> PersonOutcome:
@@ -157,8 +90,8 @@ def assign_esis(
     year = partition.academic_year
     with engine.begin() as conn:
         store.record_person_intents(conn, ateneo.code, plan.opted_out)
-        quarantine_store.quarantine(conn, ateneo.code, year, STAGE, "P01_STU", plan.rejections)
-        quarantine_store.resolve_quarantine(conn, ateneo.code, STAGE, "P01_STU", map(str, plan.fine))
+        quarantine.record(conn, ateneo.code, year, STAGE, "P01_STU", plan.rejections)
+        quarantine.resolve(conn, ateneo.code, STAGE, "P01_STU", map(str, plan.fine))
     report.counts.update(
         opted_out=len(plan.opted_out), quarantined=len(plan.rejections), not_eligible=plan.not_eligible
     )
@@ -175,9 +108,9 @@ def assign_esis(
         with engine.begin() as conn:
             store.confirm_persons(conn, ateneo.code, outcomes)
             bad = [Rejection(o.stu_id, (o.reason,)) for o in outcomes if o.reason]
-            quarantine_store.quarantine(conn, ateneo.code, year, STAGE, "P01_STU", bad)
+            quarantine.record(conn, ateneo.code, year, STAGE, "P01_STU", bad)
             ok = [str(o.stu_id) for o in outcomes if o.state is SyncState.REGISTERED]
-            quarantine_store.resolve_quarantine(conn, ateneo.code, STAGE, "P01_STU", ok)
+            quarantine.resolve(conn, ateneo.code, STAGE, "P01_STU", ok)
         report.counts.update(o.result.value for o in outcomes)
         report.counts["unsent"] += sum(1 for o in outcomes if o.last_error)  # retries ran out: pending
 
@@ -201,11 +134,11 @@ def write_back(engine: Engine, source: Esse3Source, institution: str, year: int,
         store.mark_written_back(conn, institution, [(w.stu_id, w.esi) for w in writes])
         if len(writes) > CHUNK // 2:  # many new persons: keep the next partition's plan fast
             refresh_statistics(conn, "persons", "careers")
-        quarantine_store.quarantine(conn, institution, year, STAGE, "P01_STU", conflicts)
+        quarantine.record(conn, institution, year, STAGE, "P01_STU", conflicts)
     report.counts.update(written_back=len(writes), quarantined=len(conflicts))
 
 
-def build_esi_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
+def build_esi_asset(partitions: MultiPartitionsDefinition, settings: Settings) -> AssetsDefinition:
     @asset(
         name="esi_assignments",
         partitions_def=partitions,
@@ -216,24 +149,28 @@ def build_esi_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
         description="ESIs of finalised careers, registered at the ESC Router and written back to Esse3.",
         check_specs=[calls_check_spec("esi_assignments")],
     )
-    @retry_transient
-    def esi_assignments(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
-        runtime = esc
+    @retry_transient(settings)
+    def esi_assignments(
+        context: AssetExecutionContext,
+        state_db: ResourceParam[StateDB],
+        esse3: ResourceParam[Esse3Sources],
+        router: ResourceParam[RouterClients],
+    ) -> MaterializeResult:
         partition = Partition.parse(context.partition_key)
-        ateneo = runtime.settings.ateneo(partition.institution)
+        ateneo = settings.ateneo(partition.institution)
         report = CallReport()
         started = dt.datetime.now()
-        with claim_partition(context, runtime.engine, partition.key):
+        with claim_partition(context, state_db.engine, partition.key):
             assign_esis(
-                runtime.engine,
-                runtime.esse3(ateneo.code),
-                lambda: runtime.router_client(ateneo.code),
+                state_db.engine,
+                esse3.of(ateneo.code),
+                partial(router.of, ateneo.code),
                 ateneo,
                 partition,
                 report,
             )
         context.log.info(f"{partition.key}: {dict(report.counts)} in {dt.datetime.now() - started}")
-        with runtime.engine.connect() as conn:
+        with state_db.engine.connect() as conn:
             registered = store.count_persons(conn, ateneo.code, partition.academic_year)
         return MaterializeResult(
             metadata={"dagster/row_count": registered, **report.metadata()},

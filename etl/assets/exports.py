@@ -43,18 +43,20 @@ from sqlalchemy.engine import Row
 
 from etl.assets.automation import FOLLOWS_CARDS
 from etl.assets.step_retries import retry_transient
+from etl.config import Settings
+from etl.domain.export_plan import ExportInfo, ExportPlan, chain_since, expired_by_retention, plan_export
 from etl.domain.export_policy import ExportPolicy
+from etl.domain.states import ExportKind, ExportStatus
 from etl.exports import ExportFiles, ExportRow, InvalidRowError, validate_row, write_export
 from etl.partitions import Partition
-from etl.resources.runtime import Runtime
+from etl.resources.state_db import StateDB
 from etl.store import exports as store
-from etl.store.exports import EXPIRED, FULL, INCREMENTAL, READY, REBUILD, ExportInfo
 from etl.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".export.lock"
-_KIND_TAG = {FULL: "full", INCREMENTAL: "incr"}
+_KIND_TAG = {ExportKind.FULL: "full", ExportKind.INCREMENTAL: "incr"}
 
 
 # --- policy (settings) ---------------------------------------------------------------------------------
@@ -63,58 +65,7 @@ _KIND_TAG = {FULL: "full", INCREMENTAL: "incr"}
 # --- pure rules ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExportPlan:
-    kind: str | None  # FULL, INCREMENTAL, or None: nothing to write
-    since: dt.datetime | None
-    reason: str
-    supersedes: tuple[str, ...] = ()  # rebuild rows the new full replaces
-
-
-def chain_since(live: Sequence[ExportInfo]) -> dt.datetime | None:
-    """Where the next incremental starts: the newest ready export's ``until`` (None: no export yet)."""
-    return max((e.until for e in live if e.status == READY), default=None)
-
-
-def plan_export(
-    live: Sequence[ExportInfo], *, total: int, changed: int, now: dt.datetime, policy: ExportPolicy
-) -> ExportPlan:
-    """Decide the next export of a partition. ``live``: its ready and rebuild rows; ``total``: its
-    exportable cards; ``changed``: how many changed after ``chain_since(live)``."""
-    rebuild = tuple(e.id for e in live if e.status == REBUILD)
-    if rebuild:
-        return ExportPlan(FULL, None, f"rebuild of {len(rebuild)} export(s)", rebuild)
-    fulls = [e for e in live if e.status == READY and e.kind == FULL]
-    if not fulls:
-        if total == 0:
-            return ExportPlan(None, None, "no exportable card yet")
-        return ExportPlan(FULL, None, "first full export")
-    since = chain_since(live)
-    if changed == 0:
-        return ExportPlan(None, since, "nothing changed since the last export")
-    newest_full = max(fulls, key=lambda e: (e.created_at, e.id))
-    if now - newest_full.created_at >= policy.full_every:
-        return ExportPlan(FULL, None, f"last full export older than {policy.full_every}")
-    if changed > policy.full_changed_share * total:
-        return ExportPlan(FULL, None, f"{changed} of {total} cards changed")
-    return ExportPlan(INCREMENTAL, since, f"{changed} cards changed")
-
-
-def expired_by_retention(live: Sequence[ExportInfo], retention_full: int) -> list[str]:
-    """Ids to expire: everything older than the oldest of the newest ``retention_full`` ready fulls."""
-    fulls = sorted(
-        (e for e in live if e.status == READY and e.kind == FULL),
-        key=lambda e: (e.created_at, e.id),
-        reverse=True,
-    )
-    if not fulls:
-        return []  # never expire the only way a vendor has to rebuild its copy
-    oldest_kept = fulls[: max(1, retention_full)][-1]
-    cut = (oldest_kept.created_at, oldest_kept.id)
-    return [e.id for e in live if (e.created_at, e.id) < cut]
-
-
-def export_id(partition: Partition, kind: str, at: dt.datetime) -> str:
+def export_id(partition: Partition, kind: ExportKind, at: dt.datetime) -> str:
     """``<institution>-<year>-<full|incr>-<UTC timestamp to the microsecond>``: sorts by time, and
     is a valid file name (the institution code is ``[a-z0-9_-]``)."""
     return f"{partition.institution}-{partition.academic_year}-{_KIND_TAG[kind]}-{at:%Y%m%dT%H%M%S%f}Z"
@@ -260,11 +211,11 @@ def export_partition(
             live = store.partition_exports(conn, institution, year)
         orphans = sweep_orphans(directory, partition, {e.id for e in live})
 
-        broken = [e.id for e in live if e.status == READY and not files_intact(e)]
+        broken = [e.id for e in live if e.status == ExportStatus.READY and not files_intact(e)]
         if broken:
             log.warning("exports %s: files missing or truncated, marked for rebuild", ", ".join(broken))
             with engine.begin() as conn:
-                store.set_status(conn, broken, REBUILD, only_from=(READY,))
+                store.set_status(conn, broken, ExportStatus.REBUILD, only_from=(ExportStatus.READY,))
 
         with engine.begin() as conn:
             analysed = store.refresh_planner_stats(conn)
@@ -292,7 +243,7 @@ def export_partition(
         expired = set(expired_by_retention(live, policy.retention_full))
         if expired:
             with engine.begin() as conn:
-                store.set_status(conn, expired, EXPIRED)
+                store.set_status(conn, expired, ExportStatus.EXPIRED)
             # After the commit: a row never points at nothing.
             _delete_files(e for e in live if e.id in expired)
         result.expired.extend(sorted(expired))
@@ -311,10 +262,10 @@ def _write(
     institution, year = partition.institution, partition.academic_year
     start = time.perf_counter()
     with engine.connect() as conn:
-        new_id = export_id(partition, plan.kind or FULL, now)
+        new_id = export_id(partition, plan.kind or ExportKind.FULL, now)
         while store.export_exists(conn, new_id):  # two runs in one microsecond: only in tests
             now += dt.timedelta(microseconds=1)
-            new_id = export_id(partition, plan.kind or FULL, now)
+            new_id = export_id(partition, plan.kind or ExportKind.FULL, now)
 
     def write(skipped: dict[str, str] | None) -> ExportFiles:
         with engine.connect() as conn:
@@ -337,12 +288,12 @@ def _write(
             files,
             institution=institution,
             academic_year=year,
-            kind=plan.kind or FULL,
+            kind=plan.kind or ExportKind.FULL,
             since=plan.since,
             until=now,
         )
         superseded = [e for e in store.partition_exports(conn, institution, year) if e.id in plan.supersedes]
-        store.set_status(conn, plan.supersedes, EXPIRED)
+        store.set_status(conn, plan.supersedes, ExportStatus.EXPIRED)
     _delete_files(superseded)
     result.expired.extend(e.id for e in superseded)
     result.export_id = new_id
@@ -355,7 +306,7 @@ def _write(
 # --- the asset -----------------------------------------------------------------------------------------
 
 
-def build_export_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
+def build_export_asset(partitions: MultiPartitionsDefinition, settings: Settings) -> AssetsDefinition:
     @asset(
         name="export_files",
         partitions_def=partitions,
@@ -365,13 +316,11 @@ def build_export_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
         kinds={"parquet"},
         description="Vendor exports (Parquet + ZIP of QR images), full and incremental, with retention.",
     )
-    @retry_transient
-    def export_files(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
-        runtime = esc
+    @retry_transient(settings)
+    def export_files(context: AssetExecutionContext, state_db: ResourceParam[StateDB]) -> MaterializeResult:
         partition = Partition.parse(context.partition_key)
-        settings = runtime.settings
         result = export_partition(
-            runtime.engine,
+            state_db.engine,
             partition,
             home=settings.home,
             pic=settings.ateneo(partition.institution).pic,
@@ -390,7 +339,7 @@ def build_export_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
             metadata={
                 "dagster/row_count": result.rows,
                 "export_id": result.export_id or "",
-                "kind": result.plan.kind or "none",
+                "kind": str(result.plan.kind or "none"),  # plain text: Dagster serialises no foreign enum
                 "reason": result.plan.reason,
                 "registered_cards": result.registered,
                 "exportable_cards": result.exportable,

@@ -25,7 +25,7 @@ from etl.files import write_atomically
 from etl.partitions import Partition
 from etl.render.badge_source import badge_view, qr_images
 from etl.render.logo import load_logo
-from etl.resources.runtime import Runtime
+from etl.resources.state_db import StateDB
 from etl.store.qr import print_candidates
 
 
@@ -69,7 +69,7 @@ def write_badge_sheets(
     return target, len(views)
 
 
-def build_prints_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
+def build_prints_asset(partitions: MultiPartitionsDefinition, settings: Settings) -> AssetsDefinition:
     @asset(
         name="badge_sheets",
         partitions_def=partitions,
@@ -80,13 +80,12 @@ def build_prints_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinitio
         description="A4 sheets (ID-1 cards, crop marks) of the active printed badges, for universities "
         "that print physical badges.",
     )
-    @retry_transient
-    def badge_sheets(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
-        runtime = esc
+    @retry_transient(settings)
+    def badge_sheets(context: AssetExecutionContext, state_db: ResourceParam[StateDB]) -> MaterializeResult:
         partition = Partition.parse(context.partition_key)
-        if not runtime.settings.ateneo(partition.institution).prints_physical_badges:
+        if not settings.ateneo(partition.institution).prints_physical_badges:
             return MaterializeResult(metadata={"cards": 0, "skipped": "university does not print badges"})
-        path, cards = write_badge_sheets(runtime.engine, runtime.settings, partition)
+        path, cards = write_badge_sheets(state_db.engine, settings, partition)
         return MaterializeResult(
             metadata={"cards": cards, "path": MetadataValue.path(str(path)) if path else "none"}
         )

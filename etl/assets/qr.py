@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 
 from etl.assets.automation import FOLLOWS_CARDS
 from etl.assets.step_retries import retry_transient
+from etl.config import Settings
 from etl.errors import ConfigError
 from etl.partitions import Partition
 from etl.render.qr import (
@@ -37,7 +38,7 @@ from etl.render.qr import (
     render_many,
     render_qr,
 )
-from etl.resources.runtime import Runtime
+from etl.resources.state_db import StateDB
 from etl.store import qr as store
 from etl.store.models import utcnow
 
@@ -129,7 +130,7 @@ def render_partition_qr(
 QR_COMPLETE = "qr_complete"
 
 
-def build_qr_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
+def build_qr_asset(partitions: MultiPartitionsDefinition, settings: Settings) -> AssetsDefinition:
     @asset(
         name="qr_images",
         partitions_def=partitions,
@@ -144,13 +145,12 @@ def build_qr_asset(partitions: MultiPartitionsDefinition) -> AssetsDefinition:
             )
         ],
     )
-    @retry_transient
-    def qr_images(context: AssetExecutionContext, esc: ResourceParam[Runtime]) -> MaterializeResult:
-        runtime = esc
+    @retry_transient(settings)
+    def qr_images(context: AssetExecutionContext, state_db: ResourceParam[StateDB]) -> MaterializeResult:
         partition = Partition.parse(context.partition_key)
-        base_url = runtime.settings.qr_base_url
-        result = render_partition_qr(runtime.engine, partition, base_url)
-        with runtime.engine.connect() as conn:
+        base_url = settings.qr_base_url
+        result = render_partition_qr(state_db.engine, partition, base_url)
+        with state_db.engine.connect() as conn:
             registered, current = store.qr_counts(
                 conn, partition.institution, partition.academic_year, base_url
             )

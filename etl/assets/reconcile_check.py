@@ -12,15 +12,19 @@ from dagster import (
     asset_check,
 )
 
+from etl.config import Settings
 from etl.reconcile import reconcile
+from etl.resources.esse3_sources import Esse3Sources
+from etl.resources.router_clients import RouterClients
 from etl.resources.runtime import Runtime
+from etl.resources.state_db import StateDB
 from etl.sweep import TABLES, sweep
 
 CHECK_NAME = "router_matches_local"
 SWEEP_CHECK = "esse3_matches_local"
 
 
-def build_reconcile_check() -> AssetChecksDefinition:
+def build_reconcile_check(settings: Settings) -> AssetChecksDefinition:
     @asset_check(
         asset="esc_cards",
         name=CHECK_NAME,
@@ -28,8 +32,11 @@ def build_reconcile_check() -> AssetChecksDefinition:
         description="Every university's persons and cards at the Router are the ones the state DB "
         "registered, with the status and expiry it confirmed (etl.domain.reconcile).",
     )
-    def router_matches_local(esc: ResourceParam[Runtime]) -> AssetCheckResult:
-        results = reconcile(esc, esc.settings.codes, repair=False)
+    def router_matches_local(
+        state_db: ResourceParam[StateDB], router: ResourceParam[RouterClients]
+    ) -> AssetCheckResult:
+        runtime = Runtime(settings, state_db=state_db, router_clients=router)
+        results = reconcile(runtime, settings.codes, repair=False)
         metadata: dict[str, MetadataValue] = {}
         for r in results:
             if r.drift is None:
@@ -44,7 +51,7 @@ def build_reconcile_check() -> AssetChecksDefinition:
     return router_matches_local
 
 
-def build_sweep_check() -> AssetChecksDefinition:
+def build_sweep_check(settings: Settings) -> AssetChecksDefinition:
     @asset_check(
         asset="careers",
         name=SWEEP_CHECK,
@@ -53,8 +60,11 @@ def build_sweep_check() -> AssetChecksDefinition:
         "and digest (etl.sweep). What the DATA_MOD window missed (late commits, deletions, year moves) "
         "is recorded for the partitions' next runs, which the esse3_changes sensor launches.",
     )
-    def esse3_matches_local(esc: ResourceParam[Runtime]) -> AssetCheckResult:
-        results = sweep(esc, esc.settings.codes, record=True)
+    def esse3_matches_local(
+        state_db: ResourceParam[StateDB], esse3: ResourceParam[Esse3Sources]
+    ) -> AssetCheckResult:
+        runtime = Runtime(settings, state_db=state_db, esse3_sources=esse3)
+        results = sweep(runtime, settings.codes, record=True)
         metadata: dict[str, MetadataValue] = {}
         for r in results:
             if r.error:

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from dagster import AssetExecutionContext, RetryRequested
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from etl.config import Settings
 from etl.errors import EscSyncError
-from etl.resources.runtime import Runtime
 
 STEP_RETRIES = 4  # waits of 5, 10, 20, 40 s: a database restart or a short outage is ridden out
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
@@ -32,20 +32,21 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS
 
 
-def retry_transient(
-    fn: Callable[[AssetExecutionContext, Runtime], R],
-) -> Callable[[AssetExecutionContext, Runtime], R]:
-    """Wraps an asset's function (keeps its signature: Dagster reads the resource parameter)."""
+def retry_transient(settings: Settings) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Wraps an asset's function (keeps its signature: Dagster reads the resource parameters)."""
 
-    @functools.wraps(fn)
-    def step(context: AssetExecutionContext, esc: Any) -> R:
-        try:
-            return fn(context, esc)
-        except Exception as e:
-            if esc.settings.deploy is None or not is_transient(e):
-                raise
-            wait = 5 * 2 ** min(context.retry_number, 5)
-            context.log.warning(f"transient failure ({type(e).__name__}): retrying the step in {wait} s")
-            raise RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=wait) from e
+    def wrap(fn: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(fn)
+        def step(context: AssetExecutionContext, **resources: Any) -> R:
+            try:
+                return fn(context, **resources)
+            except Exception as e:
+                if settings.deploy is None or not is_transient(e):
+                    raise
+                wait = 5 * 2 ** min(context.retry_number, 5)
+                context.log.warning(f"transient failure ({type(e).__name__}): retrying the step in {wait} s")
+                raise RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=wait) from e
 
-    return step
+        return step
+
+    return wrap

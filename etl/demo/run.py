@@ -20,6 +20,7 @@ from etl.definitions import build_definitions
 from etl.demo import config as demo
 from etl.demo.generate import generate, is_generated
 from etl.demo.mutate import mutate
+from etl.domain.states import CardStatus, SyncState
 from etl.emulator import EmulatorProcess, start_emulator
 from etl.orchestrate import Backfill, ensure_instance, run_partitions
 from etl.report import failures, progress, say, summary
@@ -98,7 +99,9 @@ def rest_instructions(settings: Settings, port: int = 8000) -> str:
         )
         with runtime.engine.connect() as conn:
             card = conn.execute(
-                select(Card.escn).where(Card.state == "registered", Card.desired_status == "ACTIVE").limit(1)
+                select(Card.escn)
+                .where(Card.state == SyncState.REGISTERED, Card.desired_status == CardStatus.ACTIVE)
+                .limit(1)
             ).scalar()
     finally:
         runtime.dispose()

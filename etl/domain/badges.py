@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from etl.domain.lifecycle import CARD_TYPE_OF_BADGE
 
@@ -56,3 +57,31 @@ def unwritten(wanted: list[BadgeWriteBack], carried: dict[int, str | None]) -> d
         elif carried[w.bdg_id] != w.escn:
             out[w.bdg_id] = ESCN_CONFLICT
     return out
+
+
+class ReadBadge(NamedTuple):
+    """A validated badge as read (the badge belongs to its career's academic year)."""
+
+    bdg_id: int
+    stu_id: int
+    pers_id: int
+    academic_year: int
+    valid_from: dt.date
+    valid_to: dt.date
+    annulled: bool
+    printed_on: dt.date | None
+    kind: str
+    data_mod: dt.datetime
+    digest: str
+
+
+class StoredBadge(NamedTuple):
+    stu_id: int
+    academic_year: int
+    source_digest: str | None
+    vanished: bool
+    content: tuple[object, ...]  # what a card is made of: career, validity, annulment, kind
+
+
+def badge_content(b: ReadBadge) -> tuple[object, ...]:
+    return (b.stu_id, b.pers_id, b.academic_year, b.valid_from, b.valid_to, b.annulled, b.printed_on, b.kind)

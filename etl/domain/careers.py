@@ -15,6 +15,9 @@ from etl.domain.enrolment import FinalisedRule
 from etl.domain.levels import academic_level
 from etl.domain.source_values import key_problem, quarantine_key, text_problem
 
+# The Esse3 tables a career row joins (P01_STU ⋈ P01_ANAPER ⋈ P06_CDS), each with its own DATA_MOD.
+CAREER_TABLES = ("P01_STU", "P01_ANAPER", "P06_CDS")
+
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 
 

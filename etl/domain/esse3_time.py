@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _UTC = dt.UTC
+EPOCH = dt.datetime(1900, 1, 1)  # before every Esse3 DATA_MOD: the watermark of a table never read
 _STEP = dt.timedelta(minutes=15)  # repeated hours last an hour (30 min at Lord Howe): finer than both
 
 

@@ -10,7 +10,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-ACTIVE, INACTIVE = "ACTIVE", "INACTIVE"
+from etl.domain.states import CardStatus
+
+ACTIVE, INACTIVE = CardStatus.ACTIVE, CardStatus.INACTIVE  # the two statuses esc-sync sends
 CARD_TYPE_OF_BADGE = {"F": "PASSIVE", "V": "SMART_PASSIVE"}  # printed / virtual badge
 
 
@@ -24,7 +26,7 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class CardTarget:
-    status: str
+    status: CardStatus
     expires_at: dt.date
 
 

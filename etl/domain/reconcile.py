@@ -15,7 +15,7 @@ import datetime as dt
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-EXPIRED = "EXPIRED"  # how the Router reads any card past its expiry, whatever status it was given
+from etl.domain.states import CardStatus
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,11 @@ class Drift:
 
 def as_read(card: CardView, today: dt.date) -> CardView:
     """What a verifier reads: the Router shows every card past its expiry as EXPIRED."""
-    return card if card.expires_at >= today else CardView(card.esi, EXPIRED, card.expires_at, card.card_type)
+    return (
+        card
+        if card.expires_at >= today
+        else CardView(card.esi, CardStatus.EXPIRED, card.expires_at, card.card_type)
+    )
 
 
 def find_drift(

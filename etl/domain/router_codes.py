@@ -3,6 +3,8 @@ one place for the client's bodies and the emulator's answers."""
 
 from __future__ import annotations
 
+from etl.domain.states import CardStatus
+
 ACADEMIC_LEVELS = {
     "BACHELOR": "Bachelor or equivalent level (ISCED 6)",
     "MASTER": "Master or equivalent level (ISCED 7)",
@@ -17,5 +19,9 @@ CARD_TYPES = {
     "SMART_PASSIVE_EMULATION": "Smart passive emulation",
     "UNKNOWN": "Unknown",
 }
-CARD_STATUSES = {"ACTIVE": "Active", "INACTIVE": "Inactive", "EXPIRED": "Expired"}
-WRITABLE_CARD_STATUSES = ("ACTIVE", "INACTIVE")  # EXPIRED only ever comes back on reads
+CARD_STATUSES: dict[str, str] = {
+    CardStatus.ACTIVE: "Active",
+    CardStatus.INACTIVE: "Inactive",
+    CardStatus.EXPIRED: "Expired",
+}
+WRITABLE_CARD_STATUSES = (CardStatus.ACTIVE, CardStatus.INACTIVE)  # EXPIRED only ever comes back on reads

@@ -1,5 +1,6 @@
 """What a Router call did to one person or card: the seam between the Router assets and the state DB.
-States and results are defined once here; being ``StrEnum``s they bind to SQL as their text."""
+Results are defined once here (states in etl.domain.states); being ``StrEnum``s they bind to SQL as
+their text."""
 
 from __future__ import annotations
 
@@ -7,15 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from etl.domain.lifecycle import CardTarget
-
-
-class SyncState(StrEnum):
-    """Where a person or card stands with the Router (``persons.state``, ``cards.state``)."""
-
-    PENDING = "pending"  # intent recorded, not (yet) confirmed
-    REGISTERED = "registered"  # the Router confirmed it
-    FAILED = "failed"  # the Router refused it for good: quarantined
-    OPTED_OUT = "opted_out"  # persons only: no consent, never sent
+from etl.domain.states import SyncState
 
 
 class SyncResult(StrEnum):

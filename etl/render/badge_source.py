@@ -9,16 +9,15 @@ import datetime as dt
 from functools import lru_cache
 from typing import Any
 
+from etl.domain.states import CardStatus
 from etl.render.badge_view import BadgeView
 from etl.render.qr import QrImages, qr_payload, render_qr
-
-ACTIVE, EXPIRED = "ACTIVE", "EXPIRED"
 
 
 def display_status(desired_status: str, expires_at: dt.date, today: dt.date) -> str:
     """ACTIVE or INACTIVE as our data says; an ACTIVE card past its expiry reads EXPIRED, as at the Router."""
-    if desired_status == ACTIVE and expires_at < today:
-        return EXPIRED
+    if desired_status == CardStatus.ACTIVE and expires_at < today:
+        return CardStatus.EXPIRED
     return desired_status
 
 

@@ -6,7 +6,8 @@ import datetime as dt
 from dataclasses import dataclass, fields
 from typing import Any
 
-ACTIVE = "ACTIVE"
+from etl.domain.states import CardStatus
+
 _TEXT_FIELDS = (
     "university_code",
     "university_name",
@@ -64,7 +65,7 @@ class BadgeView:
 
     @property
     def is_active(self) -> bool:
-        return self.status == ACTIVE
+        return self.status == CardStatus.ACTIVE
 
     def to_json_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

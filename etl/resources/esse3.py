@@ -17,13 +17,13 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from etl.domain.badges import BadgeWriteBack
+from etl.domain.careers import CAREER_TABLES
 from etl.domain.esi import EsiWriteBack
+from etl.domain.esse3_time import EPOCH
 from etl.errors import ExitCode, UniversityError
 from etl.store.db import check_reachable, database_reason, make_engine, sqlite_file_missing
 
 PACKAGED_SQL = files("etl") / "sql" / "esse3"  # found in a wheel's install as in a checkout
-CAREER_TABLES = ("P01_STU", "P01_ANAPER", "P06_CDS")
-EPOCH = dt.datetime(1900, 1, 1)
 
 
 _CAREER_TYPES = {

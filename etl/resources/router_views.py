@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from etl.domain.esi import same_esi
+from etl.domain.states import CardStatus
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -48,7 +49,7 @@ class RouterCard:
         return self.issuer_pic == pic and self.person_esi is not None and same_esi(self.person_esi, esi)
 
     def expired(self, today: dt.date) -> bool:
-        return self.status == "EXPIRED" or (self.expires_at is not None and self.expires_at < today)
+        return self.status == CardStatus.EXPIRED or (self.expires_at is not None and self.expires_at < today)
 
 
 def read_card(view: Any) -> RouterCard:

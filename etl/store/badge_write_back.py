@@ -8,17 +8,19 @@ from dataclasses import replace
 from sqlalchemy import Connection, bindparam, text
 
 from etl.domain.badges import BadgeWriteBack
+from etl.domain.states import SyncState
 from etl.store.bulk import Bulk
 from etl.store.models import utcnow
 
-_CANDIDATES = text("""
+_CANDIDATES = text(f"""
 SELECT c.bdg_id, c.escn, q.payload, COALESCE(c.router_status, c.desired_status),
        w.escn, w.pending_escn, w.written_hash
 FROM cards c
 JOIN qr_images q ON q.escn = c.escn
 JOIN badges b ON b.institution = c.institution AND b.bdg_id = c.bdg_id AND b.vanished_at IS NULL
 LEFT JOIN badge_write_backs w ON w.institution = c.institution AND w.bdg_id = c.bdg_id
-WHERE c.institution = :i AND c.academic_year = :y AND c.state = 'registered' AND c.retired_at IS NULL
+WHERE c.institution = :i AND c.academic_year = :y
+  AND c.state = '{SyncState.REGISTERED}' AND c.retired_at IS NULL
 ORDER BY c.bdg_id
 """)
 

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Table, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 
 def _sqlite_value(v: Any) -> Any:
@@ -163,3 +164,10 @@ def refresh_statistics(conn: Connection, *tables: str, only_stale: bool = False)
         targets = (f"{t} ({', '.join(PLANNER_COLUMNS[t])})" if t in PLANNER_COLUMNS else t for t in names)
         conn.exec_driver_sql(f"ANALYZE {', '.join(targets)}")
     return names
+
+
+def upsert_statement(conn: Connection, model: type[Any] | Table) -> postgresql.Insert | sqlite.Insert:
+    """INSERT … ON CONFLICT for the dialect in use (both supported dialects spell it the same)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)

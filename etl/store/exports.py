@@ -9,38 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Select, and_, case, func, insert, select, update
 from sqlalchemy.engine import Row
 
-from etl.domain.sync_outcomes import SyncState
+from etl.domain.export_plan import ExportInfo
+from etl.domain.states import ExportKind, ExportStatus, SyncState
 from etl.store.bulk import refresh_statistics
 from etl.store.models import Card, Career, Export, QrImage
 
 if TYPE_CHECKING:
     from etl.exports import ExportFiles
 
-FULL, INCREMENTAL = "full", "incremental"
-READY, REBUILD, EXPIRED = "ready", "rebuild", "expired"
-LIVE = (READY, REBUILD)  # rows whose files exist, or are about to be replaced
-
-
-@dataclass(frozen=True, slots=True)
-class ExportInfo:
-    """The manifest row of one export, as the planning rules need it."""
-
-    id: str
-    kind: str
-    since: dt.datetime | None
-    until: dt.datetime
-    created_at: dt.datetime
-    status: str
-    parquet_path: str = ""
-    parquet_bytes: int = 0
-    zip_path: str = ""
-    zip_bytes: int = 0
+LIVE = (ExportStatus.READY, ExportStatus.REBUILD)  # rows whose files exist, or are about to be replaced
 
 
 AnySelect = TypeVar("AnySelect", bound=Select[*tuple[Any, ...]])
@@ -126,7 +108,7 @@ def exportable_rows(
 
 
 def partition_exports(
-    conn: Connection, institution: str, academic_year: int, statuses: Sequence[str] = LIVE
+    conn: Connection, institution: str, academic_year: int, statuses: Sequence[ExportStatus] = LIVE
 ) -> list[ExportInfo]:
     rows = conn.execute(
         select(
@@ -148,7 +130,10 @@ def partition_exports(
         )
         .order_by(Export.created_at, Export.id)
     )
-    return [ExportInfo(**r._asdict()) for r in rows]
+    return [
+        ExportInfo(**(r._asdict() | {"kind": ExportKind(r.kind), "status": ExportStatus(r.status)}))
+        for r in rows
+    ]
 
 
 def export_exists(conn: Connection, export_id: str) -> bool:
@@ -161,7 +146,7 @@ def insert_export(
     *,
     institution: str,
     academic_year: int,
-    kind: str,
+    kind: ExportKind,
     since: dt.datetime | None,
     until: dt.datetime,
 ) -> None:
@@ -183,12 +168,14 @@ def insert_export(
             zip_path=str(files.zip.path),
             zip_bytes=files.zip.size_bytes,
             zip_sha256=files.zip.sha256,
-            status=READY,
+            status=ExportStatus.READY,
         )
     )
 
 
-def set_status(conn: Connection, ids: Iterable[str], status: str, *, only_from: Sequence[str] = LIVE) -> int:
+def set_status(
+    conn: Connection, ids: Iterable[str], status: ExportStatus, *, only_from: Sequence[ExportStatus] = LIVE
+) -> int:
     """Move the given exports to ``status`` (only from ``only_from``, so an expired row never revives)."""
     ids = list(ids)
     if not ids:
@@ -204,7 +191,7 @@ def partitions_to_rebuild(conn: Connection) -> list[tuple[str, int]]:
     that requests `export_files` runs, since the API's mark alone starts nothing."""
     rows = conn.execute(
         select(Export.institution, Export.academic_year)
-        .where(Export.status == REBUILD)
+        .where(Export.status == ExportStatus.REBUILD)
         .distinct()
         .order_by(Export.institution, Export.academic_year)
     )

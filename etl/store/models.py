@@ -7,6 +7,8 @@ Times are naive UTC for our own bookkeeping; ``source_data_mod`` and watermarks 
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
+from typing import TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -20,9 +22,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from etl.domain.states import CardStatus, ExportKind, ExportStatus, QuarantineStage, SyncState
 
 # Explicit constraint names so migrations are reproducible and SQLite batch mode can alter them.
 NAMING_CONVENTION = {
@@ -38,9 +44,39 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+class StateText(TypeDecorator[E]):
+    """A column holding one of a StrEnum's values: stored as plain text (the schema is VARCHAR, so
+    migrations and reports read it as text), read back as the enum. An unknown value is an error."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
+
+
 # Persons and cards the Router has not confirmed as wanted: intents not yet confirmed, or a call that
 # failed (a transient failure keeps the confirmed state and records last_error). Partial indexes.
-UNFINISHED = "state = 'pending' OR last_error IS NOT NULL"
+UNFINISHED = f"state = '{SyncState.PENDING}' OR last_error IS NOT NULL"
+
+
+def optional_state(value: str | None) -> SyncState | None:
+    """A stored state read through plain SQL, as the enum (None stays None)."""
+    return None if value is None else SyncState(value)
+
+
+def optional_status(value: str | None) -> CardStatus | None:
+    return None if value is None else CardStatus(value)
 
 
 def utcnow() -> dt.datetime:
@@ -102,7 +138,7 @@ class Quarantine(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     institution: Mapped[str] = mapped_column(String(32))
     academic_year: Mapped[int | None] = mapped_column(Integer)
-    stage: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[QuarantineStage] = mapped_column(StateText(QuarantineStage, 16))
     source_table: Mapped[str] = mapped_column(String(32))
     source_key: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
@@ -172,7 +208,7 @@ class Person(Base):
     esi: Mapped[str] = mapped_column(String(255), primary_key=True)
     pers_id: Mapped[int] = mapped_column(Integer)
     person_key: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))  # pending | registered | failed | opted_out
+    state: Mapped[SyncState] = mapped_column(StateText(SyncState, 16))
     synced_hash: Mapped[str | None] = mapped_column(String(32))  # body last confirmed at the Router
     first_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     last_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
@@ -209,9 +245,9 @@ class Card(Base):
     card_type: Mapped[str] = mapped_column(String(24))  # PASSIVE | SMART_PASSIVE
     issued_at: Mapped[dt.date] = mapped_column(Date)
     expires_at: Mapped[dt.date] = mapped_column(Date)
-    desired_status: Mapped[str] = mapped_column(String(10))  # ACTIVE | INACTIVE
-    router_status: Mapped[str | None] = mapped_column(String(10))
-    state: Mapped[str] = mapped_column(String(16))  # pending | registered | failed
+    desired_status: Mapped[CardStatus] = mapped_column(StateText(CardStatus, 10))
+    router_status: Mapped[CardStatus | None] = mapped_column(StateText(CardStatus, 10))
+    state: Mapped[SyncState] = mapped_column(StateText(SyncState, 16))
     synced_hash: Mapped[str | None] = mapped_column(String(32))
     first_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     last_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
@@ -361,7 +397,7 @@ class Export(Base):
     id: Mapped[str] = mapped_column(String(80), primary_key=True)
     institution: Mapped[str] = mapped_column(String(32))
     academic_year: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(12))  # full | incremental
+    kind: Mapped[ExportKind] = mapped_column(StateText(ExportKind, 12))
     since: Mapped[dt.datetime | None] = mapped_column(DateTime)  # incremental: changes after this
     until: Mapped[dt.datetime] = mapped_column(DateTime)  # cards changed up to this instant
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -372,7 +408,7 @@ class Export(Base):
     zip_path: Mapped[str] = mapped_column(String(500))
     zip_bytes: Mapped[int] = mapped_column(BigInteger)
     zip_sha256: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(12), default="ready")  # ready | rebuild | expired
+    status: Mapped[ExportStatus] = mapped_column(StateText(ExportStatus, 12), default=ExportStatus.READY)
 
     __table_args__ = (Index("ix_exports_partition", "institution", "academic_year", "created_at"),)
 

@@ -28,9 +28,8 @@ from sqlalchemy import (
     update,
 )
 
-from etl.domain.lifecycle import ACTIVE
 from etl.domain.prints import PRINTED_CARD_TYPE
-from etl.domain.sync_outcomes import SyncState
+from etl.domain.states import CardStatus, SyncState
 from etl.store.bulk import Bulk
 from etl.store.models import Card, QrImage
 
@@ -107,19 +106,19 @@ def delete_orphans(conn: Connection, institution: str, academic_year: int) -> in
 
 
 # Registered physical active cards with their career and QR, in print order (etl.domain.prints decides).
-_PRINT_CANDIDATES = text("""
+_PRINT_CANDIDATES = text(f"""
 SELECT k.escn, k.institution, k.esi, k.card_type, k.issued_at, k.expires_at, k.desired_status,
        c.matricola, c.first_name, c.last_name, c.course_name, c.academic_year,
        q.payload, q.png, q.svg
 FROM cards k
 JOIN careers c ON c.institution = k.institution AND c.stu_id = k.stu_id
 LEFT JOIN qr_images q ON q.escn = k.escn
-WHERE k.institution = :i AND k.academic_year = :y AND k.state = 'registered'
+WHERE k.institution = :i AND k.academic_year = :y AND k.state = '{SyncState.REGISTERED}'
   AND k.card_type = :printed AND k.desired_status = :active
 ORDER BY c.last_name, c.first_name, k.escn
 """).columns(issued_at=Date, expires_at=Date)
 
 
 def print_candidates(conn: Connection, institution: str, academic_year: int) -> list[Row[Any]]:
-    params = {"i": institution, "y": academic_year, "printed": PRINTED_CARD_TYPE, "active": ACTIVE}
+    params = {"i": institution, "y": academic_year, "printed": PRINTED_CARD_TYPE, "active": CardStatus.ACTIVE}
     return list(conn.execute(_PRINT_CANDIDATES, params))

@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping
 from sqlalchemy import Connection, bindparam, select, update
 
 from etl.domain.reconcile import CardView
-from etl.domain.sync_outcomes import SyncState
+from etl.domain.states import SyncState
 from etl.store.models import Card, Career, Person, utcnow
 
 

@@ -10,9 +10,8 @@ from typing import NamedTuple
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 
 from etl.domain.source_drift import DriftKind, PartitionDrift
+from etl.domain.states import ExportStatus
 from etl.store.models import Export, SourceFinding, VanishHold, utcnow
-
-READY, REBUILD = "ready", "rebuild"  # etl.store.exports statuses (a full export supersedes a rebuild)
 
 
 def findings(conn: Connection, institution: str, academic_year: int, table: str) -> dict[int, DriftKind]:
@@ -240,8 +239,12 @@ def mark_exports_for_rebuild(conn: Connection, institution: str, academic_years:
     if years:
         conn.execute(
             update(Export)
-            .where(Export.institution == institution, Export.academic_year.in_(years), Export.status == READY)
-            .values(status=REBUILD)
+            .where(
+                Export.institution == institution,
+                Export.academic_year.in_(years),
+                Export.status == ExportStatus.READY,
+            )
+            .values(status=ExportStatus.REBUILD)
         )
 
 
@@ -249,7 +252,7 @@ def exports_to_rebuild(conn: Connection) -> list[tuple[str, int, str]]:
     """(institution, academic year, newest export id) of every partition with an export to rebuild."""
     rows = conn.execute(
         select(Export.institution, Export.academic_year, func.max(Export.id))
-        .where(Export.status == REBUILD)
+        .where(Export.status == ExportStatus.REBUILD)
         .group_by(Export.institution, Export.academic_year)
         .order_by(Export.institution, Export.academic_year)
     )

@@ -12,6 +12,7 @@ from typing import NamedTuple
 from sqlalchemy import Connection, delete, insert, select, text
 
 from etl.domain.retries import RetryState
+from etl.domain.states import SyncState
 from etl.store.models import PartitionRetry
 
 TRANSIENT = "Router unavailable%"  # etl.assets: the last_error of a call whose retries ran out
@@ -20,15 +21,15 @@ TRANSIENT = "Router unavailable%"  # etl.assets: the last_error of a call whose 
 _PERSONS = text(f"""
 SELECT c.institution, c.academic_year, COUNT(DISTINCT p.esi)
 FROM persons p JOIN careers c ON c.institution = p.institution AND c.pers_id = p.pers_id
-WHERE (p.state = 'pending' OR p.last_error IS NOT NULL)
-  AND (p.state = 'pending' OR p.last_error LIKE '{TRANSIENT}')
+WHERE (p.state = '{SyncState.PENDING}' OR p.last_error IS NOT NULL)
+  AND (p.state = '{SyncState.PENDING}' OR p.last_error LIKE '{TRANSIENT}')
   AND c.finalised = :true AND c.vanished_at IS NULL
 GROUP BY c.institution, c.academic_year
 """)
 _CARDS = text(f"""
 SELECT institution, academic_year, COUNT(*) FROM cards
-WHERE (state = 'pending' OR last_error IS NOT NULL)
-  AND (state = 'pending' OR last_error LIKE '{TRANSIENT}')
+WHERE (state = '{SyncState.PENDING}' OR last_error IS NOT NULL)
+  AND (state = '{SyncState.PENDING}' OR last_error LIKE '{TRANSIENT}')
 GROUP BY institution, academic_year
 """)
 
@@ -55,14 +56,14 @@ def unfinished_totals(conn: Connection, institution: str) -> Unfinished:
     """The university's persons and cards not confirmed by the Router (each counted once)."""
     persons = conn.execute(
         text(
-            "SELECT COUNT(*) FROM persons WHERE institution = :i AND (state = 'pending' OR "
+            f"SELECT COUNT(*) FROM persons WHERE institution = :i AND (state = '{SyncState.PENDING}' OR "
             f"(last_error IS NOT NULL AND last_error LIKE '{TRANSIENT}'))"
         ),
         {"i": institution},
     ).scalar_one()
     cards = conn.execute(
         text(
-            "SELECT COUNT(*) FROM cards WHERE institution = :i AND (state = 'pending' OR "
+            f"SELECT COUNT(*) FROM cards WHERE institution = :i AND (state = '{SyncState.PENDING}' OR "
             f"(last_error IS NOT NULL AND last_error LIKE '{TRANSIENT}'))"
         ),
         {"i": institution},
