@@ -296,7 +296,7 @@ def main() -> None:
         t2 = time.perf_counter()
         token = create_token(
             engine, name="bench", scopes=["exports:read", "badges:read"], institutions=[UNI],
-            known_institutions=settings.codes, rate_per_minute=1_000_000,
+            known_institutions=settings.codes, rate_per_minute=1_000_000, matricola_rate_per_minute=1_000_000,
         ).token  # fmt: skip
         engine.dispose()
         print(

@@ -75,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     dep = sub.add_parser("deploy", help="production: write the Dagster instance (PostgreSQL, run queue)")
     dep.add_argument("action", choices=["init"])
     sv = sub.add_parser("serve", help="production: run Dagster's webserver and daemon, supervised")
-    sv.add_argument("--host", default=None, help="address to serve on (default 127.0.0.1)")
+    sv.add_argument(
+        "--host",
+        default=None,
+        help="address to serve on (default 127.0.0.1: Dagster's UI has no login, see README Production)",
+    )
+    sv.add_argument(
+        "--read-only", action="store_true", help="the UI shows runs and assets but cannot change anything"
+    )
     sv.add_argument("--port", type=int, default=None, help="port (default 3000)")
     sv.add_argument(
         "--check",
@@ -208,7 +215,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             return processes.worker(settings, args.name)
         if args.check:
             return processes.check(settings, args.host, args.port)
-        return processes.serve(settings, args.host or "127.0.0.1", args.port or 3000)
+        return processes.serve(
+            settings, args.host or "127.0.0.1", args.port or 3000, read_only=args.read_only
+        )
     if args.command == "ui":
         env = {
             **os.environ,

@@ -39,7 +39,9 @@ class LiveServer:
         self._sock.bind((host, 0))
         self.url = f"http://{host}:{self._sock.getsockname()[1]}"
         self._app = app
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="on", proxy_headers=False
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True

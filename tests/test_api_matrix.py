@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -18,6 +18,7 @@ import pytest
 
 from etl.api.app import create_app
 from etl.api.tokens import create_token, revoke_token
+from etl.domain.api_policy import ApiPolicy
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from tests.api_seed import LiveServer, SeededCard, export_rows, seed_cards, seed_export
@@ -112,7 +113,8 @@ class Matrix:
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     home: Path = tmp_path_factory.mktemp("matrix")
     db_url = f"sqlite:///{home / 'state.sqlite'}"
-    settings = demo_settings(home, db_url)
+    # 16 kinds of credential, many bad on purpose: the failed-authentication throttle is tested apart.
+    settings = replace(demo_settings(home, db_url), api=ApiPolicy(failed_auth_per_minute=100_000))
     engine = make_engine(db_url)
     upgrade(engine)
     cards = {A: seed_cards(engine, settings, A, 3), B: seed_cards(engine, settings, B, 3, first_stu_id=100)}
@@ -122,7 +124,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     def token(scopes: list[str], codes: list[str]) -> str:
         return create_token(
             engine, name="matrix", scopes=scopes, institutions=codes, known_institutions=settings.codes,
-            rate_per_minute=10_000,
+            rate_per_minute=10_000, matricola_rate_per_minute=10_000,
         ).token  # fmt: skip
 
     both = token(["exports:read", "badges:read"], [A, B])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import os
 import re
 import threading
@@ -231,6 +232,13 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
     d.procs.serve(d.port)
     check = esc_sync(d.env, "serve", "--check", timeout=60)  # the address serve recorded
     assert check.returncode == 0, check.stderr
+    # A default serve's UI (no login of its own) listens on loopback only: unreachable from the network.
+    listening = {
+        c.laddr.ip
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == d.port
+    }
+    assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
 
     # 0. The sensor starts the backfill; worker a is killed inside a step that talks to the Router.
     wait_until(lambda: router_step_in_progress(d.procs.log("worker-a")), 240, "a Router step on a", 0.1)

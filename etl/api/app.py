@@ -14,6 +14,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from etl.api import routes_badges, routes_exports, routes_feed, routes_health
 from etl.api.audit import AuditMiddleware, AuditTrail
@@ -68,7 +69,7 @@ def create_app(
         settings=settings,
         engine=engine,
         reader=HotReader(engine),
-        auth=Authenticator(engine, cache_seconds=token_cache_seconds),
+        auth=Authenticator(engine, policy=settings.api, cache_seconds=token_cache_seconds),
         verifier=FileVerifier(),
         university_names={a.code: a.name for a in settings.atenei},
         logo=logo.data if logo.kind != "placeholder" else None,
@@ -102,8 +103,17 @@ def create_app(
     )
     app.state.ctx = ctx
     app.add_middleware(
-        AuditMiddleware, trail=ctx.audit, university_of_pic={a.pic: a.code for a in settings.atenei}
+        AuditMiddleware,
+        trail=ctx.audit,
+        university_of_pic={a.pic: a.code for a in settings.atenei},
+        lookup_routes=routes_badges.LOOKUP_ROUTES,
+        record_lookup=lambda p, found: ctx.auth.not_found.record(p.token_id, p.prefix, found),
     )
+    # The client address (audit rows, failed-authentication throttle) is the connection's, or what
+    # X-Forwarded-For says when the connection comes from a configured proxy: never from anyone else.
+    # Added last, so it runs first.
+    if settings.api.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.api.trusted_proxies))
     install_error_handlers(app)
     app.mount("/docs/static", StaticFiles(directory=SWAGGER_FILES), name="docs-static")
 

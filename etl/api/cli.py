@@ -13,9 +13,18 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
-from etl.api.tokens import DEFAULT_RATE_PER_MINUTE, SCOPES, TokenInfo, create_token, list_tokens, revoke_token
+from etl.api.tokens import (
+    DEFAULT_RATE_PER_MINUTE,
+    SCOPES,
+    TokenInfo,
+    create_token,
+    list_tokens,
+    parse_expiry,
+    revoke_token,
+)
 from etl.config import Settings
 from etl.errors import EscSyncError
+from etl.store.models import utcnow
 
 COMMANDS = ("api", "tokens")
 
@@ -33,6 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--scope", action="append", default=[], choices=SCOPES, help="repeatable")
     c.add_argument("--institution", action="append", default=[], help="university code (repeatable)")
     c.add_argument("--rate-per-minute", type=int, default=DEFAULT_RATE_PER_MINUTE)
+    c.add_argument(
+        "--matricola-rate-per-minute",
+        type=int,
+        default=None,
+        help="lookups by matricola a minute (default [api] matricola_rate_per_minute; 0: by ESCN only)",
+    )
+    c.add_argument(
+        "--expires", default=None, help="90d, 2027-06-30 or never (default: [api] token_days from now)"
+    )
     tsub.add_parser("list", help="list tokens (never the tokens themselves)")
     r = tsub.add_parser("revoke", help="revoke a token by id")
     r.add_argument("id", type=int)
@@ -79,7 +97,12 @@ def run_api(settings: Settings, host: str, port: int, log_level: str = "info") -
             flush=True,
         )
         # No access log: paths carry matricole and ESCNs. Downloads are audited in api_audit instead.
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False)
+        # X-Forwarded-For is read by the app, from [api] trusted_proxies only (uvicorn's own reading
+        # would trust any process on this machine).
+        uvicorn.run(
+            app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
+            proxy_headers=False,
+        )  # fmt: skip
     finally:
         engine.dispose()
     return 0
@@ -96,10 +119,17 @@ def run_tokens(args: argparse.Namespace, settings: Settings) -> int:
                 institutions=args.institution,
                 known_institutions=settings.codes,
                 rate_per_minute=args.rate_per_minute,
+                matricola_rate_per_minute=(
+                    settings.api.matricola_rate_per_minute
+                    if args.matricola_rate_per_minute is None
+                    else args.matricola_rate_per_minute
+                ),
+                expires_at=parse_expiry(args.expires, utcnow(), settings.api.token_days),
             )
             print(
                 f"token {new.id} ({new.name}): scopes {' '.join(new.scopes)}; universities "
-                f"{' '.join(new.institutions)}; {new.rate_per_minute} requests/minute. "
+                f"{' '.join(new.institutions)}; {new.rate_per_minute} requests/minute, "
+                f"{new.matricola_rate_per_minute} by matricola; expires {_expiry(new.expires_at)}. "
                 "Store it now, it is not shown again:",
                 file=sys.stderr,
             )
@@ -121,8 +151,15 @@ def _when(value: dt.datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
 
+def _expiry(value: dt.datetime | None) -> str:
+    return _when(value) if value else "never"
+
+
 def format_token_table(tokens: Sequence[TokenInfo]) -> str:
-    header = ("ID", "NAME", "PREFIX", "SCOPES", "UNIVERSITIES", "RATE/MIN", "CREATED", "LAST USED", "REVOKED")
+    header = (
+        *("ID", "NAME", "PREFIX", "SCOPES", "UNIVERSITIES", "RATE/MIN", "MATRICOLA/MIN"),
+        *("CREATED", "EXPIRES", "LAST USED", "REVOKED"),
+    )
     rows = [
         (
             str(t.id),
@@ -131,7 +168,9 @@ def format_token_table(tokens: Sequence[TokenInfo]) -> str:
             ",".join(t.scopes),
             ",".join(t.institutions),
             str(t.rate_per_minute),
+            str(t.matricola_rate_per_minute),
             _when(t.created_at),
+            _expiry(t.expires_at),
             _when(t.last_used_at),
             _when(t.revoked_at),
         )

@@ -34,6 +34,8 @@ University = Annotated[str, Path(pattern=UNIVERSITY_PATTERN, description="univer
 Matricola = Annotated[str, Path(pattern=MATRICOLA_PATTERN, description="student number")]
 Escn = Annotated[str, Path(pattern=ESCN_PATTERN, description="European Student Card Number")]
 BadgeReader = Annotated[Principal, Depends(require(BADGES_READ))]
+# Sequential matricole are guessable and every answer names a student: a lower allowance (auth.py).
+StudentReader = Annotated[Principal, Depends(require(BADGES_READ, by_matricola=True))]
 QrReader = Annotated[Principal, Depends(require(BADGES_READ, EXPORTS_READ))]
 
 PERSONAL = {"Cache-Control": "no-store"}  # badge data is personal: never kept by shared caches
@@ -44,8 +46,7 @@ IMAGE_CACHE = {"Cache-Control": "private, no-cache"}
 HTML_HEADERS = {
     **PERSONAL,
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
-    "X-Content-Type-Options": "nosniff",
-}
+}  # nosniff: on every answer (etl.api.audit)
 
 
 class BadgeFormat(StrEnum):
@@ -180,7 +181,7 @@ async def card_badge_suffix_route(
 )
 async def student_badge_route(
     request: Request,
-    principal: BadgeReader,
+    principal: StudentReader,
     university: University,
     matricola: Matricola,
     format: Annotated[BadgeFormat, _FORMAT_QUERY] = BadgeFormat.json,
@@ -196,7 +197,7 @@ async def student_badge_route(
 )
 async def student_badge_suffix_route(
     request: Request,
-    principal: BadgeReader,
+    principal: StudentReader,
     university: University,
     matricola: Matricola,
     format: BadgeFormat,
@@ -211,7 +212,7 @@ async def student_badge_suffix_route(
     summary="The QR code of a student's current card (PNG or SVG)",
 )
 async def student_qr_route(
-    request: Request, principal: BadgeReader, university: University, matricola: Matricola, image: QrFormat
+    request: Request, principal: StudentReader, university: University, matricola: Matricola, image: QrFormat
 ) -> Response:
     ctx = ctx_of(request)
     if not principal.sees(university):
@@ -222,3 +223,7 @@ async def student_qr_route(
     return _qr_response(
         request, qr_images(row.escn, ctx.settings.qr_base_url, row.payload, row.png, row.svg), image
     )
+
+
+# Lookups of one card or student: their answers feed the not-found watch (etl.api.throttles).
+LOOKUP_ROUTES = frozenset(route.name for route in router.routes if hasattr(route, "name"))

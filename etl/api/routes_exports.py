@@ -3,7 +3,8 @@
 Downloads are streamed from the verified file with ``ETag`` = its SHA-256, single ``Range`` support
 and ``If-None-Match``. A missing or altered file is never a 500: the export is marked for rebuild
 (``status='rebuild'``, picked up by the next ``export_files`` run) and the client gets a 503.
-Every download request of an authenticated token leaves an ``api_audit`` row.
+Every download request of an authenticated token leaves an ``api_audit`` row, committed before the
+first byte is sent (with the bytes about to be sent; corrected if the client leaves midway).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AfterValidator, BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
+from etl.api.audit import AuditUnavailable, audit_query
 from etl.api.auth import Principal, require
 from etl.api.context import ApiContext, ctx_of
 from etl.api.errors import ApiError, not_found
@@ -33,7 +35,7 @@ from etl.domain.states import ExportKind, ExportStatus
 log = logging.getLogger("etl.api")
 
 router = APIRouter(tags=["exports"])
-Audit = Callable[..., Awaitable[None]]  # audit(status, bytes_sent=0): one api_audit row
+Audit = Callable[..., Awaitable[int]]  # audit(status, nbytes=0): one committed api_audit row, its id
 MEDIA_TYPES = {"parquet": "application/vnd.apache.parquet", "zip": "application/zip"}
 REBUILD_RETRY_AFTER = "300"
 
@@ -91,6 +93,10 @@ async def list_exports_route(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     ctx = ctx_of(request)
+    audit_query(
+        request, "/v1/exports", university, university=university, academic_year=academic_year,
+        since=since and since.isoformat(), kind=kind, limit=limit,
+    )  # fmt: skip
     if university is not None and not principal.sees(university):
         raise ApiError(
             403,
@@ -126,11 +132,17 @@ async def download(request: Request, principal: Principal, export_id: str, which
     ctx = ctx_of(request)
     client = request.client.host if request.client else None
 
-    request.state.audited = True  # here, with the bytes actually streamed
+    request.state.audited = True  # here: before the first byte, with the bytes about to be sent
     institution: str | None = None
 
-    async def audit(status: int, nbytes: int = 0) -> None:
-        ctx.audit.add(principal.token_id, f"download.{which}", export_id, status, nbytes, client, institution)
+    async def audit(status: int, nbytes: int = 0) -> int:
+        try:
+            return await ctx.audit.record(
+                principal.token_id, f"download.{which}", export_id, status, nbytes, client, institution
+            )
+        except AuditUnavailable:
+            message = "the read could not be audited, retry later"
+            raise ApiError(503, "audit_unavailable", message, headers={"Retry-After": "30"}) from None
 
     row = await run_in_threadpool(get_export, ctx.engine, export_id)
     institution = row.institution if row is not None and principal.sees(row.institution) else None
@@ -208,8 +220,13 @@ async def _respond(
             length, status = last - first + 1, 206
             headers["Content-Range"] = f"bytes {first}-{last}/{size}"
 
+    announced = 0 if request.method == "HEAD" else length
+    audit_id = await audit(status, announced)
+    trail = ctx_of(request).audit
+
     async def done(sent: int) -> None:
-        await audit(status, sent)
+        if sent != announced:  # the client went away midway: the row says what it really got
+            await run_in_threadpool(trail.set_bytes, audit_id, sent)
 
     return FileRangeResponse(
         fd, first, length, status_code=status, headers=headers, media_type=MEDIA_TYPES[which], on_done=done

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from etl.api.audit import audit_query
 from etl.api.auth import Principal, require
 from etl.api.context import ctx_of
 from etl.api.cursor import FeedPosition, InvalidCursor, decode_cursor, encode_cursor, start
@@ -70,6 +71,7 @@ async def feed(
     qr: Annotated[Literal["inline", "link"], Query(description="QR PNG as base64, or a URL")] = "link",
 ) -> Response:
     ctx = ctx_of(request)
+    audit_query(request, "/v1/feed", university, university=university, cursor=cursor, limit=limit, qr=qr)
     if not principal.sees(university):
         raise ApiError(
             403,

@@ -1,4 +1,4 @@
-"""API bearer tokens: creation (the token is returned once), listing and revocation.
+"""API bearer tokens: creation (the token is returned once), listing, revocation and expiry.
 
 A token is ``escs_`` + 43 URL-safe characters (256 random bits). Only its SHA-256 is stored: a fast
 hash is enough for a 256-bit secret (nobody can brute-force it), and lookups stay one indexed query.
@@ -24,6 +24,7 @@ EXPORTS_READ = "exports:read"
 BADGES_READ = "badges:read"
 SCOPES = (EXPORTS_READ, BADGES_READ)
 DEFAULT_RATE_PER_MINUTE = 600
+DEFAULT_MATRICOLA_RATE_PER_MINUTE = 60
 MAX_RATE_PER_MINUTE = 1_000_000
 PREFIX_CHARS = 12  # "escs_" + 7 random characters: recognisable, still 216 secret bits left
 _TOKEN_RE = re.compile(r"escs_[A-Za-z0-9_-]{43}")
@@ -37,6 +38,8 @@ class NewToken:
     scopes: tuple[str, ...]
     institutions: tuple[str, ...]
     rate_per_minute: int
+    matricola_rate_per_minute: int
+    expires_at: dt.datetime | None
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,11 @@ class TokenInfo:
     scopes: tuple[str, ...]
     institutions: tuple[str, ...]
     rate_per_minute: int
+    matricola_rate_per_minute: int
     created_at: dt.datetime
     last_used_at: dt.datetime | None
     revoked_at: dt.datetime | None
+    expires_at: dt.datetime | None
 
 
 def generate_token() -> str:
@@ -63,6 +68,31 @@ def hash_token(token: str) -> str:
 def looks_like_token(token: str) -> bool:
     """Well-formed tokens only reach the database; anything else is rejected without a query."""
     return _TOKEN_RE.fullmatch(token) is not None
+
+
+def parse_expiry(text: str | None, now: dt.datetime, default_days: int) -> dt.datetime | None:
+    """``tokens create --expires``: ``90d`` (days from now), ``2027-06-30`` (the end of that day, UTC) or
+    ``never``; none given: ``default_days`` from now (``[api] token_days``; 0 means never)."""
+    if text is None:
+        return now + dt.timedelta(days=default_days) if default_days else None
+    text = text.strip().lower()
+    if text == "never":
+        return None
+    if text.endswith("d") and text[:-1].isdigit():
+        days = int(text[:-1])
+        if not 1 <= days <= 3660:
+            raise EscSyncError("tokens create: --expires in days must be 1d to 3660d")
+        return now + dt.timedelta(days=days)
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise EscSyncError(
+            f"tokens create: --expires {text!r}: give days (90d), a date (2027-06-30) or never"
+        ) from None
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
+    if end <= now:
+        raise EscSyncError(f"tokens create: --expires {text}: that day is past")
+    return end
 
 
 def split_words(text: str) -> tuple[str, ...]:
@@ -103,8 +133,16 @@ def create_token(
     institutions: Iterable[str],
     known_institutions: Sequence[str],
     rate_per_minute: int = DEFAULT_RATE_PER_MINUTE,
+    matricola_rate_per_minute: int = DEFAULT_MATRICOLA_RATE_PER_MINUTE,
+    expires_at: dt.datetime | None = None,
 ) -> NewToken:
     name, scope_list, codes = check_request(name, scopes, institutions, rate_per_minute, known_institutions)
+    lookups = matricola_rate_per_minute
+    if isinstance(lookups, bool) or not isinstance(lookups, int) or not 0 <= lookups <= MAX_RATE_PER_MINUTE:
+        raise EscSyncError(
+            "tokens create: --matricola-rate-per-minute must be between 0 (lookups by ESCN only) "
+            f"and {MAX_RATE_PER_MINUTE}"
+        )
     token = generate_token()
     values = {
         "name": name,
@@ -113,11 +151,13 @@ def create_token(
         "scopes": " ".join(scope_list),
         "institutions": " ".join(codes),
         "rate_per_minute": rate_per_minute,
+        "matricola_rate_per_minute": lookups,
+        "expires_at": expires_at,
         "created_at": utcnow(),
     }
     with engine.begin() as conn:
         token_id = conn.execute(insert(ApiToken).values(**values).returning(ApiToken.id)).scalar_one()
-    return NewToken(int(token_id), token, name, scope_list, codes, rate_per_minute)
+    return NewToken(int(token_id), token, name, scope_list, codes, rate_per_minute, lookups, expires_at)
 
 
 def list_tokens(engine: Engine) -> list[TokenInfo]:
@@ -130,9 +170,11 @@ def list_tokens(engine: Engine) -> list[TokenInfo]:
         t.scopes,
         t.institutions,
         t.rate_per_minute,
+        t.matricola_rate_per_minute,
         t.created_at,
         t.last_used_at,
         t.revoked_at,
+        t.expires_at,
     ).order_by(t.id)
     with engine.connect() as conn:
         return [
@@ -143,9 +185,11 @@ def list_tokens(engine: Engine) -> list[TokenInfo]:
                 scopes=split_words(r.scopes),
                 institutions=split_words(r.institutions),
                 rate_per_minute=r.rate_per_minute,
+                matricola_rate_per_minute=r.matricola_rate_per_minute,
                 created_at=r.created_at,
                 last_used_at=r.last_used_at,
                 revoked_at=r.revoked_at,
+                expires_at=r.expires_at,
             )
             for r in conn.execute(stmt)
         ]

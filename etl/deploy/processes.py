@@ -1,14 +1,17 @@
 """`esc-sync deploy init`, `esc-sync serve` and `esc-sync worker`: the deployment's processes.
 
 `serve` supervises Dagster's own webserver and daemon (the daemon runs the sensor, the run queue, run
-monitoring and retries): logs go to ``$ESC_SYNC_HOME/logs``, a health check answers `serve --check`,
-and if either process dies the other is stopped and `serve` exits non-zero, for systemd or a container
-runtime to restart. `worker` becomes a Celery worker executing steps.
+monitoring and retries). The webserver has no authentication of its own: it binds to loopback unless
+told otherwise (with a warning), and ``--read-only`` gives a UI that can only watch. Logs go to
+``$ESC_SYNC_HOME/logs``, a health check answers `serve --check`, and if either process dies the other
+is stopped and `serve` exits non-zero, for systemd or a container runtime to restart. `worker` becomes
+a Celery worker executing steps.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
 import os
 import signal
@@ -123,8 +126,35 @@ def worker(settings: Settings, name: str) -> int:
     os.execve(sys.executable, cmd, env)
 
 
-def serve(settings: Settings, host: str, port: int) -> int:
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is this machine's loopback (0.0.0.0 and :: are not)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+OPEN_UI_WARNING = (
+    "esc-sync: warning: serving Dagster's UI on {host}: it has no login of its own, so anyone who reaches "
+    "it can stop the sensors and launch, cancel or delete runs; put an authenticating proxy in front "
+    '(README "Production") or serve on 127.0.0.1'
+)
+
+
+def webserver_command(workspace: Path, host: str, port: int, read_only: bool) -> list[str]:
+    cmd = [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", host, "-p", str(port)]
+    return [*cmd, "--read-only"] if read_only else cmd
+
+
+def serve(settings: Settings, host: str, port: int, *, read_only: bool = False) -> int:
     deployment(settings)
+    if not is_loopback(host):
+        print(OPEN_UI_WARNING.format(host=host), file=sys.stderr, flush=True)
     env = deployment_env(settings)
     home = Path(env["DAGSTER_HOME"])
     workspace = home / "workspace.yaml"
@@ -135,7 +165,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
     _wait_port_free(host, port)  # a webserver still answering there is not ours
     commands = {
         "daemon": [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
-        "webserver": [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", host, "-p", str(port)],
+        "webserver": webserver_command(workspace, host, port, read_only),
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stop = _StopFlag()

@@ -426,6 +426,9 @@ class ApiToken(Base):
     scopes: Mapped[str] = mapped_column(String(200))  # space-separated: exports:read badges:read
     institutions: Mapped[str] = mapped_column(String(500))  # space-separated codes
     rate_per_minute: Mapped[int] = mapped_column(Integer, default=600)
+    # Lookups by matricola (guessable, and each answer names a student): 0 means by ESCN only.
+    matricola_rate_per_minute: Mapped[int] = mapped_column(Integer, default=60, server_default="60")
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # None: never
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
@@ -433,7 +436,7 @@ class ApiToken(Base):
 
 class ApiAudit(Base):
     """One row per authenticated read (downloads, badges, QR images, feed, lists): who fetched what of
-    which university, when, how much. Written in batches (etl.api.audit)."""
+    which university, when, how much. Committed before the answer is sent (etl.api.audit)."""
 
     __tablename__ = "api_audit"
 
@@ -441,7 +444,7 @@ class ApiAudit(Base):
     token_id: Mapped[int] = mapped_column(Integer)
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     action: Mapped[str] = mapped_column(String(32))
-    resource: Mapped[str] = mapped_column(String(200))
+    resource: Mapped[str] = mapped_column(String(600))  # path, or path with the validated query
     status: Mapped[int] = mapped_column(Integer)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     client: Mapped[str | None] = mapped_column(String(64))
