@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     # again about cleaning up a connection the server dropped: the one line below says what happened.
     logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     logging.getLogger("psycopg").setLevel(logging.ERROR)
+    # An interrupt landing inside a socket write makes asyncio log "Fatal write error" with a traceback.
+    logging.getLogger("asyncio").addFilter(_not_an_interrupt)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["emulator"]:
         from etl.emulator import main as emulator_main
@@ -136,6 +138,10 @@ def _is_interrupt(e: BaseException) -> bool:
     if isinstance(e, BaseExceptionGroup):
         return any(_is_interrupt(inner) for inner in e.exceptions)
     return isinstance(e, KeyboardInterrupt) or type(e).__name__ == "DagsterExecutionInterruptedError"
+
+
+def _not_an_interrupt(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and record.exc_info[1] is not None and _is_interrupt(record.exc_info[1]))
 
 
 @contextmanager

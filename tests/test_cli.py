@@ -131,3 +131,22 @@ def test_demo_leaves_no_personal_data_in_dagster_storage_and_only_private_files(
         tokens = {t.decode() for t in re.findall(rb"(?<![\w.])\d{5,}(?![\w.])", data)}
         leaks |= {(f.name, n) for n in tokens & numbers} | {(f.name, w.decode()) for w in words if w in data}
     assert not leaks, sorted(leaks)[:5]
+
+
+def test_asyncio_stays_quiet_about_an_interrupt_landing_in_a_socket_write() -> None:
+    """An interrupt raised inside a transport's write is logged by asyncio as a "Fatal write error"
+    with a traceback; the CLI's one line says what happened instead. Other errors are still logged."""
+    import logging
+
+    from etl.cli import _not_an_interrupt
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            "asyncio", logging.ERROR, __file__, 1, "Fatal write error", (), (type(exc), exc, None)
+        )
+
+    assert not _not_an_interrupt(record(KeyboardInterrupt()))
+    assert not _not_an_interrupt(record(BaseExceptionGroup("calls", [KeyboardInterrupt()])))
+    assert _not_an_interrupt(record(ConnectionResetError()))
+    plain = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task was destroyed", (), None)
+    assert _not_an_interrupt(plain)

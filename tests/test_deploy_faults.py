@@ -230,17 +230,8 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
 ) -> None:
     d = deployment
     d.procs.serve(d.port)
-    check = esc_sync(d.env, "serve", "--check", timeout=60)  # the address serve recorded
-    assert check.returncode == 0, check.stderr
-    # A default serve's UI (no login of its own) listens on loopback only: unreachable from the network.
-    listening = {
-        c.laddr.ip
-        for c in psutil.net_connections("inet")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == d.port
-    }
-    assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
-
-    # 0. The sensor starts the backfill; worker a is killed inside a step that talks to the Router.
+    # 0. The sensor starts the backfill; worker a is killed inside a step that talks to the Router
+    # (first thing: on the demo's data the backfill takes seconds).
     wait_until(lambda: router_step_in_progress(d.procs.log("worker-a")), 240, "a Router step on a", 0.1)
     d.procs.kill("worker-a")
     d.procs.start("worker-c", "worker", "--name", "c")
@@ -253,6 +244,15 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
     d.emulator.start()  # same port, same data
     d.converge("the Router down for 60 s", time.monotonic())
     assert d.red_somewhere()  # it was not green while it lasted
+    check = esc_sync(d.env, "serve", "--check", timeout=60)  # the address serve recorded
+    assert check.returncode == 0, check.stderr
+    # A default serve's UI (no login of its own) listens on loopback only: unreachable from the network.
+    listening = {
+        c.laddr.ip
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == d.port
+    }
+    assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
 
     # 2. PostgreSQL drops every connection every second for 20 s, while runs work.
     d.mutate(seed=21)
