@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --repair: apply the mass deletions the guard held (after a person has looked)",
     )
     sub.add_parser("status", help="per partition: careers, finalised, quarantined")
+    er = sub.add_parser("erase", help="erase one person's data at the Router and here (GDPR art. 17)")
+    er.add_argument("--institution", required=True, help="university code")
+    er.add_argument("--pers-id", type=int, required=True, help="the person's Esse3 PERS_ID")
+    er.add_argument("--dry-run", action="store_true", help="say what would be erased, change nothing")
+    rt = sub.add_parser("retention", help="erase whose cards ended [retention] days ago; old audit rows")
+    rt.add_argument("--dry-run", action="store_true", help="count who is due, change nothing")
 
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev -w workspace.yaml)")
     ui.add_argument("--port", type=int, default=3000)
@@ -251,6 +257,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         runtime.dispose()
 
 
+def _erasure(args: argparse.Namespace, settings: Settings, runtime: Runtime) -> int:
+    import datetime as dt
+    from functools import partial
+
+    from etl.erasure import apply_retention, erase_on_request
+
+    if args.command == "erase":
+        lines, report = erase_on_request(
+            runtime.engine, settings, partial(runtime.router_client, args.institution), args.institution,
+            args.pers_id, dry_run=args.dry_run,
+        )  # fmt: skip
+        for line in lines:
+            print(line)
+        return ExitCode.ROUTER if report.unfinished else 0
+    reports = apply_retention(
+        runtime.engine, settings, lambda a: partial(runtime.router_client, a.code), dt.date.today(),
+        dry_run=args.dry_run,
+    )  # fmt: skip
+    for code, r in reports.items():
+        if args.dry_run:
+            print(f"{code}: {r.unfinished} person(s) due for erasure (dry run: nothing changed)")
+        else:
+            print(f"{code}: {r.erased} person(s) erased, {r.cards_deleted} card(s) deleted at the Router"
+                  + (f"; {r.unfinished} unfinished (run again)" if r.unfinished else ""))  # fmt: skip
+            for line in r.refused:
+                print(f"esc-sync: {line}", file=sys.stderr)
+    return ExitCode.ROUTER if any(r.unfinished for r in reports.values()) and not args.dry_run else 0
+
+
 def _print_config(settings: Settings) -> int:
     """What was understood, secrets never shown; a warning (exit 0) for what will fail at run time."""
     from etl.deploy.env import BROKER_ENV, DAGSTER_PG_ENV, redacted
@@ -299,6 +334,9 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
         return 0
     if migrate.current_revision(runtime.engine) != migrate.head_revision():
         raise EscSyncError("state DB is not migrated to the latest revision: run `esc-sync db upgrade`")
+
+    if args.command in ("erase", "retention"):
+        return _erasure(args, settings, runtime)
 
     from etl.changes import local_work, pending_partitions
     from etl.definitions import build_definitions

@@ -20,6 +20,7 @@ from etl.domain.api_policy import API_KEYS, ApiPolicy
 from etl.domain.enrolment import FinalisedRule
 from etl.domain.esse3_time import machine_zone, zone
 from etl.domain.export_policy import EXPORT_KEYS, ExportPolicy
+from etl.domain.retention import RETENTION_KEYS, RetentionPolicy
 from etl.domain.source_reads import ReadPolicy
 from etl.domain.source_values import DEFAULT_FUTURE_SKEW
 from etl.errors import ConfigError
@@ -105,6 +106,7 @@ class Settings:
     esse3_sql_dir: Path | None = None  # a site's own versions of etl/sql/esse3/*.sql
     api_public_url: str | None = None  # where vendors reach the REST service: links are built on it
     api: ApiPolicy = field(default_factory=ApiPolicy)  # token expiry, lookup limits, throttles, proxies
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # when personal data is erased
     run_wait_timeout_s: float = 600.0  # how long a run waits for a Router pool slot held by live runs
     deploy: DeploySettings | None = None  # set: this configuration is a production deployment
 
@@ -171,6 +173,7 @@ KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {
     "exports": EXPORT_KEYS,
     "esse3": frozenset(("max_future_skew_minutes", "timezone", "max_vanished_share", "sql_dir")),
     "api": API_KEYS,
+    "retention": RETENTION_KEYS,
     "runs": frozenset(("wait_timeout_s",)),
     "deploy": frozenset(
         ("executor", "max_concurrent_runs", "runs_per_university", "router_steps", "sensor_interval_s")
@@ -288,6 +291,7 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         esse3_sql_dir=sql_dir,
         api_public_url=public,
         api=ApiPolicy.from_mapping(raw.get("api", {})),
+        retention=RetentionPolicy.from_mapping(raw.get("retention", {})),
         run_wait_timeout_s=float(wait),
         deploy=_parse_deploy(raw["deploy"]) if "deploy" in raw else None,
     )

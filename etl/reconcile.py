@@ -12,6 +12,7 @@ from functools import partial
 
 from etl.assets.router_calls import CallReport, run_with_client
 from etl.domain.reconcile import CardView, Drift, find_drift
+from etl.erasure import ErasureReport, due_for_erasure, erase_targets
 from etl.errors import EscSyncError
 from etl.partitions import Partition
 from etl.resources.router import RouterClient
@@ -27,6 +28,7 @@ class UniversityDrift:
     drift: Drift | None  # None: the university could not be walked (error)
     error: str | None = None
     to_run: list[Partition] = field(default_factory=list)  # partitions that carry out the repairs
+    erased_held: int = 0  # erased persons and deleted cards the Router still holds
 
 
 async def walk_router(client: RouterClient) -> tuple[set[str], dict[str, CardView]]:
@@ -61,7 +63,18 @@ def reconcile(
         with runtime.engine.connect() as conn:
             local_persons = store.registered_persons(conn, code)
             local_cards = store.registered_cards(conn, code)
+            erased_persons, deleted_cards = store.erased(conn, code)
         drift = find_drift(local_persons, local_cards, remote_persons, remote_cards, today)
+        held_persons, held_cards = remote_persons & erased_persons, set(remote_cards) & deleted_cards
+        if repair and (held_persons or held_cards):
+            with runtime.engine.begin() as conn:
+                store.reopen_erasures(conn, code, held_persons, held_cards)
+            ateneo = runtime.settings.ateneo(code)
+            due = due_for_erasure(runtime.engine, ateneo, runtime.settings.retention, today)
+            erase_targets(
+                runtime.engine, partial(runtime.router_client, code), ateneo, due, runtime.settings.home,
+                ErasureReport(),
+            )  # fmt: skip
         touched: set[int] = set()
         if repair and drift.repairable:
             with runtime.engine.begin() as conn:
@@ -69,5 +82,5 @@ def reconcile(
                 touched |= store.requeue_cards(conn, code, drift.missing_cards)
                 touched |= store.record_router_cards(conn, code, drift.stale_cards)
         to_run = [Partition(y, code) for y in sorted(touched & years)]
-        results.append(UniversityDrift(code, drift, None, to_run))
+        results.append(UniversityDrift(code, drift, None, to_run, len(held_persons) + len(held_cards)))
     return results

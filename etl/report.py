@@ -233,6 +233,11 @@ def drift_lines(
             parts.append(f"{len(runs)} partition(s) whose latest run did not succeed ({again})")
         if (left.persons or left.cards or runs) and not repaired:
             worse(ExitCode.DRIFT)
+        if r.erased_held:
+            done = "deleted again" if repaired else "run with --repair"
+            parts.append(f"{r.erased_held} erased person(s) or card(s) still at the Router ({done})")
+            if not repaired:
+                worse(ExitCode.DRIFT)
         for kind, n in r.drift.counts().items():
             if n:
                 what, repair = DRIFT_KINDS[kind]

@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from etl.domain.states import CardStatus, SyncState
 
 # A card shown: one the Router confirmed, not retired
-_SHOWN = f"c.state = '{SyncState.REGISTERED}' AND c.retired_at IS NULL"
+_SHOWN = f"c.state = '{SyncState.REGISTERED}' AND c.retired_at IS NULL AND c.deleted_at IS NULL"
 _BADGE_COLUMNS = (
     "c.escn, c.institution, c.academic_year, c.esi, c.card_type, c.issued_at, c.expires_at, "
     "c.desired_status, k.matricola, k.first_name, k.last_name, k.course_name"

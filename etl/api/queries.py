@@ -89,7 +89,10 @@ def feed_page(
         select(*columns)
         .select_from(source)
         .where(
-            _cards.institution == university, _cards.changed_at <= until, _cards.state == SyncState.REGISTERED
+            _cards.institution == university,
+            _cards.changed_at <= until,
+            _cards.state == SyncState.REGISTERED,
+            _cards.deleted_at.is_(None),  # its holder erased: gone from the feed
         )
     )
     if after is not None:

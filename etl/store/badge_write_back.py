@@ -20,7 +20,7 @@ JOIN qr_images q ON q.escn = c.escn
 JOIN badges b ON b.institution = c.institution AND b.bdg_id = c.bdg_id AND b.vanished_at IS NULL
 LEFT JOIN badge_write_backs w ON w.institution = c.institution AND w.bdg_id = c.bdg_id
 WHERE c.institution = :i AND c.academic_year = :y
-  AND c.state = '{SyncState.REGISTERED}' AND c.retired_at IS NULL
+  AND c.state = '{SyncState.REGISTERED}' AND c.retired_at IS NULL AND c.deleted_at IS NULL
 ORDER BY c.bdg_id
 """)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -70,8 +70,11 @@ class Bulk:
         keep: Sequence[str] = (),
         temporal: Sequence[str] = (),
         new: bool = False,
+        guarded: Mapping[str, str] | None = None,
     ) -> None:
-        """INSERT … ON CONFLICT (key) DO UPDATE every column but the key and ``keep``.
+        """INSERT … ON CONFLICT (key) DO UPDATE every column but the key and ``keep``; a column in
+        ``guarded`` only where its SQL condition holds (else it keeps its value); ``guarded`` may name
+        columns outside ``columns`` as ``{"col": "expression"}`` under the key ``"set:col"``.
         ``temporal`` names the date/datetime columns (SQLite stores them as text). ``new``: the
         caller found none of the keys in the table (a backfill), so PostgreSQL COPYs straight into
         it, and merges only if a concurrent run inserted one of them meanwhile."""
@@ -79,8 +82,16 @@ class Bulk:
         if not rows:
             return
         cols = ", ".join(columns)
+        guarded = guarded or {}
+
+        def assign(c: str) -> str:
+            if c in guarded:
+                return f"{c} = CASE WHEN {guarded[c]} THEN excluded.{c} ELSE {table}.{c} END"
+            return f"{c} = excluded.{c}"
+
+        extra = [f"{k.removeprefix('set:')} = {v}" for k, v in guarded.items() if k.startswith("set:")]
         conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET " + ", ".join(
-            f"{c} = excluded.{c}" for c in columns if c not in key and c not in keep
+            [assign(c) for c in columns if c not in key and c not in keep] + extra
         )
         if self.sqlite:
             self.conn.exec_driver_sql(

@@ -16,7 +16,7 @@ from etl.store.models import Card, Person, optional_state, optional_status, utcn
 # Each badge of the partition with its career, the career's person (none yet: NULLs) and its current card.
 CARD_CANDIDATES = text("""
 SELECT b.bdg_id, b.stu_id, b.kind, b.valid_from, b.valid_to, b.annulled,
-       c.status, c.consent, p.esi, p.state,
+       c.status, c.consent, p.esi, CASE WHEN p.erased_at IS NULL THEN p.state END,
        k.escn, k.state, k.router_status, k.expires_at, k.desired_status, k.esi,
        CASE WHEN b.vanished_at IS NULL AND c.vanished_at IS NULL THEN 1 ELSE 0 END
 FROM badges b
@@ -24,6 +24,8 @@ JOIN careers c ON c.institution = b.institution AND c.stu_id = b.stu_id
 LEFT JOIN persons p ON p.institution = b.institution AND p.pers_id = c.pers_id
 LEFT JOIN cards k ON k.institution = b.institution AND k.bdg_id = b.bdg_id AND k.retired_at IS NULL
 WHERE b.institution = :i AND b.academic_year = :y
+  AND c.erased_at IS NULL  -- an erased career's badges get no card again
+  AND (p.erase_requested_at IS NULL OR p.erased_at IS NOT NULL)  -- nor while their holder is erased
 ORDER BY b.bdg_id
 """).columns(valid_from=Date, valid_to=Date, expires_at=Date, annulled=Boolean)
 
@@ -32,6 +34,7 @@ RETIRED_CARDS = text(f"""
 SELECT escn, bdg_id, stu_id, esi, card_type, issued_at, expires_at, state, router_status
 FROM cards
 WHERE institution = :i AND academic_year = :y AND retired_at IS NOT NULL AND state <> '{SyncState.FAILED}'
+  AND deleted_at IS NULL
   AND NOT (state = '{SyncState.REGISTERED}' AND router_status = '{CardStatus.INACTIVE}')
 ORDER BY escn
 """).columns(issued_at=Date, expires_at=Date)

@@ -81,7 +81,22 @@ def upsert_careers(
             "updated_at",
         ),
         new=new,
+        guarded=ERASED_STAYS_ERASED,
     )
+
+
+# An erased career (etl.erasure) keeps its names, e-mail and matricola off whatever Esse3 sends again,
+# unless the student consents again (opt-in universities): then it is a career like any other.
+_CONSENTS_AGAIN = (
+    "UPPER(COALESCE(excluded.consent, '')) = 'S' AND UPPER(COALESCE(careers.consent, '')) <> 'S'"
+)
+ERASED_STAYS_ERASED = {
+    **{
+        c: f"careers.erased_at IS NULL OR ({_CONSENTS_AGAIN})"
+        for c in ("first_name", "last_name", "email", "matricola")
+    },
+    "set:erased_at": f"CASE WHEN {_CONSENTS_AGAIN} THEN NULL ELSE careers.erased_at END",
+}
 
 
 def refresh_digests(

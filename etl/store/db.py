@@ -46,6 +46,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
+    # Deleted and overwritten content is zeroed in the file, not left in free space: an erased
+    # student's name must not survive in the state DB's bytes (etl.erasure checkpoints the WAL too).
+    cur.execute("PRAGMA secure_delete=ON")
     cur.close()
 
 

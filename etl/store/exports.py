@@ -42,6 +42,7 @@ def _exportable(stmt: AnySelect, institution: str, academic_year: int) -> AnySel
             Card.academic_year == academic_year,
             Card.state == SyncState.REGISTERED,
             Card.retired_at.is_(None),
+            Card.deleted_at.is_(None),  # its holder erased (etl.erasure)
         )
     )
 
@@ -63,6 +64,7 @@ def change_counts(
             Card.academic_year == academic_year,
             Card.state == SyncState.REGISTERED,
             Card.retired_at.is_(None),
+            Card.deleted_at.is_(None),  # its holder erased (etl.erasure)
         )
     ).scalar_one()
     changed = func.count() if since is None else func.sum(case((_change_time > since, 1), else_=0))

@@ -117,6 +117,7 @@ class Career(Base):
     vanished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     # The ESI esc-sync wrote onto CODICE_ESI: ours to replace when the career changes person.
     esi_written: Mapped[str | None] = mapped_column(String(255))
+    erased_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # names, e-mail, matricola removed
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -213,6 +214,9 @@ class Person(Base):
     first_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     last_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    erase_reason: Mapped[str | None] = mapped_column(String(16))  # an etl.domain.retention.EraseReason
+    erase_requested_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # the intent (etl.erasure)
+    erased_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # gone at the Router and at home
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     __table_args__ = (
@@ -255,6 +259,8 @@ class Card(Base):
     changed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     retired_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    delete_requested_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # the intent (etl.erasure)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # DELETE confirmed (204 or 404)
 
     __table_args__ = (
         Index(

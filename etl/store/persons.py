@@ -16,7 +16,7 @@ from etl.store.models import Career, Person, optional_state, utcnow
 
 # Careers usable downstream: finalised, still in Esse3 and not quarantined at the careers stage.
 _USABLE = f"""
-    c.institution = :i AND c.finalised = :true AND c.vanished_at IS NULL
+    c.institution = :i AND c.finalised = :true AND c.vanished_at IS NULL AND c.erased_at IS NULL
     AND NOT EXISTS (
         SELECT 1 FROM quarantine q
         WHERE q.institution = c.institution AND q.stage = '{QuarantineStage.CAREERS}'
@@ -39,9 +39,12 @@ WITH part AS (
     WHERE {_USABLE}
 )
 SELECT r.pers_id, r.person_key, r.stu_id, r.first_name, r.last_name, r.email, r.academic_level,
-       r.consent, r.course_type, p.esi, p.state, p.synced_hash
+       r.consent, r.course_type, p.esi,
+       CASE WHEN p.erased_at IS NULL THEN p.state END, CASE WHEN p.erased_at IS NULL THEN p.synced_hash END
 FROM ranked r LEFT JOIN persons p ON p.institution = :i AND p.pers_id = r.pers_id
 WHERE r.rn = 1
+  -- erased at the Router (a new enrolment registers them again: no state) or being erased (left alone)
+  AND (p.erase_requested_at IS NULL OR p.erased_at IS NOT NULL)
 ORDER BY r.pers_id
 """)
 
@@ -92,14 +95,19 @@ def write_back_candidates(conn: Connection, institution: str, year: int) -> list
 def record_person_intents(
     conn: Connection, institution: str, rows: Sequence[tuple[int, str, str, SyncState]]
 ) -> None:
-    """(pers_id, person_key, esi, state) committed *before* the Router is called."""
+    """(pers_id, person_key, esi, state) committed *before* the Router is called. A person erased
+    before and registered again (a new enrolment) is no longer erased."""
+    cols = ("institution", "esi", "pers_id", "person_key", "state", "created_at", "erase_reason")
     Bulk(conn).upsert(
         "persons",
-        ("institution", "esi", "pers_id", "person_key", "state", "created_at"),
+        (*cols, "erase_requested_at", "erased_at"),
         ("institution", "esi"),
-        ((institution, esi, pers_id, key, state, utcnow()) for pers_id, key, esi, state in rows),
+        (
+            (institution, esi, pers_id, key, state, utcnow(), None, None, None)
+            for pers_id, key, esi, state in rows
+        ),
         keep=("created_at",),
-        temporal=("created_at",),
+        temporal=("created_at", "erase_requested_at", "erased_at"),
     )
 
 

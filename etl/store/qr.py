@@ -47,6 +47,7 @@ def _registered(institution: str, academic_year: int) -> ColumnElement[bool]:
         Card.institution == institution,
         Card.academic_year == academic_year,
         Card.state == SyncState.REGISTERED,  # a pending card gets no QR
+        Card.deleted_at.is_(None),  # nor one deleted at the Router (its holder erased)
     )
 
 
@@ -114,7 +115,7 @@ FROM cards k
 JOIN careers c ON c.institution = k.institution AND c.stu_id = k.stu_id
 LEFT JOIN qr_images q ON q.escn = k.escn
 WHERE k.institution = :i AND k.academic_year = :y AND k.state = '{SyncState.REGISTERED}'
-  AND k.card_type = :printed AND k.desired_status = :active
+  AND k.deleted_at IS NULL AND k.card_type = :printed AND k.desired_status = :active
 ORDER BY c.last_name, c.first_name, k.escn
 """).columns(issued_at=Date, expires_at=Date)
 

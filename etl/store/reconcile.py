@@ -13,7 +13,11 @@ from etl.store.models import Card, Career, Person, utcnow
 
 
 def registered_persons(conn: Connection, institution: str) -> set[str]:
-    query = select(Person.esi).where(Person.institution == institution, Person.state == SyncState.REGISTERED)
+    query = select(Person.esi).where(
+        Person.institution == institution,
+        Person.state == SyncState.REGISTERED,
+        Person.erase_requested_at.is_(None),  # erased, or being erased: the Router should not hold them
+    )
     return set(conn.execute(query).scalars())
 
 
@@ -24,9 +28,38 @@ def registered_cards(conn: Connection, institution: str) -> dict[str, CardView]:
             Card.institution == institution,
             Card.state == SyncState.REGISTERED,
             Card.router_status.is_not(None),
+            Card.delete_requested_at.is_(None),
         )
     )
     return {r.escn: CardView(r.esi, r.router_status, r.expires_at, r.card_type) for r in rows}
+
+
+def erased(conn: Connection, institution: str) -> tuple[set[str], set[str]]:
+    """ESIs of erased persons and ESCNs of cards deleted at the Router: the Router must hold none."""
+    persons = select(Person.esi).where(Person.institution == institution, Person.erased_at.is_not(None))
+    cards = select(Card.escn).where(Card.institution == institution, Card.deleted_at.is_not(None))
+    return set(conn.execute(persons).scalars()), set(conn.execute(cards).scalars())
+
+
+def reopen_erasures(
+    conn: Connection, institution: str, esis: Collection[str], escns: Collection[str]
+) -> None:
+    """Erased here, still at the Router (a DELETE the Router lost, or data put back by hand): the
+    erasure is open again, and the next erasure run deletes them again (etl.erasure)."""
+    if escns:
+        conn.execute(
+            update(Card).where(Card.escn.in_(bindparam("k", expanding=True))).values(deleted_at=None),
+            {"k": sorted(escns)},
+        )
+        owners = select(Card.esi).where(Card.escn.in_(bindparam("k", expanding=True)))
+        esis = set(esis) | set(conn.execute(owners, {"k": sorted(escns)}).scalars())
+    if esis:
+        conn.execute(
+            update(Person)
+            .where(Person.institution == institution, Person.esi.in_(bindparam("e", expanding=True)))
+            .values(erased_at=None),
+            {"e": sorted(esis)},
+        )
 
 
 def requeue_persons(conn: Connection, institution: str, esis: Collection[str]) -> set[int]:
