@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--institution", required=True, help="university code")
     er.add_argument("--pers-id", type=int, required=True, help="the person's Esse3 PERS_ID")
     er.add_argument("--dry-run", action="store_true", help="say what would be erased, change nothing")
+    er.add_argument(
+        "--esse3", action="store_true", help="also take back the ESI and cards esc-sync wrote in Esse3"
+    )
     rt = sub.add_parser("retention", help="erase whose cards ended [retention] days ago; old audit rows")
     rt.add_argument("--dry-run", action="store_true", help="count who is due, change nothing")
 
@@ -266,7 +269,7 @@ def _erasure(args: argparse.Namespace, settings: Settings, runtime: Runtime) -> 
     if args.command == "erase":
         lines, report = erase_on_request(
             runtime.engine, settings, partial(runtime.router_client, args.institution), args.institution,
-            args.pers_id, dry_run=args.dry_run,
+            args.pers_id, dry_run=args.dry_run, esse3=runtime.esse3(args.institution) if args.esse3 else None,
         )  # fmt: skip
         for line in lines:
             print(line)
@@ -281,8 +284,8 @@ def _erasure(args: argparse.Namespace, settings: Settings, runtime: Runtime) -> 
         else:
             print(f"{code}: {r.erased} person(s) erased, {r.cards_deleted} card(s) deleted at the Router"
                   + (f"; {r.unfinished} unfinished (run again)" if r.unfinished else ""))  # fmt: skip
-            for line in r.refused:
-                print(f"esc-sync: {line}", file=sys.stderr)
+            for line in r.refused + ([r.busy] if r.busy else []):
+                print(f"esc-sync: {code}: {line}", file=sys.stderr)
     return ExitCode.ROUTER if any(r.unfinished for r in reports.values()) and not args.dry_run else 0
 
 

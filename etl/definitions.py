@@ -36,6 +36,7 @@ from etl.assets.exports import build_export_asset
 from etl.assets.prints import build_prints_asset
 from etl.assets.qr import build_qr_asset
 from etl.assets.reconcile_check import build_reconcile_check, build_sweep_check
+from etl.assets.retention_job import build_retention_job
 from etl.changes import pending_partitions
 from etl.config import DeploySettings, Settings, load_settings
 from etl.domain.retries import run_key as retry_run_key
@@ -150,11 +151,12 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         default_status=DefaultScheduleStatus.RUNNING if deploy else DefaultScheduleStatus.STOPPED,
     )
 
+    retention_job, nightly_retention = build_retention_job(settings)
     return Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[job, reconcile_job],
-        schedules=[nightly],
+        jobs=[job, reconcile_job, retention_job],
+        schedules=[nightly, nightly_retention],
         sensors=[esse3_changes, unfinished_work, follow_cards],
         resources=runtime.resources(),
         executor=executor_for(deploy),

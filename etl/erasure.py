@@ -27,10 +27,11 @@ from etl.assets.router_calls import CallReport, run_with_client
 from etl.config import Ateneo, Settings
 from etl.domain.retention import EraseReason, ErasureTarget, RetentionPolicy, erase_reason
 from etl.partitions import Partition
+from etl.resources.esse3 import Esse3Source
 from etl.resources.router import RouterClient
 from etl.resources.router_errors import RouterError, RouterNotFound
 from etl.store import erasure as store
-from etl.store.locks import partition_lock
+from etl.store.locks import PartitionBusy, partition_lock
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class ErasureReport:
     erased: int = 0  # persons erased at the Router (or never there) and at home
     cards_deleted: int = 0
     unfinished: int = 0  # persons whose DELETEs did not all get an answer: the next run finishes them
+    busy: str | None = None  # a run held one of the partitions: nothing erased this time (one line)
     refused: list[str] = field(default_factory=list)  # one line each: key and HTTP status only
     calls: CallReport = field(default_factory=CallReport)
 
@@ -147,7 +149,16 @@ def apply_retention(
         if dry_run:
             report.unfinished = len(targets)
             continue
-        erase_targets(engine, client_factory(ateneo), ateneo, targets, settings.home, report)
+        if not targets:
+            continue
+        with engine.connect() as conn:
+            years = store.years_of(conn, ateneo.code, [t.pers_id for t in targets])
+        try:
+            with claims(engine, settings, ateneo.code, sorted(years)):
+                erase_targets(engine, client_factory(ateneo), ateneo, targets, settings.home, report)
+        except PartitionBusy as e:  # the next retention run erases them
+            report.busy = str(e)
+            report.unfinished = len(targets)
     if not dry_run:
         with engine.begin() as conn:
             cutoff = dt.datetime.combine(today - dt.timedelta(days=settings.retention.audit_days), dt.time())
@@ -177,8 +188,10 @@ def erase_on_request(
     pers_id: int,
     *,
     dry_run: bool = False,
+    esse3: Esse3Source | None = None,
 ) -> tuple[list[str], ErasureReport]:
-    """A data subject's request (GDPR art. 17): everything esc-sync holds of ``pers_id`` erased now.
+    """A data subject's request (GDPR art. 17): everything esc-sync holds of ``pers_id`` erased now;
+    with ``esse3``, also what esc-sync wrote into Esse3 (the rest of Esse3 is the university's).
     Returns lines for the operator (keys and counts only) and the report."""
     ateneo = settings.ateneo(institution)
     with engine.connect() as conn:
@@ -186,6 +199,11 @@ def erase_on_request(
         held = store.held_of(conn, institution, pers_id)
     report = ErasureReport()
     if not targets and not held.careers:
+        if esse3 is not None and not dry_run:
+            return [
+                f"nothing held about person {pers_id} of {institution}",
+                *_take_back(engine, esse3, ateneo, pers_id),
+            ], report
         return [f"nothing held about person {pers_id} of {institution}", *held.in_esse3()], report
     if not targets:  # careers only (never registered): scrub them
         targets = [ErasureTarget(pers_id, "", EraseReason.REQUEST, (), False)]
@@ -202,4 +220,19 @@ def erase_on_request(
     if report.unfinished:
         lines = [f"erasure of {what} unfinished: DELETEs without an answer; run it again"]
         return [*lines, *report.refused], report
+    if esse3 is not None:
+        return [f"erased {what}", *_take_back(engine, esse3, ateneo, pers_id)], report
     return [f"erased {what}", *held.in_esse3()], report
+
+
+def _take_back(engine: Engine, esse3: Esse3Source, ateneo: Ateneo, pers_id: int) -> list[str]:
+    """`erase --esse3`: the ESIs and cards esc-sync wrote into Esse3, cleared where Esse3 still holds
+    exactly them, and forgotten here."""
+    with engine.connect() as conn:
+        esis, badges = store.write_backs_of(conn, ateneo.code, pers_id)
+    if not esis and not badges:
+        return []
+    careers, cleared = esse3.clear_write_backs(esis, badges, with_png=ateneo.write_back_qr_png)
+    with engine.begin() as conn:
+        store.forget_write_backs(conn, ateneo.code, pers_id, [b for b, _ in badges])
+    return [f"taken back from Esse3: CODICE_ESI on {careers} career(s), the card on {cleared} badge(s)"]

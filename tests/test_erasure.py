@@ -369,3 +369,56 @@ def test_reconcile_reports_an_erased_person_the_router_holds_and_repair_deletes_
     assert "deleted again" in out and not world.router_has(esi=esi), out
     code, out, _ = world.run("reconcile")
     assert "erased" not in out, out
+
+
+def test_the_nightly_retention_job_erases_in_a_deployment(world: World) -> None:
+    """The Dagster job the deployment's schedule runs, in-process: same erasure, counts in its log."""
+    from dagster import DagsterInstance
+
+    from etl.assets.retention_job import RETENTION_JOB
+    from etl.definitions import build_definitions
+
+    pers_id = world.marked()
+    esi = world.person(pers_id).esi
+    with world.esse3.begin() as conn:
+        conn.execute(
+            text('UPDATE "P01_ANAPER" SET "CONSENSO_ESC" = NULL, "DATA_MOD" = :t WHERE "PERS_ID" = :p'),
+            {"t": dt.datetime.now(), "p": pers_id},
+        )
+    world.sync()
+    rt = Runtime(world.settings)
+    try:
+        defs = build_definitions(rt.settings, rt)
+        schedules = {s.name for s in defs.schedules or ()}
+        assert "nightly_retention" in schedules
+        with DagsterInstance.ephemeral() as instance:
+            result = defs.resolve_job_def(RETENTION_JOB).execute_in_process(instance=instance)
+            assert result.success
+            logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    finally:
+        rt.dispose()
+    assert not world.router_has(esi=esi) and world.person(pers_id).erased_at is not None
+    assert any(f"{INST}: 1 person(s) erased" in m for m in logs), logs
+    assert not any(MARK_LAST in m for m in logs)
+
+
+def test_erase_with_esse3_takes_back_what_esc_sync_wrote_there(world: World) -> None:
+    pers_id = world.marked()
+    esi = world.person(pers_id).esi
+
+    def on_careers() -> set[str | None]:
+        with world.esse3.connect() as conn:
+            rows = conn.execute(
+                text('SELECT "CODICE_ESI" FROM "P01_STU" WHERE "PERS_ID" = :p'), {"p": pers_id}
+            )
+            return {r[0] for r in rows}
+
+    assert on_careers() == {esi}  # written back by the runs
+    code, out, _ = world.run("erase", "--institution", INST, "--pers-id", str(pers_id))
+    assert code == 0 and "left in Esse3: CODICE_ESI on 1 career(s)" in out, out
+    assert on_careers() == {esi}  # Esse3 is the university's: untouched without --esse3
+    code, out, _ = world.run("erase", "--institution", INST, "--pers-id", str(pers_id), "--esse3")
+    assert code == 0 and "taken back from Esse3: CODICE_ESI on 1 career(s)" in out, out
+    assert on_careers() == {None}
+    world.sync()  # the sweep reads the career back: still erased, never registered again
+    assert not world.router_has(esi=esi) and world.name_anywhere() == []

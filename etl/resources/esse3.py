@@ -232,6 +232,26 @@ class Esse3Source:
             raise describe_source_error(self.institution, e) from None
         return carried
 
+    def clear_write_backs(
+        self, esis: Sequence[tuple[int, str]], badges: Sequence[tuple[int, str]], *, with_png: bool
+    ) -> tuple[int, int]:
+        """Erasure: take back the ESIs (stu_id, esi) and the cards (bdg_id, escn) esc-sync wrote, where
+        Esse3 still holds exactly those; returns how many careers and badges were cleared."""
+        try:
+            with self.engine.begin() as conn:
+                careers = badges_cleared = 0
+                if esis:
+                    stmt = text(sql("clear_esi", self.sql_dir))
+                    careers = conn.execute(stmt, [{"stu_id": s, "esi": e} for s, e in esis]).rowcount
+                if badges:
+                    params = [{"bdg_id": b, "escn": e} for b, e in badges]
+                    if with_png:
+                        conn.execute(text(sql("clear_badge_png", self.sql_dir)), params)
+                    badges_cleared = conn.execute(text(sql("clear_badge", self.sql_dir)), params).rowcount
+                return careers, badges_cleared
+        except DBAPIError as e:
+            raise describe_source_error(self.institution, e) from None
+
     def badge_cards(self, bdg_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
         """(ESCN, Router status) each badge carries in Esse3."""
         try:

@@ -145,6 +145,50 @@ def scrub(conn: Connection, institution: str, target: ErasureTarget) -> list[int
     return sorted(years)
 
 
+def years_of(conn: Connection, institution: str, pers_ids: Sequence[int]) -> set[int]:
+    """The academic years (partitions) of these persons' careers and cards."""
+    if not pers_ids:
+        return set()
+    ids = sorted(set(pers_ids))
+    careers = select(Career.academic_year).where(Career.institution == institution, Career.pers_id.in_(ids))
+    esis = select(Person.esi).where(Person.institution == institution, Person.pers_id.in_(ids))
+    cards = select(Card.academic_year).where(Card.institution == institution, Card.esi.in_(esis))
+    return {int(y) for y in conn.execute(careers.union(cards)).scalars()}
+
+
+def write_backs_of(
+    conn: Connection, institution: str, pers_id: int
+) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """What esc-sync wrote into Esse3 for this person: (stu_id, ESI) on careers, (bdg_id, ESCN) on badges."""
+    esis = conn.execute(
+        select(Career.stu_id, Career.esi_written).where(
+            Career.institution == institution, Career.pers_id == pers_id, Career.esi_written.is_not(None)
+        )
+    ).all()
+    stu_ids = select(Career.stu_id).where(Career.institution == institution, Career.pers_id == pers_id)
+    badges = conn.execute(
+        select(BadgeWriteBack.bdg_id, BadgeWriteBack.escn)
+        .join(Card, Card.escn == BadgeWriteBack.escn)
+        .where(BadgeWriteBack.institution == institution, Card.stu_id.in_(stu_ids))
+    ).all()
+    return [(int(s), str(e)) for s, e in esis], [(int(b), str(e)) for b, e in badges]
+
+
+def forget_write_backs(conn: Connection, institution: str, pers_id: int, bdg_ids: Sequence[int]) -> None:
+    """Esse3 no longer carries them: nothing of esc-sync's is left there to take back."""
+    conn.execute(
+        update(Career)
+        .where(Career.institution == institution, Career.pers_id == pers_id)
+        .values(esi_written=None)
+    )
+    if bdg_ids:
+        conn.execute(
+            delete(BadgeWriteBack).where(
+                BadgeWriteBack.institution == institution, BadgeWriteBack.bdg_id.in_(sorted(bdg_ids))
+            )
+        )
+
+
 def delete_audit_before(conn: Connection, cutoff: dt.datetime) -> int:
     return int(conn.execute(delete(ApiAudit).where(ApiAudit.at < cutoff)).rowcount or 0)
 
@@ -164,8 +208,8 @@ class Held:
         if not (self.esi_on_careers or self.escn_on_badges):
             return []
         return [
-            f"left in Esse3 (the university's to clear): CODICE_ESI on {self.esi_on_careers} career(s) "
-            f"and the ESCN on {self.escn_on_badges} badge(s), written there by esc-sync"
+            f"left in Esse3: CODICE_ESI on {self.esi_on_careers} career(s) and the ESCN on "
+            f"{self.escn_on_badges} badge(s), written there by esc-sync (--esse3 takes them back)"
         ]
 
 
