@@ -422,3 +422,32 @@ def test_erase_with_esse3_takes_back_what_esc_sync_wrote_there(world: World) -> 
     assert on_careers() == {None}
     world.sync()  # the sweep reads the career back: still erased, never registered again
     assert not world.router_has(esi=esi) and world.name_anywhere() == []
+
+
+def test_consent_given_again_registers_the_person_as_new(world: World) -> None:
+    pers_id = world.marked()
+    esi = world.person(pers_id).esi
+    old = {c.escn for c in world.cards(esi)}
+
+    def consent(flag: str | None) -> None:
+        with world.esse3.begin() as conn:
+            conn.execute(
+                text('UPDATE "P01_ANAPER" SET "CONSENSO_ESC" = :f, "DATA_MOD" = :t WHERE "PERS_ID" = :p'),
+                {"f": flag, "t": dt.datetime.now(), "p": pers_id},
+            )
+
+    consent("N")
+    world.sync()
+    assert world.retention(dt.date.today()).erased == 1 and not world.router_has(esi=esi)
+    world.sync()
+    assert not world.router_has(esi=esi)  # withdrawn consent stays withdrawn
+    consent("S")
+    world.sync()
+    assert world.router_has(esi=esi) and world.person(pers_id).erased_at is None
+    live = [c for c in world.cards(esi) if c.deleted_at is None]
+    assert live and {c.escn for c in live}.isdisjoint(old)  # new card numbers: the old ones are deleted
+    assert all(world.router_has(escn=c.escn) for c in live)
+    with world.state.connect() as conn:
+        assert conn.execute(select(Career.last_name).where(Career.pers_id == pers_id)).scalars().all() == [
+            MARK_LAST
+        ]

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, bindparam, delete, distinct, select, update
+from sqlalchemy import Connection, bindparam, delete, select, update
 
 from etl.domain.retention import CardFacts, EraseReason, ErasureTarget, PersonFacts
 from etl.domain.states import ExportStatus, SyncState
@@ -116,21 +116,20 @@ def scrub(conn: Connection, institution: str, target: ErasureTarget) -> list[int
     )
     cards = select(Card.escn).where(Card.institution == institution, Card.esi == target.esi)
     conn.execute(delete(QrImage).where(QrImage.escn.in_(cards)))
-    conn.execute(
-        update(Card)
-        .where(Card.institution == institution, Card.esi == target.esi, Card.deleted_at.is_(None))
-        .values(deleted_at=now)
-    )
+    # Deleted cards are also retired: out of their badge's way, should consent bring the badge back.
+    theirs_now = (Card.institution == institution) & (Card.esi == target.esi)
+    conn.execute(update(Card).where(theirs_now, Card.deleted_at.is_(None)).values(deleted_at=now))
+    conn.execute(update(Card).where(theirs_now, Card.retired_at.is_(None)).values(retired_at=now))
     person = (Person.institution == institution) & (Person.esi == target.esi)
     conn.execute(update(Person).where(person).values(erased_at=now))
     theirs = (Card.institution == institution) & (Card.esi == target.esi)
-    years = {int(y) for y in conn.execute(select(distinct(Card.academic_year)).where(theirs)).scalars()}
+    years = {int(y) for y in conn.execute(select(Card.academic_year).distinct().where(theirs)).scalars()}
     years |= {
         int(y)
         for y in conn.execute(
-            select(distinct(Career.academic_year)).where(
-                Career.institution == institution, Career.pers_id == target.pers_id
-            )
+            select(Career.academic_year)
+            .distinct()
+            .where(Career.institution == institution, Career.pers_id == target.pers_id)
         ).scalars()
     }
     conn.execute(
