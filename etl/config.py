@@ -24,6 +24,7 @@ from etl.domain.retention import RETENTION_KEYS, RetentionPolicy
 from etl.domain.source_reads import ReadPolicy
 from etl.domain.source_values import DEFAULT_FUTURE_SKEW
 from etl.errors import ConfigError
+from etl.wallet.apple import AppleWalletConfig
 
 CLOSING_CATEGORIES = ("graduated", "withdrawn", "lapsed", "transferred", "deceased", "other")
 PERSON_KEYS = ("PERS_ID",)
@@ -53,6 +54,7 @@ class Ateneo:
     escn_prefix: int = 1  # the 3-digit server prefix in the node of the ESCNs esc-sync mints
     write_back_badge: bool = False  # ESCN, QR payload, status onto P01_BADGE (the site adds columns)
     write_back_qr_png: bool = False  # ... and the QR image
+    apple_wallet: AppleWalletConfig | None = None  # [atenei.apple_wallet]: Apple Wallet passes
 
     def router_api_key(self) -> str | None:
         return os.environ.get(self.router_api_key_env) or None
@@ -184,7 +186,7 @@ ATENEO_KEYS = frozenset(
     (
         *("code", "name", "pic", "schac_home_organization", "person_key", "esse3_url"),
         *("router_api_key_env", "consent", "prints_physical_badges", "finalised", "closing_reasons"),
-        *("escn_prefix", "write_back_badge", "write_back_qr_png"),
+        *("escn_prefix", "write_back_badge", "write_back_qr_png", "apple_wallet"),
     )
 )
 FINALISED_KEYS = frozenset(("statuses", "require_enrolment_date"))
@@ -395,6 +397,9 @@ def _parse_ateneo(a: dict[str, Any], index: int, home: Path) -> Ateneo:
         escn_prefix=escn_prefix,
         write_back_badge=_flag(a, "write_back_badge", who),
         write_back_qr_png=_flag(a, "write_back_qr_png", who),
+        apple_wallet=AppleWalletConfig.from_mapping(a["apple_wallet"], who, home)
+        if "apple_wallet" in a
+        else None,
     )
 
 

@@ -14,14 +14,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from etl.domain.states import CardStatus
 from etl.errors import ConfigError
 from etl.wallet.apple import PassCard, PassSigner, build_pkpass, pass_images, pass_json
+from tests.fixtures.wallet import KEY_PASSWORD, make_chain
 
 ESCN = "25474cc0-ddff-103f-8000-001999912345"
 CARD = PassCard(
@@ -39,55 +36,20 @@ REQUIRED = {
 }  # fmt: skip
 
 
-def _cert(
-    subject: str, key: rsa.RSAPrivateKey, issuer: tuple[str, rsa.RSAPrivateKey] | None, ca: bool
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]) if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False
-        )
-    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("apple-chain")
-    keys = {
-        n: rsa.generate_private_key(public_exponent=65537, key_size=2048) for n in ("root", "wwdr", "pass")
-    }
-    root = _cert("Test Apple Root CA", keys["root"], None, ca=True)
-    wwdr = _cert("Test WWDR G4", keys["wwdr"], ("Test Apple Root CA", keys["root"]), ca=True)
-    leaf = _cert("Pass Type ID: pass.it.unipa.esc", keys["pass"], ("Test WWDR G4", keys["wwdr"]), ca=False)
-    files = {}
-    for name, cert in (("root", root), ("wwdr", wwdr), ("pass", leaf)):
-        files[name] = d / f"{name}.pem"
-        files[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files["key"] = d / "pass.key"
-    files["key"].write_bytes(
-        keys["pass"].private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"secret"),
-        )
-    )  # fmt: skip
-    return files
+    return make_chain(tmp_path_factory.mktemp("apple-chain"))
 
 
 @pytest.fixture(scope="module")
 def signer(chain: dict[str, Path]) -> PassSigner:
     return PassSigner.from_files(
-        "pass.it.unipa.esc", "ABCDE12345", chain["pass"], chain["key"], chain["wwdr"], key_password=b"secret"
+        "pass.it.unipa.esc",
+        "ABCDE12345",
+        chain["pass"],
+        chain["key"],
+        chain["wwdr"],
+        key_password=KEY_PASSWORD,
     )
 
 
@@ -168,7 +130,7 @@ def test_unreadable_certificates_are_one_line(chain: dict[str, Path], tmp_path: 
         PassSigner.from_files("p", "t", chain["pass"], chain["key"], chain["wwdr"], key_password=b"wrong")
     with pytest.raises(ValueError, match=r"icon\.png"):
         build_pkpass({}, {}, PassSigner.from_files(
-            "p", "t", chain["pass"], chain["key"], chain["wwdr"], key_password=b"secret"))  # fmt: skip
+            "p", "t", chain["pass"], chain["key"], chain["wwdr"], key_password=KEY_PASSWORD))  # fmt: skip
 
 
 def test_the_university_logo_makes_the_icon(signer: PassSigner) -> None:

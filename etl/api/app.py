@@ -27,6 +27,7 @@ from etl.config import Settings
 from etl.errors import EscSyncError
 from etl.render.logo import load_logo
 from etl.store.db import make_engine
+from etl.wallet.apple import pass_images
 
 PUBLIC_PATHS = frozenset({"/v1/health"})
 # Swagger UI's own files, shipped by a package: the docs page loads nothing from a CDN.
@@ -78,6 +79,10 @@ def create_app(
         today=today,
         audit=AuditTrail(engine),
     )
+    # Apple Wallet: each configured university's signer, loaded once (a bad file stops here, one line).
+    ctx.wallet_signers = {a.code: a.apple_wallet.signer() for a in settings.atenei if a.apple_wallet}
+    if ctx.wallet_signers:
+        ctx.pass_images = pass_images(ctx.logo_png)
     if public_url or settings.api_public_url:
         ctx.public_url = _with_slash(public_url or settings.api_public_url or "")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from sqlalchemy import Engine
@@ -14,6 +14,7 @@ from etl.api.auth import Authenticator
 from etl.api.files import FileVerifier
 from etl.api.hot_reads import HotReader
 from etl.config import Settings
+from etl.wallet.apple import PassSigner
 
 
 @dataclass
@@ -29,6 +30,8 @@ class ApiContext:
     feed_settle: dt.timedelta
     today: Callable[[], dt.date]
     audit: AuditTrail
+    wallet_signers: dict[str, PassSigner] = field(default_factory=dict)  # university → its Pass Type ID
+    pass_images: dict[str, bytes] = field(default_factory=dict)  # icon and logo of every pass
     # Links in answers start with this, never with the request's Host header (a client could make
     # the service hand out links to its own host).
     public_url: str = "http://127.0.0.1:8000/"

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from etl.api.auth import Principal, require
 from etl.api.context import ApiContext, ctx_of
-from etl.api.errors import not_found
+from etl.api.errors import ApiError, not_found
 from etl.api.params import ESCN_PATTERN, MATRICOLA_PATTERN, UNIVERSITY_PATTERN
 from etl.api.ranges import etag_matches
 from etl.api.schemas import BadgeOut, error_responses
@@ -27,6 +27,7 @@ from etl.render.badge_html import render_badge_html
 from etl.render.badge_pdf import render_badge_pdf
 from etl.render.badge_source import badge_view, qr_images
 from etl.render.qr import QrImages
+from etl.wallet.apple import PassCard, build_pkpass, pass_json
 
 router = APIRouter(tags=["badges"])
 
@@ -223,6 +224,61 @@ async def student_qr_route(
     return _qr_response(
         request, qr_images(row.escn, ctx.settings.qr_base_url, row.payload, row.png, row.svg), image
     )
+
+
+# --- Apple Wallet ---------------------------------------------------------------------------------
+
+PKPASS = "application/vnd.apple.pkpass"
+_PASS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {PKPASS: {}}, "description": "the card as a signed Apple Wallet pass"},
+    **error_responses(401, 403, 404, 422, 429, 503),
+}
+
+
+async def _pass_response(ctx: ApiContext, row: Any) -> Response:
+    signer = ctx.wallet_signers.get(row.institution)
+    name = ctx.university_names.get(row.institution)
+    if signer is None or name is None:
+        raise ApiError(404, "wallet_not_configured", "this university issues no Apple Wallet pass")
+    view = badge_view(row, name, ctx.settings.qr_base_url, ctx.today())
+    card = PassCard(
+        view.escn, view.qr_payload, view.full_name, name, view.expires_at, view.status, view.academic_year
+    )
+    body = await run_in_threadpool(build_pkpass, pass_json(card, signer), ctx.pass_images, signer)
+    headers = {**PERSONAL, "Content-Disposition": f'attachment; filename="esc-{row.escn}.pkpass"'}
+    return Response(body, media_type=PKPASS, headers=headers)
+
+
+@router.get(
+    "/v1/cards/{escn}/pass.pkpass",
+    response_class=Response,
+    responses=_PASS_RESPONSES,
+    summary="The card as an Apple Wallet pass (its ESC QR; voided once the card is not ACTIVE)",
+)
+async def card_pass_route(request: Request, principal: BadgeReader, escn: Escn) -> Response:
+    ctx = ctx_of(request)
+    row = await ctx.reader.card_by_escn(escn)
+    if row is None or not principal.sees(row.institution):
+        raise not_found("card")
+    return await _pass_response(ctx, row)
+
+
+@router.get(
+    "/v1/universities/{university}/students/{matricola}/pass.pkpass",
+    response_class=Response,
+    responses=_PASS_RESPONSES,
+    summary="A student's current card as an Apple Wallet pass",
+)
+async def student_pass_route(
+    request: Request, principal: StudentReader, university: University, matricola: Matricola
+) -> Response:
+    ctx = ctx_of(request)
+    if not principal.sees(university):
+        raise not_found("student")
+    row = await ctx.reader.card_by_matricola(university, matricola)
+    if row is None:
+        raise not_found("student")
+    return await _pass_response(ctx, row)
 
 
 # Lookups of one card or student: their answers feed the not-found watch (etl.api.throttles).

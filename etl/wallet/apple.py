@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -202,3 +203,54 @@ def pass_images(logo_png: bytes | None) -> dict[str, bytes]:
         "icon.png": png((29, 29)), "icon@2x.png": png((58, 58)),
         "logo.png": png((50, 50)), "logo@2x.png": png((100, 100)),
     }  # fmt: skip
+
+
+APPLE_KEYS = frozenset(
+    ("pass_type_id", "team_id", "certificate", "key", "wwdr_certificate", "key_password_env")
+)
+
+
+@dataclass(frozen=True)
+class AppleWalletConfig:
+    """``[atenei.apple_wallet]``: the Pass Type ID and team from Apple's developer account; the PEM
+    files of the certificate, its key and Apple's WWDR intermediate are named here, never held here
+    (the key's password, if any, comes from the environment variable ``key_password_env`` names)."""
+
+    pass_type_id: str
+    team_id: str
+    certificate: Path
+    key: Path
+    wwdr_certificate: Path
+    key_password_env: str | None = None
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], who: str, home: Path) -> AppleWalletConfig:
+        where = f"{who}: apple_wallet"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: must be a table")
+        unknown = sorted(set(raw) - APPLE_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(APPLE_KEYS))})"
+            )
+
+        def text(name: str) -> str:
+            value = raw.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{where}: field {name}: must be a non-empty string")
+            return value.strip()
+
+        password_env = raw.get("key_password_env")
+        if password_env is not None and (not isinstance(password_env, str) or not password_env.isupper()):
+            raise ConfigError(f"{where}: field key_password_env: the NAME of an environment variable")
+        paths = {
+            n: Path(text(n).replace("{home}", str(home))) for n in ("certificate", "key", "wwdr_certificate")
+        }
+        return cls(text("pass_type_id"), text("team_id"), **paths, key_password_env=password_env)
+
+    def signer(self) -> PassSigner:
+        password = os.environ.get(self.key_password_env) if self.key_password_env else None
+        return PassSigner.from_files(
+            self.pass_type_id, self.team_id, self.certificate, self.key, self.wwdr_certificate,
+            key_password=password.encode() if password else None,
+        )  # fmt: skip

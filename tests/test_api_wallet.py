@@ -1,0 +1,149 @@
+"""The card as an Apple Wallet pass from the REST service (issue 24, item 3, Apple part): the badge
+routes' token rules, a signed pass of the card's QR, voided once the card is not ACTIVE, and a
+university without a Pass Type ID answering so."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from etl.api.app import create_app
+from etl.api.tokens import NewToken, create_token
+from etl.errors import ConfigError
+from etl.store.db import make_engine
+from etl.store.migrate import upgrade
+from etl.store.models import Card
+from etl.wallet.apple import AppleWalletConfig
+from tests.api_seed import LiveServer, SeededCard, seed_cards
+from tests.fixtures.wallet import make_chain
+from tests.fixtures.world import demo_settings
+
+
+@dataclass
+class World:
+    http: httpx.Client
+    unipa: list[SeededCard]
+    unife: list[SeededCard]
+    tokens: dict[str, NewToken]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    home = tmp_path_factory.mktemp("wallet")
+    chain = make_chain(home)
+    settings = demo_settings(home, f"sqlite:///{home / 'state.sqlite'}")
+    apple = AppleWalletConfig(
+        "pass.it.unipa.esc",
+        "ABCDE12345",
+        chain["pass"],
+        chain["key"],
+        chain["wwdr"],
+        "TEST_PASS_KEY_PASSWORD",
+    )
+    settings = replace(
+        settings,
+        atenei=tuple(replace(a, apple_wallet=apple) if a.code == "unipa" else a for a in settings.atenei),
+    )
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    unipa, unife = (
+        seed_cards(engine, settings, "unipa", 3),
+        seed_cards(engine, settings, "unife", 2, first_stu_id=50),
+    )
+    with engine.begin() as conn:
+        conn.execute(update(Card).where(Card.escn == unipa[2].escn).values(desired_status="INACTIVE"))
+
+    def token(scopes: list[str], codes: list[str]) -> NewToken:
+        return create_token(
+            engine, name="w", scopes=scopes, institutions=codes, known_institutions=settings.codes
+        )
+
+    tokens = {
+        "app_pa": token(["badges:read"], ["unipa"]), "app_fe": token(["badges:read"], ["unife"]),
+        "vendor_pa": token(["exports:read"], ["unipa"]),
+    }  # fmt: skip
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TEST_PASS_KEY_PASSWORD", "secret")
+    try:
+        app = create_app(settings, engine, today=lambda: dt.date(2026, 1, 15))
+        with LiveServer(app) as server, httpx.Client(base_url=server.url, trust_env=False) as http:
+            yield World(http, unipa, unife, tokens)
+    finally:
+        mp.undo()
+        engine.dispose()
+
+
+def get(world: World, path: str, token: str) -> httpx.Response:
+    return world.http.get(path, headers={"Authorization": f"Bearer {world.tokens[token].token}"})
+
+
+def pass_body(r: httpx.Response) -> dict:
+    with zipfile.ZipFile(io.BytesIO(r.content)) as archive:
+        assert {"pass.json", "manifest.json", "signature", "icon.png"} <= set(archive.namelist())
+        return json.loads(archive.read("pass.json"))
+
+
+def test_a_card_and_a_student_as_a_pass(world: World) -> None:
+    card = world.unipa[0]
+    for path in (
+        f"/v1/cards/{card.escn}/pass.pkpass",
+        f"/v1/universities/unipa/students/{card.matricola}/pass.pkpass",
+    ):
+        r = get(world, path, "app_pa")
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/vnd.apple.pkpass"
+        assert (
+            r.headers["cache-control"] == "no-store"
+            and f"esc-{card.escn}.pkpass" in r.headers["content-disposition"]
+        )
+        body = pass_body(r)
+        assert body["serialNumber"] == card.escn and body["barcodes"][0]["message"].endswith(card.escn)
+        assert body["voided"] is False and body["passTypeIdentifier"] == "pass.it.unipa.esc"
+
+
+def test_an_inactive_card_gives_a_voided_pass(world: World) -> None:
+    body = pass_body(get(world, f"/v1/cards/{world.unipa[2].escn}/pass.pkpass", "app_pa"))
+    assert body["voided"] is True
+
+
+def test_the_badge_routes_token_rules_hold(world: World) -> None:
+    card = world.unipa[0]
+    assert (
+        get(world, f"/v1/cards/{card.escn}/pass.pkpass", "app_fe").status_code == 404
+    )  # another university's
+    assert (
+        get(world, f"/v1/cards/{card.escn}/pass.pkpass", "vendor_pa").status_code == 403
+    )  # not a badge token
+    r = world.http.get(f"/v1/cards/{card.escn}/pass.pkpass")
+    assert r.status_code == 401
+    assert (
+        get(world, "/v1/cards/00000000-0000-1000-8000-001999912345/pass.pkpass", "app_pa").status_code == 404
+    )
+
+
+def test_a_university_without_a_pass_type_id_says_so(world: World) -> None:
+    r = get(world, f"/v1/cards/{world.unife[0].escn}/pass.pkpass", "app_fe")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "wallet_not_configured"
+
+
+def test_the_apple_wallet_table_is_validated(tmp_path: Path) -> None:
+    good = {"pass_type_id": "pass.x", "team_id": "T", "certificate": "{home}/c.pem", "key": "k.pem",
+            "wwdr_certificate": "w.pem"}  # fmt: skip
+    assert AppleWalletConfig.from_mapping(good, "university x", tmp_path).certificate == tmp_path / "c.pem"
+    for bad, field in (({**good, "team_id": ""}, "team_id"), ({**good, "p12": "x"}, "unknown key"),
+                       ({**good, "key_password_env": "secret!"}, "key_password_env")):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"university x: apple_wallet: .*{field}"):
+            AppleWalletConfig.from_mapping(bad, "university x", tmp_path)
+    settings = demo_settings(tmp_path, "sqlite://")
+    with pytest.raises(ConfigError, match=r"apple wallet: .*c\.pem: No such file"):
+        AppleWalletConfig.from_mapping(good, "university x", tmp_path).signer()
+    assert all(a.apple_wallet is None for a in settings.atenei)
