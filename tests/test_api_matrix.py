@@ -21,7 +21,9 @@ from etl.api.tokens import create_token, revoke_token
 from etl.domain.api_policy import ApiPolicy
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
+from etl.wallet.apple import AppleWalletConfig
 from tests.api_seed import LiveServer, SeededCard, export_rows, seed_cards, seed_export
+from tests.fixtures.wallet import make_chain
 from tests.fixtures.world import demo_settings
 
 A, B = "unife", "unipa"
@@ -31,7 +33,7 @@ _401 = (401, 401)
 ALL_401 = {
     "list": _401, "parquet": _401, "zip": _401, "feed": _401, "card_json": _401, "card_html": _401,
     "card_pdf": _401, "student_json": _401, "student_qr": _401, "qr_png": _401, "qr_svg": _401,
-    "health": (200, 200),
+    "card_pass": _401, "student_pass": _401, "health": (200, 200),
 }  # fmt: skip
 EXPECTED: dict[str, dict[str, tuple[int, int]]] = {
     "none": ALL_401,
@@ -43,24 +45,28 @@ EXPECTED: dict[str, dict[str, tuple[int, int]]] = {
         "card_json": (403, 403), "card_html": (403, 403), "card_pdf": (403, 403),
         "student_json": (403, 403), "student_qr": (403, 403),
         "qr_png": (200, 404), "qr_svg": (200, 404), "health": (200, 200),
+        "card_pass": (403, 403), "student_pass": (403, 403),
     },
     "exports_B": {
         "list": (403, 200), "parquet": (404, 200), "zip": (404, 200), "feed": (403, 200),
         "card_json": (403, 403), "card_html": (403, 403), "card_pdf": (403, 403),
         "student_json": (403, 403), "student_qr": (403, 403),
         "qr_png": (404, 200), "qr_svg": (404, 200), "health": (200, 200),
+        "card_pass": (403, 403), "student_pass": (403, 403),
     },
     "badges_A": {
         "list": (403, 403), "parquet": (403, 403), "zip": (403, 403), "feed": (403, 403),
         "card_json": (200, 404), "card_html": (200, 404), "card_pdf": (200, 404),
         "student_json": (200, 404), "student_qr": (200, 404),
         "qr_png": (200, 404), "qr_svg": (200, 404), "health": (200, 200),
+        "card_pass": (200, 404), "student_pass": (200, 404),
     },
     "both_AB": {
         "list": (200, 200), "parquet": (200, 200), "zip": (200, 200), "feed": (200, 200),
         "card_json": (200, 200), "card_html": (200, 200), "card_pdf": (200, 200),
         "student_json": (200, 200), "student_qr": (200, 200),
         "qr_png": (200, 200), "qr_svg": (200, 200), "health": (200, 200),
+        "card_pass": (200, 200), "student_pass": (200, 200),
     },
 }  # fmt: skip
 ENDPOINTS = {
@@ -75,6 +81,8 @@ ENDPOINTS = {
     "student_qr": "/v1/universities/{u}/students/{matricola}/qr.svg",
     "qr_png": "/v1/cards/{escn}/qr.png",
     "qr_svg": "/v1/cards/{escn}/qr.svg",
+    "card_pass": "/v1/cards/{escn}/pass.pkpass",
+    "student_pass": "/v1/universities/{u}/students/{matricola}/pass.pkpass",
     "health": "/v1/health",
 }
 # What a really missing resource of each endpoint answers: a 404 of another university must match it.
@@ -88,6 +96,8 @@ MISSING = {
     "student_qr": "/v1/universities/{u}/students/M0/qr.svg",
     "qr_png": "/v1/cards/{unknown_escn}/qr.png",
     "qr_svg": "/v1/cards/{unknown_escn}/qr.svg",
+    "card_pass": "/v1/cards/{unknown_escn}/pass.pkpass",
+    "student_pass": "/v1/universities/{u}/students/M0/pass.pkpass",
 }
 
 
@@ -115,6 +125,9 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     db_url = f"sqlite:///{home / 'state.sqlite'}"
     # 16 kinds of credential, many bad on purpose: the failed-authentication throttle is tested apart.
     settings = replace(demo_settings(home, db_url), api=ApiPolicy(failed_auth_per_minute=100_000))
+    chain = make_chain(home, password=None)  # every university issues Apple Wallet passes here
+    apple = AppleWalletConfig("pass.test.esc", "TEAM", chain["pass"], chain["key"], chain["wwdr"])
+    settings = replace(settings, atenei=tuple(replace(a, apple_wallet=apple) for a in settings.atenei))
     engine = make_engine(db_url)
     upgrade(engine)
     cards = {A: seed_cards(engine, settings, A, 3), B: seed_cards(engine, settings, B, 3, first_stu_id=100)}
@@ -189,6 +202,7 @@ def test_every_operation_is_in_the_matrix(http: httpx.Client) -> None:
         "/v1/cards/{escn}/badge", "/v1/cards/{escn}/badge.{format}", "/v1/cards/{escn}/qr.{image}",
         "/v1/universities/{university}/students/{matricola}/badge",
         "/v1/universities/{university}/students/{matricola}/qr.{image}", "/v1/health",
+        "/v1/cards/{escn}/pass.pkpass", "/v1/universities/{university}/students/{matricola}/pass.pkpass",
     }  # fmt: skip
     # badge.{format} of a student answers exactly like ?format= (test_api checks they agree).
     covered.add("/v1/universities/{university}/students/{matricola}/badge.{format}")

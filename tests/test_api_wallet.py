@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import Engine, update
 
 from etl.api.app import create_app
 from etl.api.tokens import NewToken, create_token
@@ -31,6 +31,7 @@ from tests.fixtures.world import demo_settings
 @dataclass
 class World:
     http: httpx.Client
+    engine: Engine
     unipa: list[SeededCard]
     unife: list[SeededCard]
     tokens: dict[str, NewToken]
@@ -73,10 +74,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     }  # fmt: skip
     mp = pytest.MonkeyPatch()
     mp.setenv("TEST_PASS_KEY_PASSWORD", "secret")
+    mp.setenv("ESC_SYNC_WALLET_SECRET", "a-deployment-secret-for-tests")
     try:
         app = create_app(settings, engine, today=lambda: dt.date(2026, 1, 15))
         with LiveServer(app) as server, httpx.Client(base_url=server.url, trust_env=False) as http:
-            yield World(http, unipa, unife, tokens)
+            yield World(http, engine, unipa, unife, tokens)
     finally:
         mp.undo()
         engine.dispose()
@@ -147,3 +149,49 @@ def test_the_apple_wallet_table_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"apple wallet: .*c\.pem: No such file"):
         AppleWalletConfig.from_mapping(good, "university x", tmp_path).signer()
     assert all(a.apple_wallet is None for a in settings.atenei)
+
+
+def test_apples_web_service_keeps_a_device_in_step_with_the_card(world: World) -> None:
+    card = world.unipa[1]
+    body = pass_body(get(world, f"/v1/cards/{card.escn}/pass.pkpass", "app_pa"))
+    token, base = body["authenticationToken"], body["webServiceURL"]
+    assert len(token) >= 16 and base.endswith("/apple/")
+    path = base.split("://", 1)[1].split("/", 1)[1]  # the service's path on this server
+    reg = f"/{path}v1/devices/device-1/registrations/pass.it.unipa.esc/{card.escn}"
+    apple = {"Authorization": f"ApplePass {token}"}
+    push = {"pushToken": "a" * 64}
+    assert (
+        world.http.post(
+            reg, json=push, headers={"Authorization": "ApplePass wrong-token-0000000"}
+        ).status_code
+        == 401
+    )
+    assert world.http.post(reg, json=push, headers=apple).status_code == 201
+    assert world.http.post(reg, json=push, headers=apple).status_code == 200  # already registered
+    changed = world.http.get(f"/{path}v1/devices/device-1/registrations/pass.it.unipa.esc")
+    assert changed.status_code == 200 and changed.json()["serialNumbers"] == [card.escn]
+    tag = changed.json()["lastUpdated"]
+    since = {"passesUpdatedSince": tag}
+    assert (
+        world.http.get(
+            f"/{path}v1/devices/device-1/registrations/pass.it.unipa.esc", params=since
+        ).status_code
+        == 204
+    )
+    latest = world.http.get(f"/{path}v1/passes/pass.it.unipa.esc/{card.escn}", headers=apple)
+    assert latest.status_code == 200 and pass_body(latest)["voided"] is False
+    again = {**apple, "If-Modified-Since": latest.headers["last-modified"]}
+    assert world.http.get(f"/{path}v1/passes/pass.it.unipa.esc/{card.escn}", headers=again).status_code == 304
+    # The card goes INACTIVE: the device learns it changed, and its new pass is voided.
+    later = dt.datetime.fromisoformat(tag) + dt.timedelta(seconds=5)
+    with world.engine.begin() as conn:
+        conn.execute(
+            update(Card).where(Card.escn == card.escn).values(desired_status="INACTIVE", changed_at=later)
+        )
+    changed = world.http.get(f"/{path}v1/devices/device-1/registrations/pass.it.unipa.esc", params=since)
+    assert changed.status_code == 200 and changed.json()["serialNumbers"] == [card.escn]
+    latest = world.http.get(f"/{path}v1/passes/pass.it.unipa.esc/{card.escn}", headers=again)
+    assert latest.status_code == 200 and pass_body(latest)["voided"] is True
+    assert world.http.post(f"/{path}v1/log", json={"logs": ["something"]}).status_code == 200
+    assert world.http.delete(reg, headers=apple).status_code == 200
+    assert world.http.get(f"/{path}v1/devices/device-1/registrations/pass.it.unipa.esc").status_code == 204

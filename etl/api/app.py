@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from etl.api import routes_badges, routes_exports, routes_feed, routes_health
+from etl.api import routes_apple_wallet, routes_badges, routes_exports, routes_feed, routes_health
 from etl.api.audit import AuditMiddleware, AuditTrail
 from etl.api.auth import BEARER_SCHEME, Authenticator
 from etl.api.context import ApiContext
@@ -30,6 +31,7 @@ from etl.store.db import make_engine
 from etl.wallet.apple import pass_images
 
 PUBLIC_PATHS = frozenset({"/v1/health"})
+WALLET_SECRET_ENV = "ESC_SYNC_WALLET_SECRET"  # enables Apple's pass web service (routes_apple_wallet)
 # Swagger UI's own files, shipped by a package: the docs page loads nothing from a CDN.
 SWAGGER_FILES = Path(fastapi_offline.__file__).parent / "static"
 DESCRIPTION = """\
@@ -83,6 +85,8 @@ def create_app(
     ctx.wallet_signers = {a.code: a.apple_wallet.signer() for a in settings.atenei if a.apple_wallet}
     if ctx.wallet_signers:
         ctx.pass_images = pass_images(ctx.logo_png)
+        secret = os.environ.get(WALLET_SECRET_ENV)
+        ctx.wallet_secret = secret.encode() if secret else None
     if public_url or settings.api_public_url:
         ctx.public_url = _with_slash(public_url or settings.api_public_url or "")
 
@@ -133,7 +137,7 @@ def create_app(
         )
 
     # Routes are matched in order: the hot badge and QR routes first.
-    for module in (routes_badges, routes_health, routes_exports, routes_feed):
+    for module in (routes_badges, routes_health, routes_exports, routes_feed, routes_apple_wallet):
         app.include_router(module.router)
     app.openapi = lambda: _openapi_with_bearer(app)  # type: ignore[method-assign]
     return app

@@ -32,6 +32,7 @@ class ApiContext:
     audit: AuditTrail
     wallet_signers: dict[str, PassSigner] = field(default_factory=dict)  # university → its Pass Type ID
     pass_images: dict[str, bytes] = field(default_factory=dict)  # icon and logo of every pass
+    wallet_secret: bytes | None = None  # ESC_SYNC_WALLET_SECRET: Apple's pass web service on
     # Links in answers start with this, never with the request's Host header (a client could make
     # the service hand out links to its own host).
     public_url: str = "http://127.0.0.1:8000/"

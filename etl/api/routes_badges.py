@@ -27,7 +27,7 @@ from etl.render.badge_html import render_badge_html
 from etl.render.badge_pdf import render_badge_pdf
 from etl.render.badge_source import badge_view, qr_images
 from etl.render.qr import QrImages
-from etl.wallet.apple import PassCard, build_pkpass, pass_json
+from etl.wallet.apple import PassCard, build_pkpass, pass_auth_token, pass_json
 
 router = APIRouter(tags=["badges"])
 
@@ -235,7 +235,7 @@ _PASS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _pass_response(ctx: ApiContext, row: Any) -> Response:
+async def pass_response(ctx: ApiContext, row: Any) -> Response:
     signer = ctx.wallet_signers.get(row.institution)
     name = ctx.university_names.get(row.institution)
     if signer is None or name is None:
@@ -244,7 +244,11 @@ async def _pass_response(ctx: ApiContext, row: Any) -> Response:
     card = PassCard(
         view.escn, view.qr_payload, view.full_name, name, view.expires_at, view.status, view.academic_year
     )
-    body = await run_in_threadpool(build_pkpass, pass_json(card, signer), ctx.pass_images, signer)
+    service: dict[str, str] = {}
+    if ctx.wallet_secret is not None:  # devices fetch the pass again when the card changes
+        token = pass_auth_token(ctx.wallet_secret, signer.pass_type_identifier, row.escn)
+        service = {"authentication_token": token, "web_service_url": f"{ctx.public_url}apple/"}
+    body = await run_in_threadpool(build_pkpass, pass_json(card, signer, **service), ctx.pass_images, signer)
     headers = {**PERSONAL, "Content-Disposition": f'attachment; filename="esc-{row.escn}.pkpass"'}
     return Response(body, media_type=PKPASS, headers=headers)
 
@@ -260,7 +264,7 @@ async def card_pass_route(request: Request, principal: BadgeReader, escn: Escn) 
     row = await ctx.reader.card_by_escn(escn)
     if row is None or not principal.sees(row.institution):
         raise not_found("card")
-    return await _pass_response(ctx, row)
+    return await pass_response(ctx, row)
 
 
 @router.get(
@@ -278,7 +282,7 @@ async def student_pass_route(
     row = await ctx.reader.card_by_matricola(university, matricola)
     if row is None:
         raise not_found("student")
-    return await _pass_response(ctx, row)
+    return await pass_response(ctx, row)
 
 
 # Lookups of one card or student: their answers feed the not-found watch (etl.api.throttles).

@@ -11,7 +11,17 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 
 from etl.domain.retention import CardFacts, EraseReason, ErasureTarget, PersonFacts
 from etl.domain.states import ExportStatus, SyncState
-from etl.store.models import ApiAudit, BadgeWriteBack, Card, Career, Export, Person, QrImage, utcnow
+from etl.store.models import (
+    ApiAudit,
+    BadgeWriteBack,
+    Card,
+    Career,
+    Export,
+    Person,
+    QrImage,
+    WalletRegistration,
+    utcnow,
+)
 
 _AT_ROUTER = (SyncState.REGISTERED, SyncState.PENDING, SyncState.FAILED)  # sent, or maybe sent
 
@@ -116,6 +126,7 @@ def scrub(conn: Connection, institution: str, target: ErasureTarget) -> list[int
     )
     cards = select(Card.escn).where(Card.institution == institution, Card.esi == target.esi)
     conn.execute(delete(QrImage).where(QrImage.escn.in_(cards)))
+    conn.execute(delete(WalletRegistration).where(WalletRegistration.serial_number.in_(cards)))
     # Deleted cards are also retired: out of their badge's way, should consent bring the badge back.
     theirs_now = (Card.institution == institution) & (Card.esi == target.esi)
     conn.execute(update(Card).where(theirs_now, Card.deleted_at.is_(None)).values(deleted_at=now))

@@ -457,3 +457,19 @@ class ApiAudit(Base):
     institution: Mapped[str | None] = mapped_column(String(32))  # the university read, when one is
 
     __table_args__ = (Index("ix_api_audit_token", "token_id", "at"),)
+
+
+class WalletRegistration(Base):
+    """A device holding a card's Apple Wallet pass (Apple's pass web service registers it), so the
+    device can ask which of its passes changed. The push token is the device's: dropped with the card
+    when its holder is erased."""
+
+    __tablename__ = "wallet_registrations"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pass_type_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    serial_number: Mapped[str] = mapped_column(String(36), primary_key=True)  # the card's ESCN
+    push_token: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_wallet_registrations_serial", "serial_number"),)

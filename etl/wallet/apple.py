@@ -14,8 +14,10 @@ The barcode is the card's ESC QR: its message is the verifier URL the printed ba
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -254,3 +256,14 @@ class AppleWalletConfig:
             self.pass_type_id, self.team_id, self.certificate, self.key, self.wwdr_certificate,
             key_password=password.encode() if password else None,
         )  # fmt: skip
+
+
+def pass_auth_token(secret: bytes, pass_type_id: str, serial: str) -> str:
+    """The pass's ``authenticationToken`` for Apple's web service: an HMAC of the pass's identity under
+    the deployment's secret (``ESC_SYNC_WALLET_SECRET``), so nothing is stored and it cannot be guessed."""
+    mac = hmac.new(secret, f"{pass_type_id}\n{serial}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
+
+
+def token_matches(secret: bytes, pass_type_id: str, serial: str, token: str) -> bool:
+    return hmac.compare_digest(pass_auth_token(secret, pass_type_id, serial), token)
