@@ -25,6 +25,7 @@ from etl.domain.source_reads import ReadPolicy
 from etl.domain.source_values import DEFAULT_FUTURE_SKEW
 from etl.errors import ConfigError
 from etl.wallet.apple import AppleWalletConfig
+from etl.wallet.google import GoogleWalletConfig
 
 CLOSING_CATEGORIES = ("graduated", "withdrawn", "lapsed", "transferred", "deceased", "other")
 PERSON_KEYS = ("PERS_ID",)
@@ -55,6 +56,7 @@ class Ateneo:
     write_back_badge: bool = False  # ESCN, QR payload, status onto P01_BADGE (the site adds columns)
     write_back_qr_png: bool = False  # ... and the QR image
     apple_wallet: AppleWalletConfig | None = None  # [atenei.apple_wallet]: Apple Wallet passes
+    google_wallet: GoogleWalletConfig | None = None  # [atenei.google_wallet]: Google Wallet passes
 
     def router_api_key(self) -> str | None:
         return os.environ.get(self.router_api_key_env) or None
@@ -186,7 +188,7 @@ ATENEO_KEYS = frozenset(
     (
         *("code", "name", "pic", "schac_home_organization", "person_key", "esse3_url"),
         *("router_api_key_env", "consent", "prints_physical_badges", "finalised", "closing_reasons"),
-        *("escn_prefix", "write_back_badge", "write_back_qr_png", "apple_wallet"),
+        *("escn_prefix", "write_back_badge", "write_back_qr_png", "apple_wallet", "google_wallet"),
     )
 )
 FINALISED_KEYS = frozenset(("statuses", "require_enrolment_date"))
@@ -400,6 +402,9 @@ def _parse_ateneo(a: dict[str, Any], index: int, home: Path) -> Ateneo:
         apple_wallet=AppleWalletConfig.from_mapping(a["apple_wallet"], who, home)
         if "apple_wallet" in a
         else None,
+        google_wallet=(
+            GoogleWalletConfig.from_mapping(a["google_wallet"], who, home) if "google_wallet" in a else None
+        ),
     )
 
 

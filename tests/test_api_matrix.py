@@ -22,8 +22,9 @@ from etl.domain.api_policy import ApiPolicy
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from etl.wallet.apple import AppleWalletConfig
+from etl.wallet.google import GoogleWalletConfig
 from tests.api_seed import LiveServer, SeededCard, export_rows, seed_cards, seed_export
-from tests.fixtures.wallet import make_chain
+from tests.fixtures.wallet import make_chain, make_google_key
 from tests.fixtures.world import demo_settings
 
 A, B = "unife", "unipa"
@@ -33,7 +34,8 @@ _401 = (401, 401)
 ALL_401 = {
     "list": _401, "parquet": _401, "zip": _401, "feed": _401, "card_json": _401, "card_html": _401,
     "card_pdf": _401, "student_json": _401, "student_qr": _401, "qr_png": _401, "qr_svg": _401,
-    "card_pass": _401, "student_pass": _401, "health": (200, 200),
+    "card_pass": _401, "student_pass": _401, "card_google": _401, "student_google": _401,
+    "health": (200, 200),
 }  # fmt: skip
 EXPECTED: dict[str, dict[str, tuple[int, int]]] = {
     "none": ALL_401,
@@ -46,6 +48,7 @@ EXPECTED: dict[str, dict[str, tuple[int, int]]] = {
         "student_json": (403, 403), "student_qr": (403, 403),
         "qr_png": (200, 404), "qr_svg": (200, 404), "health": (200, 200),
         "card_pass": (403, 403), "student_pass": (403, 403),
+        "card_google": (403, 403), "student_google": (403, 403),
     },
     "exports_B": {
         "list": (403, 200), "parquet": (404, 200), "zip": (404, 200), "feed": (403, 200),
@@ -53,6 +56,7 @@ EXPECTED: dict[str, dict[str, tuple[int, int]]] = {
         "student_json": (403, 403), "student_qr": (403, 403),
         "qr_png": (404, 200), "qr_svg": (404, 200), "health": (200, 200),
         "card_pass": (403, 403), "student_pass": (403, 403),
+        "card_google": (403, 403), "student_google": (403, 403),
     },
     "badges_A": {
         "list": (403, 403), "parquet": (403, 403), "zip": (403, 403), "feed": (403, 403),
@@ -60,6 +64,7 @@ EXPECTED: dict[str, dict[str, tuple[int, int]]] = {
         "student_json": (200, 404), "student_qr": (200, 404),
         "qr_png": (200, 404), "qr_svg": (200, 404), "health": (200, 200),
         "card_pass": (200, 404), "student_pass": (200, 404),
+        "card_google": (200, 404), "student_google": (200, 404),
     },
     "both_AB": {
         "list": (200, 200), "parquet": (200, 200), "zip": (200, 200), "feed": (200, 200),
@@ -67,6 +72,7 @@ EXPECTED: dict[str, dict[str, tuple[int, int]]] = {
         "student_json": (200, 200), "student_qr": (200, 200),
         "qr_png": (200, 200), "qr_svg": (200, 200), "health": (200, 200),
         "card_pass": (200, 200), "student_pass": (200, 200),
+        "card_google": (200, 200), "student_google": (200, 200),
     },
 }  # fmt: skip
 ENDPOINTS = {
@@ -83,6 +89,8 @@ ENDPOINTS = {
     "qr_svg": "/v1/cards/{escn}/qr.svg",
     "card_pass": "/v1/cards/{escn}/pass.pkpass",
     "student_pass": "/v1/universities/{u}/students/{matricola}/pass.pkpass",
+    "card_google": "/v1/cards/{escn}/google-wallet",
+    "student_google": "/v1/universities/{u}/students/{matricola}/google-wallet",
     "health": "/v1/health",
 }
 # What a really missing resource of each endpoint answers: a 404 of another university must match it.
@@ -98,6 +106,8 @@ MISSING = {
     "qr_svg": "/v1/cards/{unknown_escn}/qr.svg",
     "card_pass": "/v1/cards/{unknown_escn}/pass.pkpass",
     "student_pass": "/v1/universities/{u}/students/M0/pass.pkpass",
+    "card_google": "/v1/cards/{unknown_escn}/google-wallet",
+    "student_google": "/v1/universities/{u}/students/M0/google-wallet",
 }
 
 
@@ -127,7 +137,10 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     settings = replace(demo_settings(home, db_url), api=ApiPolicy(failed_auth_per_minute=100_000))
     chain = make_chain(home, password=None)  # every university issues Apple Wallet passes here
     apple = AppleWalletConfig("pass.test.esc", "TEAM", chain["pass"], chain["key"], chain["wwdr"])
-    settings = replace(settings, atenei=tuple(replace(a, apple_wallet=apple) for a in settings.atenei))
+    google = GoogleWalletConfig("3388000000012345678", make_google_key(home)[0])
+    settings = replace(
+        settings, atenei=tuple(replace(a, apple_wallet=apple, google_wallet=google) for a in settings.atenei)
+    )
     engine = make_engine(db_url)
     upgrade(engine)
     cards = {A: seed_cards(engine, settings, A, 3), B: seed_cards(engine, settings, B, 3, first_stu_id=100)}
@@ -203,6 +216,7 @@ def test_every_operation_is_in_the_matrix(http: httpx.Client) -> None:
         "/v1/universities/{university}/students/{matricola}/badge",
         "/v1/universities/{university}/students/{matricola}/qr.{image}", "/v1/health",
         "/v1/cards/{escn}/pass.pkpass", "/v1/universities/{university}/students/{matricola}/pass.pkpass",
+        "/v1/cards/{escn}/google-wallet", "/v1/universities/{university}/students/{matricola}/google-wallet",
     }  # fmt: skip
     # badge.{format} of a student answers exactly like ?format= (test_api checks they agree).
     covered.add("/v1/universities/{university}/students/{matricola}/badge.{format}")

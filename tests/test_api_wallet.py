@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import Engine, update
 
 from etl.api.app import create_app
@@ -23,9 +24,11 @@ from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from etl.store.models import Card
 from etl.wallet.apple import AppleWalletConfig
+from etl.wallet.google import GoogleWalletConfig
 from tests.api_seed import LiveServer, SeededCard, seed_cards
-from tests.fixtures.wallet import make_chain
+from tests.fixtures.wallet import make_chain, make_google_key
 from tests.fixtures.world import demo_settings
+from tests.test_wallet_google import verified_claims
 
 
 @dataclass
@@ -35,12 +38,14 @@ class World:
     unipa: list[SeededCard]
     unife: list[SeededCard]
     tokens: dict[str, NewToken]
+    google_public: rsa.RSAPublicKey
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("wallet")
     chain = make_chain(home)
+    google_key, google_public = make_google_key(home)
     settings = demo_settings(home, f"sqlite:///{home / 'state.sqlite'}")
     apple = AppleWalletConfig(
         "pass.it.unipa.esc",
@@ -52,7 +57,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     )
     settings = replace(
         settings,
-        atenei=tuple(replace(a, apple_wallet=apple) if a.code == "unipa" else a for a in settings.atenei),
+        atenei=tuple(
+            replace(
+                a, apple_wallet=apple, google_wallet=GoogleWalletConfig("3388000000012345678", google_key)
+            )
+            if a.code == "unipa"
+            else a
+            for a in settings.atenei
+        ),
     )
     engine = make_engine(settings.database_url)
     upgrade(engine)
@@ -78,7 +90,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         app = create_app(settings, engine, today=lambda: dt.date(2026, 1, 15))
         with LiveServer(app) as server, httpx.Client(base_url=server.url, trust_env=False) as http:
-            yield World(http, engine, unipa, unife, tokens)
+            yield World(http, engine, unipa, unife, tokens, google_public)
     finally:
         mp.undo()
         engine.dispose()
@@ -195,3 +207,23 @@ def test_apples_web_service_keeps_a_device_in_step_with_the_card(world: World) -
     assert world.http.post(f"/{path}v1/log", json={"logs": ["something"]}).status_code == 200
     assert world.http.delete(reg, headers=apple).status_code == 200
     assert world.http.get(f"/{path}v1/devices/device-1/registrations/pass.it.unipa.esc").status_code == 204
+
+
+def test_the_save_to_google_wallet_link(world: World) -> None:
+    card = world.unipa[0]
+    for path in (
+        f"/v1/cards/{card.escn}/google-wallet",
+        f"/v1/universities/unipa/students/{card.matricola}/google-wallet",
+    ):
+        r = get(world, path, "app_pa")
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store", r.text
+        (obj,) = verified_claims(r.json()["save_url"], world.google_public)["payload"]["genericObjects"]
+        assert obj["barcode"]["value"].endswith(card.escn) and obj["state"] == "ACTIVE"
+    inactive = get(world, f"/v1/cards/{world.unipa[2].escn}/google-wallet", "app_pa").json()["save_url"]
+    assert (
+        verified_claims(inactive, world.google_public)["payload"]["genericObjects"][0]["state"] == "INACTIVE"
+    )
+    assert get(world, f"/v1/cards/{card.escn}/google-wallet", "app_fe").status_code == 404
+    assert get(world, f"/v1/cards/{card.escn}/google-wallet", "vendor_pa").status_code == 403
+    r = get(world, f"/v1/cards/{world.unife[0].escn}/google-wallet", "app_fe")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "wallet_not_configured"

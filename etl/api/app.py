@@ -83,6 +83,7 @@ def create_app(
     )
     # Apple Wallet: each configured university's signer, loaded once (a bad file stops here, one line).
     ctx.wallet_signers = {a.code: a.apple_wallet.signer() for a in settings.atenei if a.apple_wallet}
+    ctx.google_issuers = {a.code: a.google_wallet.issuer() for a in settings.atenei if a.google_wallet}
     if ctx.wallet_signers:
         ctx.pass_images = pass_images(ctx.logo_png)
         secret = os.environ.get(WALLET_SECRET_ENV)

@@ -15,6 +15,7 @@ from etl.api.files import FileVerifier
 from etl.api.hot_reads import HotReader
 from etl.config import Settings
 from etl.wallet.apple import PassSigner
+from etl.wallet.google import GoogleIssuer
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ApiContext:
     audit: AuditTrail
     wallet_signers: dict[str, PassSigner] = field(default_factory=dict)  # university → its Pass Type ID
     pass_images: dict[str, bytes] = field(default_factory=dict)  # icon and logo of every pass
+    google_issuers: dict[str, GoogleIssuer] = field(default_factory=dict)  # university → its issuer
     wallet_secret: bytes | None = None  # ESC_SYNC_WALLET_SECRET: Apple's pass web service on
     # Links in answers start with this, never with the request's Host header (a client could make
     # the service hand out links to its own host).

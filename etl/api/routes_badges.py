@@ -285,5 +285,58 @@ async def student_pass_route(
     return await pass_response(ctx, row)
 
 
+# --- Google Wallet ------------------------------------------------------------------------------------
+
+_SAVE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": '`{"save_url": "https://pay.google.com/gp/v/save/<JWT>"}`: the button\'s link'},
+    **error_responses(401, 403, 404, 422, 429, 503),
+}
+
+
+def save_link_response(ctx: ApiContext, row: Any) -> Response:
+    issuer = ctx.google_issuers.get(row.institution)
+    name = ctx.university_names.get(row.institution)
+    if issuer is None or name is None:
+        raise ApiError(404, "wallet_not_configured", "this university issues no Google Wallet pass")
+    view = badge_view(row, name, ctx.settings.qr_base_url, ctx.today())
+    card = PassCard(
+        view.escn, view.qr_payload, view.full_name, name, view.expires_at, view.status, view.academic_year
+    )
+    body = json.dumps({"save_url": issuer.save_url(card, row.institution)})
+    return Response(body, media_type="application/json", headers=PERSONAL)
+
+
+@router.get(
+    "/v1/cards/{escn}/google-wallet",
+    response_class=Response,
+    responses=_SAVE_RESPONSES,
+    summary='The card\'s "Save to Google Wallet" link (a signed JWT with the pass object)',
+)
+async def card_google_route(request: Request, principal: BadgeReader, escn: Escn) -> Response:
+    ctx = ctx_of(request)
+    row = await ctx.reader.card_by_escn(escn)
+    if row is None or not principal.sees(row.institution):
+        raise not_found("card")
+    return save_link_response(ctx, row)
+
+
+@router.get(
+    "/v1/universities/{university}/students/{matricola}/google-wallet",
+    response_class=Response,
+    responses=_SAVE_RESPONSES,
+    summary="A student's current card's \"Save to Google Wallet\" link",
+)
+async def student_google_route(
+    request: Request, principal: StudentReader, university: University, matricola: Matricola
+) -> Response:
+    ctx = ctx_of(request)
+    if not principal.sees(university):
+        raise not_found("student")
+    row = await ctx.reader.card_by_matricola(university, matricola)
+    if row is None:
+        raise not_found("student")
+    return save_link_response(ctx, row)
+
+
 # Lookups of one card or student: their answers feed the not-found watch (etl.api.throttles).
 LOOKUP_ROUTES = frozenset(route.name for route in router.routes if hasattr(route, "name"))
