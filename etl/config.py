@@ -23,7 +23,7 @@ from etl.domain.export_policy import EXPORT_KEYS, ExportPolicy
 from etl.domain.retention import RETENTION_KEYS, RetentionPolicy
 from etl.domain.source_reads import ReadPolicy
 from etl.domain.source_values import DEFAULT_FUTURE_SKEW
-from etl.errors import ConfigError
+from etl.errors import ConfigError, check_keys
 from etl.wallet.apple import AppleWalletConfig
 from etl.wallet.google import GoogleWalletConfig
 
@@ -194,14 +194,6 @@ ATENEO_KEYS = frozenset(
 FINALISED_KEYS = frozenset(("statuses", "require_enrolment_date"))
 
 
-def _check_keys(where: str, table: Any, known: frozenset[str]) -> None:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-
-
 def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config_path: Path) -> Settings:
     unknown = sorted(set(raw) - set(KNOWN_SECTIONS))
     if unknown:
@@ -210,7 +202,7 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         )
     for section, keys in KNOWN_SECTIONS.items():
         if keys is not None and section in raw:
-            _check_keys(section, raw[section], keys)
+            check_keys(section, raw[section], keys)
     atenei_raw = raw.get("atenei")
     if not isinstance(atenei_raw, list) or not atenei_raw:
         raise ConfigError(f"{config_path}: at least one [[atenei]] table is required")
@@ -316,9 +308,9 @@ def _parse_deploy(d: dict[str, Any]) -> DeploySettings:
 
 def _parse_ateneo(a: dict[str, Any], index: int, home: Path) -> Ateneo:
     who = f"university {a.get('code', f'#{index + 1}') if isinstance(a, dict) else f'#{index + 1}'}"
-    _check_keys(who, a, ATENEO_KEYS)
+    check_keys(who, a, ATENEO_KEYS)
     if "finalised" in a:
-        _check_keys(f"{who}: finalised", a["finalised"], FINALISED_KEYS)
+        check_keys(f"{who}: finalised", a["finalised"], FINALISED_KEYS)
 
     def need(name: str) -> Any:
         if name not in a or a[name] in ("", None):

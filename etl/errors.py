@@ -49,6 +49,15 @@ class ConfigError(EscSyncError):
     """An invalid configuration value; the message names the university and the field."""
 
 
+def check_keys(where: str, table: object, known: frozenset[str]) -> None:
+    """A configuration table with only ``known`` keys: anything else is a typo, never ignored."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+
 class VanishHeld(EscSyncError):
     """More of a partition's rows vanished from Esse3 at once than ``[esse3] max_vanished_share``: nothing
     was deactivated, and nothing will be until a person confirms it (`esc-sync reconcile --repair

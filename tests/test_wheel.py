@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,26 @@ def test_the_installed_wheel_runs_the_demo_migrates_and_deploys(
     # the package's own files, not the checkout's
     where = run(installed.with_name("python"), tmp_path, "-c", "import etl; print(etl.__file__)")
     assert "site-packages" in where.stdout and str(REPO) not in where.stdout
+
+    # What later releases added, from the wheel too: token expiry, retention and erasure (its SQL
+    # ships in the package), the wallet modules and their cryptography dependency.
+    demo_env = {"ESC_SYNC_HOME": str(home)}
+    made = run(installed, tmp_path, "tokens", "create", "--name", "app", "--scope", "badges:read",
+               "--institution", "unife", "--expires", "30d", **demo_env)  # fmt: skip
+    assert made.returncode == 0 and made.stdout.startswith("escs_"), made.stderr
+    assert "EXPIRES" in run(installed, tmp_path, "tokens", "list", **demo_env).stdout
+    due = run(installed, tmp_path, "retention", "--dry-run", **demo_env)
+    assert due.returncode == 0 and "due for erasure" in due.stdout, due.stderr
+    with sqlite3.connect(home / "state.sqlite") as db:
+        registered = "SELECT pers_id FROM persons WHERE institution = 'unife' AND state = 'registered'"
+        (pers_id,) = db.execute(registered).fetchone()
+    erase = run(installed, tmp_path, "erase", "--institution", "unife", "--pers-id", str(pers_id),
+                "--dry-run", **demo_env)  # fmt: skip
+    assert erase.returncode == 0 and erase.stdout.startswith(f"would erase person {pers_id}"), erase.stderr
+    modules = run(installed.with_name("python"), tmp_path, "-c",
+                  "import etl.wallet.apple, etl.wallet.google, etl.api.app, etl.erasure; "
+                  "from etl.resources.esse3 import sql; sql('clear_esi'); sql('clear_badge')")  # fmt: skip
+    assert modules.returncode == 0, modules.stderr[-2000:]
 
     state = make_url(pg_url).render_as_string(hide_password=False)
     upgrade = run(installed, tmp_path, "db", "upgrade", ESC_SYNC_HOME=str(home), ESC_SYNC_DATABASE_URL=state)

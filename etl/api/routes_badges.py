@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +31,7 @@ from etl.render.qr import QrImages
 from etl.wallet.apple import PassCard, build_pkpass, pass_auth_token, pass_json
 
 router = APIRouter(tags=["badges"])
+W = TypeVar("W")  # a wallet's signer: Apple's PassSigner, Google's GoogleIssuer
 
 University = Annotated[str, Path(pattern=UNIVERSITY_PATTERN, description="university code")]
 Matricola = Annotated[str, Path(pattern=MATRICOLA_PATTERN, description="student number")]
@@ -107,24 +109,34 @@ def _qr_response(request: Request, images: QrImages, fmt: QrFormat) -> Response:
     return Response(body, media_type=media, headers=headers)
 
 
-async def student_badge(
-    request: Request, principal: Principal, university: str, matricola: str, fmt: BadgeFormat
-) -> Response:
-    ctx = ctx_of(request)
+async def visible_card(ctx: ApiContext, principal: Principal, escn: str) -> Any:
+    """The card's badge row, or the 404 of a missing card (also for another university's)."""
+    row = await ctx.reader.card_by_escn(escn)
+    if row is None or not principal.sees(row.institution):
+        raise not_found("card")
+    return row
+
+
+async def students_card(ctx: ApiContext, principal: Principal, university: str, matricola: str) -> Any:
+    """The student's current card's badge row, or the 404 of a missing student."""
     if not principal.sees(university):
         raise not_found("student")
     row = await ctx.reader.card_by_matricola(university, matricola)
     if row is None:
         raise not_found("student")
-    return await _badge_response(ctx, row, fmt)
+    return row
+
+
+async def student_badge(
+    request: Request, principal: Principal, university: str, matricola: str, fmt: BadgeFormat
+) -> Response:
+    ctx = ctx_of(request)
+    return await _badge_response(ctx, await students_card(ctx, principal, university, matricola), fmt)
 
 
 async def card_badge(request: Request, principal: Principal, escn: str, fmt: BadgeFormat) -> Response:
     ctx = ctx_of(request)
-    row = await ctx.reader.card_by_escn(escn)
-    if row is None or not principal.sees(row.institution):
-        raise not_found("card")
-    return await _badge_response(ctx, row, fmt)
+    return await _badge_response(ctx, await visible_card(ctx, principal, escn), fmt)
 
 
 # Registration order is matching order: the hottest routes first.
@@ -235,15 +247,21 @@ _PASS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def pass_response(ctx: ApiContext, row: Any) -> Response:
-    signer = ctx.wallet_signers.get(row.institution)
+def wallet_card(ctx: ApiContext, row: Any, issuers: Mapping[str, W], wallet: str) -> tuple[W, PassCard]:
+    """The university's signer for ``wallet`` and what its pass shows of the card; a 404 when the
+    university issues no such pass."""
+    issuer = issuers.get(row.institution)
     name = ctx.university_names.get(row.institution)
-    if signer is None or name is None:
-        raise ApiError(404, "wallet_not_configured", "this university issues no Apple Wallet pass")
+    if issuer is None or name is None:
+        raise ApiError(404, "wallet_not_configured", f"this university issues no {wallet} pass")
     view = badge_view(row, name, ctx.settings.qr_base_url, ctx.today())
-    card = PassCard(
+    return issuer, PassCard(
         view.escn, view.qr_payload, view.full_name, name, view.expires_at, view.status, view.academic_year
     )
+
+
+async def pass_response(ctx: ApiContext, row: Any) -> Response:
+    signer, card = wallet_card(ctx, row, ctx.wallet_signers, "Apple Wallet")
     service: dict[str, str] = {}
     if ctx.wallet_secret is not None:  # devices fetch the pass again when the card changes
         token = pass_auth_token(ctx.wallet_secret, signer.pass_type_identifier, row.escn)
@@ -261,10 +279,7 @@ async def pass_response(ctx: ApiContext, row: Any) -> Response:
 )
 async def card_pass_route(request: Request, principal: BadgeReader, escn: Escn) -> Response:
     ctx = ctx_of(request)
-    row = await ctx.reader.card_by_escn(escn)
-    if row is None or not principal.sees(row.institution):
-        raise not_found("card")
-    return await pass_response(ctx, row)
+    return await pass_response(ctx, await visible_card(ctx, principal, escn))
 
 
 @router.get(
@@ -277,12 +292,7 @@ async def student_pass_route(
     request: Request, principal: StudentReader, university: University, matricola: Matricola
 ) -> Response:
     ctx = ctx_of(request)
-    if not principal.sees(university):
-        raise not_found("student")
-    row = await ctx.reader.card_by_matricola(university, matricola)
-    if row is None:
-        raise not_found("student")
-    return await pass_response(ctx, row)
+    return await pass_response(ctx, await students_card(ctx, principal, university, matricola))
 
 
 # --- Google Wallet ------------------------------------------------------------------------------------
@@ -294,14 +304,7 @@ _SAVE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def save_link_response(ctx: ApiContext, row: Any) -> Response:
-    issuer = ctx.google_issuers.get(row.institution)
-    name = ctx.university_names.get(row.institution)
-    if issuer is None or name is None:
-        raise ApiError(404, "wallet_not_configured", "this university issues no Google Wallet pass")
-    view = badge_view(row, name, ctx.settings.qr_base_url, ctx.today())
-    card = PassCard(
-        view.escn, view.qr_payload, view.full_name, name, view.expires_at, view.status, view.academic_year
-    )
+    issuer, card = wallet_card(ctx, row, ctx.google_issuers, "Google Wallet")
     body = json.dumps({"save_url": issuer.save_url(card, row.institution)})
     return Response(body, media_type="application/json", headers=PERSONAL)
 
@@ -314,10 +317,7 @@ def save_link_response(ctx: ApiContext, row: Any) -> Response:
 )
 async def card_google_route(request: Request, principal: BadgeReader, escn: Escn) -> Response:
     ctx = ctx_of(request)
-    row = await ctx.reader.card_by_escn(escn)
-    if row is None or not principal.sees(row.institution):
-        raise not_found("card")
-    return save_link_response(ctx, row)
+    return save_link_response(ctx, await visible_card(ctx, principal, escn))
 
 
 @router.get(
@@ -330,12 +330,7 @@ async def student_google_route(
     request: Request, principal: StudentReader, university: University, matricola: Matricola
 ) -> Response:
     ctx = ctx_of(request)
-    if not principal.sees(university):
-        raise not_found("student")
-    row = await ctx.reader.card_by_matricola(university, matricola)
-    if row is None:
-        raise not_found("student")
-    return save_link_response(ctx, row)
+    return save_link_response(ctx, await students_card(ctx, principal, university, matricola))
 
 
 # Lookups of one card or student: their answers feed the not-found watch (etl.api.throttles).

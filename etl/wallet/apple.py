@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from cryptography.hazmat.primitives.serialization.pkcs7 import PKCS7Options, PKCS7SignatureBuilder
 
 from etl.domain.states import CardStatus
-from etl.errors import ConfigError
+from etl.errors import ConfigError, check_keys
 
 ESC_BLUE = "rgb(0, 51, 153)"  # the EU flag's blue, as the ESC's own artwork uses
 WHITE = "rgb(255, 255, 255)"
@@ -228,13 +228,7 @@ class AppleWalletConfig:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], who: str, home: Path) -> AppleWalletConfig:
         where = f"{who}: apple_wallet"
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{where}: must be a table")
-        unknown = sorted(set(raw) - APPLE_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(APPLE_KEYS))})"
-            )
+        check_keys(where, raw, APPLE_KEYS)
 
         def text(name: str) -> str:
             value = raw.get(name)

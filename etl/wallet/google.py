@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from etl.errors import ConfigError
+from etl.errors import ConfigError, check_keys
 from etl.wallet.apple import ESC_BLUE, PassCard
 
 SAVE_URL = "https://pay.google.com/gp/v/save/"
@@ -123,13 +123,7 @@ class GoogleWalletConfig:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], who: str, home: Path) -> GoogleWalletConfig:
         where = f"{who}: google_wallet"
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{where}: must be a table")
-        unknown = sorted(set(raw) - GOOGLE_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(GOOGLE_KEYS))})"
-            )
+        check_keys(where, raw, GOOGLE_KEYS)
         issuer = raw.get("issuer_id")
         if isinstance(issuer, int) and not isinstance(issuer, bool):
             issuer = str(issuer)
