@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import select, text
 
 from etl import cli
 from etl.config import Settings, load_settings
@@ -31,7 +31,7 @@ from etl.resources.router_errors import RouterNotFound
 from etl.resources.runtime import Runtime
 from etl.store.db import make_engine
 from etl.store.models import Card, Career, Export, Person, QrImage
-from tests.fixtures.world import KEYS, PICS, add_badge, add_career
+from tests.fixtures.world import KEYS, PICS, CliWorld, add_badge, add_career
 
 INST = "unipa"  # opt-in: consent can be withdrawn
 GENERATED_AT = dt.datetime(2026, 10, 1, 9, 0)
@@ -79,25 +79,7 @@ def test_the_retention_section_is_validated() -> None:
 # --- end to end ------------------------------------------------------------------------------------
 
 
-@dataclass
-class World:
-    home: Path
-    state: Engine
-    esse3: Engine
-    emulator: Any
-    capsys: pytest.CaptureFixture[str]
-
-    def run(self, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = cli.main(list(argv))
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def sync(self) -> str:
-        code, out, err = self.run("sync")
-        assert code == 0, out + err
-        return out
-
+class World(CliWorld):
     @property
     def settings(self) -> Settings:
         return load_settings()

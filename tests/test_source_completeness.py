@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select, text
+from sqlalchemy import select, text
 
 from etl import cli
 from etl.api.app import create_app
@@ -36,7 +35,7 @@ from etl.resources.router import RouterClient
 from etl.resources.runtime import Runtime
 from etl.store.db import make_engine
 from etl.store.models import Card, Career, Export, Watermark
-from tests.fixtures.world import KEYS, PICS
+from tests.fixtures.world import KEYS, PICS, CliWorld
 
 pytestmark = pytest.mark.slow  # end to end, seconds to minutes each: `make test-quick` leaves them out
 
@@ -48,26 +47,7 @@ SCOPE = "unife.it"
 GENERATED_AT = dt.datetime(2026, 10, 25, 2, 50)
 
 
-@dataclass
-class World:
-    home: Path
-    state: Engine
-    esse3: Engine
-    emulator: Any
-    capsys: pytest.CaptureFixture[str]
-
-    def run(self, *argv: str) -> tuple[int, str, str]:
-        """An `esc-sync` command, in-process (the same code path as the shell's)."""
-        self.capsys.readouterr()
-        code = cli.main(list(argv))
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def sync(self) -> str:
-        code, out, err = self.run("sync")
-        assert code == 0, out + err
-        return out
-
+class World(CliWorld):
     # --- Esse3 ---------------------------------------------------------------------------------------
 
     def esse3_do(self, sql: str, **params: Any) -> None:
