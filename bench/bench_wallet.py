@@ -5,7 +5,10 @@ pays), and the time a 20,000-card university's passes take at that rate (goal: u
 A test certificate chain is made here (RSA 2048, as Apple's Pass Type ID certificates are); each pass
 is built whole: pass.json, icon and logo images, manifest, detached PKCS#7 signature, ZIP.
 
-    .venv/bin/python bench/bench_wallet.py [--cards 10000] [--university-cards 20000]
+Then the ``wallet_passes`` asset on a SQLite state DB: a first run storing every pass and a second with
+nothing changed, per card against building the pass alone.
+
+    .venv/bin/python bench/bench_wallet.py [--cards 10000] [--university-cards 20000] [--follow-cards 5000]
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cards", type=int, default=10_000)
     ap.add_argument("--university-cards", type=int, default=20_000)
+    ap.add_argument("--follow-cards", type=int, default=5_000, help="cards of the asset's measure")
     args = ap.parse_args()
     escns = [mint_escn(PIC, unix_millis=1_760_000_000_000 + i, clock_seq=7) for i in range(args.cards)]
     cards = [
@@ -85,6 +90,57 @@ def main() -> None:
     )
     whole = args.university_cards * pass_cpu / n
     print(f"{args.university_cards:,}-card university: {whole:.0f} s of one core (goal < 120 s)")
+    follow(args.follow_cards, pass_cpu / n)
+
+
+def follow(n: int, pass_cpu_per_card: float) -> None:
+    """The ``wallet_passes`` asset's own work on a SQLite state DB of ``n`` registered cards: the first
+    run (every pass built, stored 0600, its state saved) and a second with nothing changed (digests
+    only), each against building the passes (above) and writing as many files (here) alone."""
+    from dataclasses import replace
+
+    from etl.files import write_atomically
+    from etl.partitions import Partition
+    from etl.store.db import make_engine
+    from etl.store.migrate import upgrade
+    from etl.wallet.apple import AppleWalletConfig
+    from etl.wallet.follow import Wallets, follow_partition
+    from tests.api_seed import seed_cards
+    from tests.fixtures.wallet import make_chain
+    from tests.fixtures.world import demo_settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        chain = make_chain(home, password=None)
+        settings = demo_settings(home, f"sqlite:///{home / 'state.sqlite'}")
+        apple = AppleWalletConfig("pass.bench", "TEAM", chain["pass"], chain["key"], chain["wwdr"])
+        settings = replace(settings, atenei=tuple(replace(a, apple_wallet=apple) for a in settings.atenei))
+        engine = make_engine(settings.database_url)
+        upgrade(engine)
+        seed_cards(engine, settings, "unipa", n)
+        ateneo = settings.ateneo("unipa")
+        wallets = Wallets.of(settings, ateneo, None)
+        runs = []
+        for _ in range(2):
+            t0, c0 = time.perf_counter(), time.process_time()
+            r = follow_partition(engine, home, Partition(2025, "unipa"), ateneo, wallets,
+                                 settings.qr_base_url, dt.date(2026, 1, 15))  # fmt: skip
+            runs.append((time.perf_counter() - t0, time.process_time() - c0, r.apple_built))
+        engine.dispose()
+        # The file system's share: the same number of 3.2 KB files written the same way, alone.
+        folder = home / "bare"
+        folder.mkdir()
+        c0 = time.process_time()
+        for i in range(n):
+            write_atomically(folder / f"{i}.pkpass", bytes(3_300), sync_directory=False)
+        files_cpu = (time.process_time() - c0) / n
+    print(f"writing {n:,} pass-sized files alone (this disk): CPU {files_cpu * 1000:.3f} ms/file")
+    for label, (wall, cpu, built) in zip(("first run", "nothing changed"), runs, strict=True):
+        print(
+            f"wallet_passes asset, {label:15s} {n:,} cards in {wall:.2f} s, CPU {cpu / n * 1000:.3f} ms/card "
+            f"(x{cpu / n / (pass_cpu_per_card + files_cpu):.2f} of building and writing the pass alone), "
+            f"{built:,} built"
+        )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from etl.domain.source_values import DEFAULT_FUTURE_SKEW
 from etl.errors import ConfigError, check_keys
 from etl.wallet.apple import AppleWalletConfig
 from etl.wallet.google import GoogleWalletConfig
+from etl.wallet.policy import WALLET_KEYS, WalletPolicy
 
 CLOSING_CATEGORIES = ("graduated", "withdrawn", "lapsed", "transferred", "deceased", "other")
 PERSON_KEYS = ("PERS_ID",)
@@ -111,6 +112,7 @@ class Settings:
     api_public_url: str | None = None  # where vendors reach the REST service: links are built on it
     api: ApiPolicy = field(default_factory=ApiPolicy)  # token expiry, lookup limits, throttles, proxies
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # when personal data is erased
+    wallet: WalletPolicy = field(default_factory=WalletPolicy)  # Apple's push notifications
     run_wait_timeout_s: float = 600.0  # how long a run waits for a Router pool slot held by live runs
     deploy: DeploySettings | None = None  # set: this configuration is a production deployment
 
@@ -179,6 +181,7 @@ KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {
     "api": API_KEYS,
     "retention": RETENTION_KEYS,
     "runs": frozenset(("wait_timeout_s",)),
+    "wallet": WALLET_KEYS,
     "deploy": frozenset(
         ("executor", "max_concurrent_runs", "runs_per_university", "router_steps", "sensor_interval_s")
     ),
@@ -288,6 +291,7 @@ def parse_settings(raw: dict[str, Any], *, home: Path, database_url: str, config
         api_public_url=public,
         api=ApiPolicy.from_mapping(raw.get("api", {})),
         retention=RetentionPolicy.from_mapping(raw.get("retention", {})),
+        wallet=WalletPolicy.from_mapping(raw.get("wallet", {}), home),
         run_wait_timeout_s=float(wait),
         deploy=_parse_deploy(raw["deploy"]) if "deploy" in raw else None,
     )

@@ -37,6 +37,7 @@ from etl.assets.prints import build_prints_asset
 from etl.assets.qr import build_qr_asset
 from etl.assets.reconcile_check import build_reconcile_check, build_sweep_check
 from etl.assets.retention_job import build_retention_job
+from etl.assets.wallet import build_wallet_asset, issues_wallet_passes
 from etl.changes import pending_partitions
 from etl.config import DeploySettings, Settings, load_settings
 from etl.domain.retries import run_key as retry_run_key
@@ -63,6 +64,7 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
             build_badge_write_back_asset,
             build_export_asset,
             build_prints_asset,
+            *((build_wallet_asset,) if issues_wallet_passes(settings) else ()),
         )
     ]
     checks = [build_sweep_check(settings), build_reconcile_check(settings)]

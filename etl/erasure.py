@@ -32,6 +32,8 @@ from etl.resources.router import RouterClient
 from etl.resources.router_errors import RouterError, RouterNotFound
 from etl.store import erasure as store
 from etl.store.locks import PartitionBusy, partition_lock
+from etl.store.wallet import keep_states
+from etl.wallet.follow import WalletRunResult, Wallets, withdraw
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ def erase_targets(
     with engine.begin() as conn:
         store.record_intents(conn, ateneo.code, targets)
 
+    erased: set[int] = set()
+
     async def body(client: RouterClient) -> None:
         # Persons side by side (the client bounds the calls in flight and their rate); within a
         # person, every card before the person.
@@ -98,19 +102,38 @@ def erase_targets(
         with engine.begin() as conn:
             years = store.scrub(conn, ateneo.code, t)
         _remove_badge_sheets(home, ateneo.code, years)
+        erased.add(t.pers_id)
         report.erased += 1
         # One line per erasure: when (the log's time), which key, what; never personal data.
         log.info(
             "erased person %d of %s (%s): %d card(s) and the person deleted at the Router, careers "
-            "scrubbed, QR images and badge sheets removed",
+            "scrubbed, QR images, badge sheets and wallet passes removed",
             t.pers_id, ateneo.code, t.reason, len(t.escns),
         )  # fmt: skip
 
     run_with_client(client_factory, body, report.calls)
+    _withdraw_passes(engine, home, ateneo, [e for t in targets if t.pers_id in erased for e in t.escns])
     if report.erased and engine.dialect.name == "sqlite":
         # The old pages live on in the write-ahead log until it is checkpointed and cut.
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _withdraw_passes(engine: Engine, home: Path, ateneo: Ateneo, escns: list[str]) -> None:
+    """The erased cards' pass files go, and their Google Wallet objects are scrubbed."""
+    if not escns:
+        return
+    with engine.begin() as conn:
+        keep_states(conn, escns)
+    wallets = Wallets.google_only(ateneo)
+    result = WalletRunResult()
+    try:
+        withdraw(engine, home, wallets, ateneo.code, escns, result)
+    finally:
+        wallets.close()
+    if result.failed:  # the rows stay: the partitions' next runs scrub them
+        log.warning("%s: %d wallet pass(es) not withdrawn yet: %s", ateneo.code, sum(result.failed.values()),
+                    next(iter(result.failed)))  # fmt: skip
 
 
 def _remove_badge_sheets(home: Path, institution: str, years: Sequence[int]) -> None:

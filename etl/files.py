@@ -32,8 +32,9 @@ class PartFile:
         self.path.unlink(missing_ok=True)
 
 
-def write_atomically(target: Path, data: bytes) -> None:
-    """``target`` holds ``data`` after this returns, or is untouched if it raises (disk full...)."""
+def write_atomically(target: Path, data: bytes, *, sync_directory: bool = True) -> None:
+    """``target`` holds ``data`` after this returns, or is untouched if it raises (disk full...).
+    ``sync_directory=False``: the caller fsyncs the folder once after writing many files into it."""
     part = PartFile(target)
     try:
         part.file.write(data)
@@ -42,7 +43,8 @@ def write_atomically(target: Path, data: bytes) -> None:
     except BaseException:
         part.discard()
         raise
-    fsync_directory(target.parent)
+    if sync_directory:
+        fsync_directory(target.parent)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -5,6 +5,7 @@ university without a Pass Type ID answering so."""
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import io
 import json
 import zipfile
@@ -19,11 +20,14 @@ from sqlalchemy import Engine, update
 
 from etl.api.app import create_app
 from etl.api.tokens import NewToken, create_token
+from etl.config import Settings
 from etl.errors import ConfigError
+from etl.partitions import Partition
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
-from etl.store.models import Card
-from etl.wallet.apple import AppleWalletConfig
+from etl.store.models import Card, WalletPass
+from etl.wallet.apple import AppleWalletConfig, pass_images
+from etl.wallet.follow import Wallets, follow_partition
 from etl.wallet.google import GoogleWalletConfig
 from tests.api_seed import LiveServer, SeededCard, seed_cards
 from tests.fixtures.wallet import make_chain, make_google_key
@@ -39,6 +43,15 @@ class World:
     unife: list[SeededCard]
     tokens: dict[str, NewToken]
     google_public: rsa.RSAPublicKey
+    settings: Settings
+
+    def follow(self) -> None:
+        """The wallet_passes asset's work for unipa's Apple passes (what devices are told changed)."""
+        ateneo = self.settings.ateneo("unipa")
+        assert ateneo.apple_wallet is not None
+        wallets = Wallets(signer=ateneo.apple_wallet.signer(), images=pass_images(None))
+        follow_partition(self.engine, self.settings.home, Partition(2025, "unipa"), ateneo, wallets,
+                         self.settings.qr_base_url, dt.date(2026, 1, 15))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +103,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         app = create_app(settings, engine, today=lambda: dt.date(2026, 1, 15))
         with LiveServer(app) as server, httpx.Client(base_url=server.url, trust_env=False) as http:
-            yield World(http, engine, unipa, unife, tokens, google_public)
+            yield World(http, engine, unipa, unife, tokens, google_public, settings)
     finally:
         mp.undo()
         engine.dispose()
@@ -180,6 +193,7 @@ def test_apples_web_service_keeps_a_device_in_step_with_the_card(world: World) -
     )
     assert world.http.post(reg, json=push, headers=apple).status_code == 201
     assert world.http.post(reg, json=push, headers=apple).status_code == 200  # already registered
+    world.follow()  # the pass is stored: its change time is the device's first tag
     changed = world.http.get(f"/{path}v1/devices/device-1/registrations/pass.it.unipa.esc")
     assert changed.status_code == 200 and changed.json()["serialNumbers"] == [card.escn]
     tag = changed.json()["lastUpdated"]
@@ -192,17 +206,24 @@ def test_apples_web_service_keeps_a_device_in_step_with_the_card(world: World) -
     )
     latest = world.http.get(f"/{path}v1/passes/pass.it.unipa.esc/{card.escn}", headers=apple)
     assert latest.status_code == 200 and pass_body(latest)["voided"] is False
-    again = {**apple, "If-Modified-Since": latest.headers["last-modified"]}
-    assert world.http.get(f"/{path}v1/passes/pass.it.unipa.esc/{card.escn}", headers=again).status_code == 304
-    # The card goes INACTIVE: the device learns it changed, and its new pass is voided.
-    later = dt.datetime.fromisoformat(tag) + dt.timedelta(seconds=5)
+    # HTTP dates have whole seconds: a copy from the second the pass changed in is sent again (a
+    # second change within that second must not be missed); one from after it is not modified.
+    last = latest.headers["last-modified"]
+    url = f"/{path}v1/passes/pass.it.unipa.esc/{card.escn}"
+    assert world.http.get(url, headers={**apple, "If-Modified-Since": last}).status_code == 200
+    whole = email.utils.parsedate_to_datetime(last).replace(tzinfo=None)
+    with world.engine.begin() as conn:  # the pass last changed exactly on that second
+        conn.execute(update(WalletPass).where(WalletPass.escn == card.escn).values(apple_updated_at=whole))
+    assert world.http.get(url, headers={**apple, "If-Modified-Since": last}).status_code == 304
+    # The card goes INACTIVE: once its pass follows, the device learns it changed; the new pass is voided.
     with world.engine.begin() as conn:
-        conn.execute(
-            update(Card).where(Card.escn == card.escn).values(desired_status="INACTIVE", changed_at=later)
-        )
-    changed = world.http.get(f"/{path}v1/devices/device-1/registrations/pass.it.unipa.esc", params=since)
+        conn.execute(update(Card).where(Card.escn == card.escn).values(desired_status="INACTIVE"))
+    devices = f"/{path}v1/devices/device-1/registrations/pass.it.unipa.esc"
+    assert world.http.get(devices, params=since).status_code == 204  # not before the pass follows
+    world.follow()
+    changed = world.http.get(devices, params=since)
     assert changed.status_code == 200 and changed.json()["serialNumbers"] == [card.escn]
-    latest = world.http.get(f"/{path}v1/passes/pass.it.unipa.esc/{card.escn}", headers=again)
+    latest = world.http.get(url, headers={**apple, "If-Modified-Since": last})
     assert latest.status_code == 200 and pass_body(latest)["voided"] is True
     assert world.http.post(f"/{path}v1/log", json={"logs": ["something"]}).status_code == 200
     assert world.http.delete(reg, headers=apple).status_code == 200

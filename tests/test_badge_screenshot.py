@@ -1,5 +1,7 @@
 """Headless Chromium renders the HTML badge served by the API: the screenshot has the expected size,
-is not blank, shows the badge's header colour, and the QR code in it decodes to the card's payload.
+is not blank, shows the badge's header colour, and the QR code in it decodes to the card's payload;
+under a card whose university issues wallet passes it shows "Add to Apple Wallet" and "Save to Google
+Wallet", and both links lead to the card's passes.
 
 Chromium cannot send a bearer token, so a small loopback relay fetches the page from the API with the
 token and hands Chromium the API's own response (body, Content-Type, Content-Security-Policy).
@@ -9,12 +11,20 @@ Debian's ``chromium`` is used (CI installs it); without it the test skips, sayin
 from __future__ import annotations
 
 import datetime as dt
+import html
 import http.server
+import io
+import json
+import re
 import shutil
 import subprocess
 import threading
+import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -25,8 +35,12 @@ from etl.api.app import create_app
 from etl.api.tokens import create_token
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
+from etl.wallet.apple import AppleWalletConfig
+from etl.wallet.google import SAVE_URL, GoogleWalletConfig
 from tests.api_seed import LiveServer, SeededCard, seed_cards
+from tests.fixtures.wallet import make_chain, make_google_key
 from tests.fixtures.world import demo_settings
+from tests.test_wallet_google import verified_claims
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WINDOW = (520, 360)  # CSS px: the badge is at most 480 px wide, with 16 px of page padding
@@ -114,3 +128,78 @@ def test_html_badge_renders_with_a_readable_qr(badge_page: tuple[str, SeededCard
     found = zxingcpp.read_barcode(image, formats=zxingcpp.BarcodeFormat.QRCode)
     assert found is not None, "no QR code found in the screenshot"
     assert found.text == card.payload  # the screenshot stays in tmp_path (pytest keeps the last runs)
+
+
+@pytest.fixture(scope="module")
+def wallet_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, SeededCard, Any]]:
+    """The badge page of a university that issues both wallets' passes, through the relay."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); CI installs it")
+    home = tmp_path_factory.mktemp("wallet-page")
+    chain = make_chain(home, password=None)
+    google_key, google_public = make_google_key(home)
+    settings = demo_settings(home, f"sqlite:///{home / 'state.sqlite'}")
+    apple = AppleWalletConfig("pass.it.unife.esc", "ABCDE12345", chain["pass"], chain["key"], chain["wwdr"])
+    google = GoogleWalletConfig("3388000000012345678", google_key)
+    wallets = {"apple_wallet": apple, "google_wallet": google}
+    settings = replace(
+        settings, atenei=tuple(replace(a, **wallets) if a.code == "unife" else a for a in settings.atenei)
+    )
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    card = seed_cards(engine, settings, "unife", 1)[0]
+    token = create_token(
+        engine, name="page", scopes=["badges:read"], institutions=["unife"], known_institutions=settings.codes
+    ).token
+    app = create_app(settings, engine, today=lambda: dt.date(2026, 1, 15))
+    with LiveServer(app) as api:
+        relay = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), type("Relay", (_Relay,), {"api": api.url, "token": token})
+        )
+        threading.Thread(target=relay.serve_forever, daemon=True).start()
+        try:
+            port = relay.server_address[1]
+            url = f"http://127.0.0.1:{port}/v1/universities/unife/students/{card.matricola}/badge.html"
+            yield url, card, google_public
+        finally:
+            relay.shutdown()
+            relay.server_close()
+    engine.dispose()
+
+
+def test_the_badge_page_offers_both_wallets_and_their_links_work(
+    wallet_page: tuple[str, SeededCard, Any], tmp_path: Path
+) -> None:
+    url, card, google_public = wallet_page
+    assert CHROMIUM is not None
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'dom-profile'}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    links = dict(re.findall(r'<a class="wallet (apple|google)" href="([^"]+)"', dom.stdout))
+    assert set(links) == {"apple", "google"}, dom.stdout[-2000:]
+    # "Add to Apple Wallet" leads, beside the page, to the card's signed pass.
+    apple = httpx.get(urljoin(url, html.unescape(links["apple"])), trust_env=False)
+    assert apple.status_code == 200 and apple.headers["content-type"] == "application/vnd.apple.pkpass"
+    with zipfile.ZipFile(io.BytesIO(apple.content)) as archive:
+        body = json.loads(archive.read("pass.json"))
+    assert body["serialNumber"] == card.escn and body["barcodes"][0]["message"] == card.payload
+    # "Save to Google Wallet" is Google's save URL with the card's object, signed by the university.
+    save = html.unescape(links["google"])
+    assert save.startswith(SAVE_URL)
+    (obj,) = verified_claims(save, google_public)["payload"]["genericObjects"]
+    assert obj["barcode"]["value"] == card.payload and obj["state"] == "ACTIVE"
+    # Both buttons are drawn (black) under the badge.
+    out = tmp_path / "page.png"
+    p = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+         f"--user-data-dir={tmp_path / 'shot-profile'}", f"--screenshot={out}", "--window-size=520,420", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0 and out.is_file(), p.stderr[-2000:]
+    below = Image.open(out).convert("RGB").crop((0, 330, 520, 420))
+    colours = below.getcolors(1_000_000) or []
+    assert sum(n for n, rgb in colours if max(rgb) < 30) > 2_000, "no wallet buttons under the badge"

@@ -65,7 +65,8 @@ def test_the_installed_wheel_runs_the_demo_migrates_and_deploys(
     assert "site-packages" in where.stdout and str(REPO) not in where.stdout
 
     # What later releases added, from the wheel too: token expiry, retention and erasure (its SQL
-    # ships in the package), the wallet modules and their cryptography dependency.
+    # ships in the package), the wallet modules and their dependencies (cryptography, h2), the
+    # migrations up to wallet_passes (0011).
     demo_env = {"ESC_SYNC_HOME": str(home)}
     made = run(installed, tmp_path, "tokens", "create", "--name", "app", "--scope", "badges:read",
                "--institution", "unife", "--expires", "30d", **demo_env)  # fmt: skip
@@ -81,12 +82,14 @@ def test_the_installed_wheel_runs_the_demo_migrates_and_deploys(
     assert erase.returncode == 0 and erase.stdout.startswith(f"would erase person {pers_id}"), erase.stderr
     modules = run(installed.with_name("python"), tmp_path, "-c",
                   "import etl.wallet.apple, etl.wallet.google, etl.api.app, etl.erasure; "
+                  "import etl.wallet.follow, etl.wallet.google_emulator, etl.assets.wallet, httpx; "
+                  "httpx.Client(http2=True).close(); "  # APNs: h2 installed with the package
                   "from etl.resources.esse3 import sql; sql('clear_esi'); sql('clear_badge')")  # fmt: skip
     assert modules.returncode == 0, modules.stderr[-2000:]
 
     state = make_url(pg_url).render_as_string(hide_password=False)
     upgrade = run(installed, tmp_path, "db", "upgrade", ESC_SYNC_HOME=str(home), ESC_SYNC_DATABASE_URL=state)
-    assert upgrade.returncode == 0 and "state DB at revision" in upgrade.stdout, upgrade.stderr
+    assert upgrade.returncode == 0 and "state DB at revision 0011" in upgrade.stdout, upgrade.stderr
 
     (home / "deploy.toml").write_text(deploy_toml("http://127.0.0.1:9/esc-rest", 2024, 2025))
     deploy_env = {"ESC_SYNC_HOME": str(home), "ESC_SYNC_CONFIG": str(home / "deploy.toml")}

@@ -29,9 +29,9 @@ from etl.errors import EscSyncError
 from etl.render.logo import load_logo
 from etl.store.db import make_engine
 from etl.wallet.apple import pass_images
+from etl.wallet.policy import WALLET_SECRET_ENV
 
 PUBLIC_PATHS = frozenset({"/v1/health"})
-WALLET_SECRET_ENV = "ESC_SYNC_WALLET_SECRET"  # enables Apple's pass web service (routes_apple_wallet)
 # Swagger UI's own files, shipped by a package: the docs page loads nothing from a CDN.
 SWAGGER_FILES = Path(fastapi_offline.__file__).parent / "static"
 DESCRIPTION = """\

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from etl.api.context import ApiContext, ctx_of
 from etl.api.errors import ApiError
 from etl.api.params import ESCN_PATTERN
-from etl.api.routes_badges import pass_response
+from etl.api.routes_badges import PKPASS, pass_response
 from etl.store import wallet as store
 from etl.wallet.apple import token_matches
 
@@ -117,19 +117,26 @@ async def changed(
 
 @router.get("/passes/{pass_type_id}/{serial}")
 async def latest_pass(request: Request, pass_type_id: PassType, serial: Serial) -> Response:
+    """The card's pass as it is now; a retired card's is the voided one the wallet_passes asset
+    stored (etl.wallet.follow); an erased card's is gone."""
     ctx = _authorised(request, pass_type_id, serial)
     row = await ctx.reader.card_by_escn(serial)
+    stored = None
     if row is None:
-        raise ApiError(404, "not_found", "pass not found")
+        path = (ctx.settings.home / "wallet").glob(f"*/{serial}.pkpass")
+        stored = next(iter(path), None)
+        if stored is None:
+            raise ApiError(404, "not_found", "pass not found")
 
     def read() -> dt.datetime | None:
         with ctx.engine.connect() as conn:
-            return store.card_changed_at(conn, serial)
+            return store.pass_updated_at(conn, serial)
 
-    changed_at = (await run_in_threadpool(read) or dt.datetime.now(dt.UTC)).replace(
-        tzinfo=dt.UTC, microsecond=0
-    )
-    last_modified = email.utils.format_datetime(changed_at, usegmt=True)
+    # HTTP dates have whole seconds: Last-Modified is the second the pass changed in, and only a copy
+    # from after the change itself is "not modified" (two changes within a second are not mistaken
+    # for one; a copy fetched in the second of its change is sent again, 3 KB).
+    changed_at = (await run_in_threadpool(read) or dt.datetime.now(dt.UTC)).replace(tzinfo=dt.UTC)
+    last_modified = email.utils.format_datetime(changed_at.replace(microsecond=0), usegmt=True)
     since = request.headers.get("if-modified-since")
     if since:
         try:
@@ -137,7 +144,10 @@ async def latest_pass(request: Request, pass_type_id: PassType, serial: Serial) 
                 return Response(status_code=304, headers={"Last-Modified": last_modified})
         except (TypeError, ValueError):
             pass
-    response = await pass_response(ctx, row)
+    if stored is not None:
+        response = Response(stored.read_bytes(), media_type=PKPASS, headers={"Cache-Control": "no-store"})
+    else:
+        response = await pass_response(ctx, row)
     response.headers["Last-Modified"] = last_modified
     return response
 

@@ -24,9 +24,9 @@ from etl.api.params import ESCN_PATTERN, MATRICOLA_PATTERN, UNIVERSITY_PATTERN
 from etl.api.ranges import etag_matches
 from etl.api.schemas import BadgeOut, error_responses
 from etl.api.tokens import BADGES_READ, EXPORTS_READ
-from etl.render.badge_html import render_badge_html
+from etl.render.badge_html import WalletLinks, render_badge_html
 from etl.render.badge_pdf import render_badge_pdf
-from etl.render.badge_source import badge_view, qr_images
+from etl.render.badge_source import badge_view, pass_card, qr_images
 from etl.render.qr import QrImages
 from etl.wallet.apple import PassCard, build_pkpass, pass_auth_token, pass_json
 
@@ -93,7 +93,7 @@ async def _badge_response(ctx: ApiContext, row: Any, fmt: BadgeFormat) -> Respon
         *((stored.payload, stored.png, stored.svg) if stored else (None,) * 3),
     )
     if fmt is BadgeFormat.html:
-        html = render_badge_html(view, images.svg, ctx.logo)
+        html = render_badge_html(view, images.svg, ctx.logo, _wallet_links(ctx, row))
         return Response(html, media_type="text/html; charset=utf-8", headers=HTML_HEADERS)
     pdf = await run_in_threadpool(render_badge_pdf, view, images.png, ctx.logo_png)
     headers = {**PERSONAL, "Content-Disposition": f'inline; filename="esc-{row.escn}.pdf"'}
@@ -254,10 +254,16 @@ def wallet_card(ctx: ApiContext, row: Any, issuers: Mapping[str, W], wallet: str
     name = ctx.university_names.get(row.institution)
     if issuer is None or name is None:
         raise ApiError(404, "wallet_not_configured", f"this university issues no {wallet} pass")
-    view = badge_view(row, name, ctx.settings.qr_base_url, ctx.today())
-    return issuer, PassCard(
-        view.escn, view.qr_payload, view.full_name, name, view.expires_at, view.status, view.academic_year
-    )
+    return issuer, pass_card(row, name, ctx.settings.qr_base_url, ctx.today())
+
+
+def _wallet_links(ctx: ApiContext, row: Any) -> WalletLinks:
+    """The badge page's wallet buttons: the pass route beside the page, the signed Google link."""
+    save_url = None
+    if row.institution in ctx.google_issuers:
+        issuer, card = wallet_card(ctx, row, ctx.google_issuers, "Google Wallet")
+        save_url = issuer.save_url(card, row.institution)
+    return WalletLinks("pass.pkpass" if row.institution in ctx.wallet_signers else None, save_url)
 
 
 async def pass_response(ctx: ApiContext, row: Any) -> Response:

@@ -8,6 +8,7 @@ escaped escaping still could not run. Every text field goes through ``html.escap
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from html import escape
 
 from etl.render.badge_view import BadgeView
@@ -44,6 +45,9 @@ dd.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-we
 .stamp{position:absolute;left:8%;top:42%;transform:rotate(-14deg);border:.6cqw solid #c01818;color:#c01818;
   font-weight:800;font-size:4.6cqw;padding:.6cqw 2.4cqw;border-radius:1.2cqw;background:rgba(255,255,255,.75);
   letter-spacing:.06em;pointer-events:none}
+.wallets{display:flex;flex-wrap:wrap;justify-content:center;gap:10px;margin-top:14px}
+.wallet{background:#000;color:#fff;border-radius:10px;padding:9px 16px;font-size:15px;font-weight:600;
+  text-decoration:none;white-space:nowrap}
 /* Let the text column shrink instead of pushing the QR out of the card. */
 .badge{grid-template-columns:minmax(0,1fr)}.body{grid-template-columns:minmax(0,1fr) 25cqw}
 """
@@ -51,8 +55,20 @@ dd.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-we
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
-def render_badge_html(view: BadgeView, qr_svg: bytes, logo_svg: bytes | None = None) -> str:
-    """A complete HTML page showing the badge at credit-card proportions.
+@dataclass(frozen=True)
+class WalletLinks:
+    """Where the page's wallet buttons lead: the Apple pass (a link relative to the page, so whoever
+    serves the page with its token serves the pass too) and the "Save to Google Wallet" URL."""
+
+    apple: str | None = None
+    google: str | None = None
+
+
+def render_badge_html(
+    view: BadgeView, qr_svg: bytes, logo_svg: bytes | None = None, wallets: WalletLinks | None = None
+) -> str:
+    """A complete HTML page showing the badge at credit-card proportions, with "Add to Apple Wallet"
+    and "Save to Google Wallet" under an active card whose university issues those passes.
 
     ``qr_svg`` is ``render_qr(view.qr_payload).svg``; ``logo_svg`` the ESC logo file's bytes (SVG, or
     PNG also works), None for the neutral placeholder.
@@ -74,6 +90,17 @@ def render_badge_html(view: BadgeView, qr_svg: bytes, logo_svg: bytes | None = N
     dl = "".join(f'<dt>{e(label)}</dt><dd class="{cls}">{e(value)}</dd>' for label, value, cls in rows)
     validity = f"{_d(view.issued_at)} – {_d(view.expires_at)}"
     stamp = "" if view.is_active else f'<div class="stamp">{e(view.status)}</div>'
+    buttons = ""
+    if wallets is not None and view.is_active:
+        links = [
+            f'<a class="wallet {cls}" href="{e(href)}"{extra}>{label}</a>'
+            for cls, href, extra, label in (
+                ("apple", wallets.apple, "", "Add to Apple Wallet"),
+                ("google", wallets.google, ' target="_blank" rel="noopener"', "Save to Google Wallet"),
+            )
+            if href
+        ]
+        buttons = f'<nav class="wallets">{"".join(links)}</nav>' if links else ""
     return (
         "<!DOCTYPE html>\n"
         '<html lang="it"><head><meta charset="utf-8">'
@@ -88,7 +115,7 @@ def render_badge_html(view: BadgeView, qr_svg: bytes, logo_svg: bytes | None = N
         f'<div class="qr" role="img" aria-label="QR {e(view.qr_payload)}">{art}</div></div>'
         f'<footer class="foot"><span>Validità · Validity {e(validity)}</span>'
         f'<span class="status">{e(status_text)}</span></footer>{stamp}'
-        "</article></div></body></html>\n"
+        f"</article>{buttons}</div></body></html>\n"
     )
 
 

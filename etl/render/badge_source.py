@@ -12,6 +12,7 @@ from typing import Any
 from etl.domain.states import CardStatus
 from etl.render.badge_view import BadgeView
 from etl.render.qr import QrImages, qr_payload, render_qr
+from etl.wallet.apple import PassCard
 
 
 def display_status(desired_status: str, expires_at: dt.date, today: dt.date) -> str:
@@ -38,6 +39,17 @@ def badge_view(row: Any, university_name: str, qr_base_url: str, today: dt.date)
         status=display_status(row.desired_status, row.expires_at, today),
         qr_payload=qr_payload(row.escn, qr_base_url),
     )
+
+
+def pass_card(row: Any, university_name: str, qr_base_url: str, today: dt.date) -> PassCard:
+    """What a card's wallet passes show; a retired card's (its career names someone else now):
+    voided, with no name."""
+    view = badge_view(row, university_name, qr_base_url, today)
+    if getattr(row, "retired_at", None) is not None:
+        return PassCard(view.escn, view.qr_payload, "-", university_name, view.expires_at,
+                        CardStatus.INACTIVE, view.academic_year)  # fmt: skip
+    return PassCard(view.escn, view.qr_payload, view.full_name, university_name, view.expires_at,
+                    view.status, view.academic_year)  # fmt: skip
 
 
 def qr_images(

@@ -473,3 +473,22 @@ class WalletRegistration(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     __table_args__ = (Index("ix_wallet_registrations_serial", "serial_number"),)
+
+
+class WalletPass(Base):
+    """What a card's wallet passes last showed (etl.wallet.follow): the digest of the stored Apple pass
+    (``pass.json``) and when it changed (the tag Apple's web service gives devices), the digest the
+    devices were last pushed, and the digest of the object Google Wallet holds. Digests, no names:
+    kept until the card's Google object is scrubbed after its holder's erasure."""
+
+    __tablename__ = "wallet_passes"
+
+    escn: Mapped[str] = mapped_column(String(36), primary_key=True)
+    institution: Mapped[str] = mapped_column(String(32))
+    academic_year: Mapped[int] = mapped_column(Integer)
+    apple_digest: Mapped[str | None] = mapped_column(String(64))
+    apple_updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    pushed_digest: Mapped[str | None] = mapped_column(String(64))
+    google_digest: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_wallet_passes_partition", "institution", "academic_year"),)

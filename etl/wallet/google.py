@@ -25,7 +25,10 @@ from etl.errors import ConfigError, check_keys
 from etl.wallet.apple import ESC_BLUE, PassCard
 
 SAVE_URL = "https://pay.google.com/gp/v/save/"
-GOOGLE_KEYS = frozenset(("issuer_id", "service_account_key"))
+TOKEN_URI = "https://oauth2.googleapis.com/token"  # a key file without its own token_uri uses Google's
+SCOPE = "https://www.googleapis.com/auth/wallet_object.issuer"
+API_URL = "https://walletobjects.googleapis.com/walletobjects/v1/"
+GOOGLE_KEYS = frozenset(("issuer_id", "service_account_key", "api_url"))
 _STATES = {"ACTIVE": "ACTIVE", "INACTIVE": "INACTIVE", "EXPIRED": "EXPIRED"}
 
 
@@ -40,6 +43,7 @@ class GoogleIssuer:
     issuer_id: str
     client_email: str
     key: rsa.RSAPrivateKey
+    token_uri: str = TOKEN_URI
 
     @classmethod
     def from_key_json(cls, issuer_id: str, key_json: bytes) -> GoogleIssuer:
@@ -47,26 +51,34 @@ class GoogleIssuer:
             account = json.loads(key_json)
             key = load_pem_private_key(account["private_key"].encode(), password=None)
             email = str(account["client_email"])
+            token_uri = str(account.get("token_uri") or TOKEN_URI)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"google wallet: service account key unreadable: {type(e).__name__}") from None
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ConfigError("google wallet: the service account key is not an RSA key")
-        return cls(issuer_id, email, key)
+        return cls(issuer_id, email, key, token_uri)
 
     def class_id(self, university_code: str) -> str:
         return f"{self.issuer_id}.esc_{university_code}"
 
-    def generic_object(self, card: PassCard, university_code: str) -> dict[str, Any]:
-        def text(value: str) -> dict[str, Any]:
-            return {"defaultValue": {"language": "it", "value": value}}
-
+    def generic_class(self, university_code: str) -> dict[str, Any]:
+        """The university's class: one holder per card (a student card is not to be shared)."""
         return {
-            "id": f"{self.issuer_id}.{card.escn}",
+            "id": self.class_id(university_code),
+            "multipleDevicesAndHoldersAllowedStatus": "ONE_USER_ALL_DEVICES",
+        }
+
+    def object_id(self, escn: str) -> str:
+        return f"{self.issuer_id}.{escn}"
+
+    def generic_object(self, card: PassCard, university_code: str) -> dict[str, Any]:
+        return {
+            "id": self.object_id(card.escn),
             "classId": self.class_id(university_code),
             "state": _STATES.get(str(card.status), "INACTIVE"),
-            "cardTitle": text("European Student Card"),
-            "header": text(card.full_name),
-            "subheader": text(card.university),
+            "cardTitle": _text("European Student Card"),
+            "header": _text(card.full_name),
+            "subheader": _text(card.university),
             "hexBackgroundColor": _hex(ESC_BLUE),
             "barcode": {"type": "QR_CODE", "value": card.qr_payload, "alternateText": card.escn},
             "validTimeInterval": {
@@ -85,26 +97,44 @@ class GoogleIssuer:
             ],
         }
 
+    def sign_jwt(self, claims: Mapping[str, Any]) -> str:
+        """``claims`` as a JWT signed RS256 with the service account's key."""
+        signing_input = ".".join(
+            _b64(json.dumps(part, separators=(",", ":"), ensure_ascii=False).encode())
+            for part in ({"alg": "RS256", "typ": "JWT"}, claims)
+        )
+        signature = self.key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{_b64(signature)}"
+
     def save_jwt(self, objects: list[Mapping[str, Any]], origins: list[str] | None = None) -> str:
         """The signed JWT of a "Save to Google Wallet" link carrying ``objects``."""
-        header = {"alg": "RS256", "typ": "JWT"}
-        claims = {
+        return self.sign_jwt({
             "iss": self.client_email,
             "aud": "google",
             "typ": "savetowallet",
             "iat": int(dt.datetime.now(dt.UTC).timestamp()),
             "origins": origins or [],
             "payload": {"genericObjects": list(objects)},
-        }
-        signing_input = ".".join(
-            _b64(json.dumps(part, separators=(",", ":"), ensure_ascii=False).encode())
-            for part in (header, claims)
+        })  # fmt: skip
+
+    def token_assertion(self, now: dt.datetime) -> str:
+        """The JWT a service account trades for an access token (OAuth 2.0 JWT bearer grant)."""
+        iat = int(now.timestamp())
+        return self.sign_jwt(
+            {"iss": self.client_email, "scope": SCOPE, "aud": self.token_uri, "iat": iat, "exp": iat + 3600}
         )
-        signature = self.key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
-        return f"{signing_input}.{_b64(signature)}"
 
     def save_url(self, card: PassCard, university_code: str) -> str:
         return SAVE_URL + self.save_jwt([self.generic_object(card, university_code)])
+
+
+def _text(value: str) -> dict[str, Any]:
+    return {"defaultValue": {"language": "it", "value": value}}
+
+
+# What an object keeps once its holder is erased: no name, no university, marked inactive (Google's API
+# has no delete for objects).
+SCRUBBED = {"state": "INACTIVE", "header": _text("-"), "subheader": _text("-"), "textModulesData": []}
 
 
 def _hex(rgb: str) -> str:
@@ -119,6 +149,7 @@ class GoogleWalletConfig:
 
     issuer_id: str
     service_account_key: Path
+    api_url: str = API_URL  # Google's; a test points it at etl.wallet.google_emulator
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], who: str, home: Path) -> GoogleWalletConfig:
@@ -132,7 +163,10 @@ class GoogleWalletConfig:
         key = raw.get("service_account_key")
         if not isinstance(key, str) or not key.strip():
             raise ConfigError(f"{where}: field service_account_key: the path of the JSON key file")
-        return cls(issuer, Path(key.replace("{home}", str(home))))
+        api_url = raw.get("api_url", API_URL)
+        if not isinstance(api_url, str) or not api_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: field api_url: {api_url!r} is not an http(s) URL")
+        return cls(issuer, Path(key.replace("{home}", str(home))), api_url.rstrip("/") + "/")
 
     def issuer(self) -> GoogleIssuer:
         try:
