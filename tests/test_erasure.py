@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select, text
 
-from etl import cli
 from etl.config import Settings, load_settings
 from etl.demo.config import DEMO_ATENEI, demo_config_toml, key_env
 from etl.demo.generate import generate
@@ -31,7 +30,7 @@ from etl.resources.router_errors import RouterNotFound
 from etl.resources.runtime import Runtime
 from etl.store.db import make_engine
 from etl.store.models import Card, Career, Export, Person, QrImage
-from tests.fixtures.world import KEYS, PICS, CliWorld, add_badge, add_career
+from tests.fixtures.world import KEYS, PICS, CliWorld, add_badge, add_career, use_home
 
 INST = "unipa"  # opt-in: consent can be withdrawn
 GENERATED_AT = dt.datetime(2026, 10, 1, 9, 0)
@@ -174,13 +173,7 @@ def world(
             {"n": MARK_FIRST, "c": MARK_LAST, "p": pers_id},
         )
     toml = demo_config_toml(emulator.url, atenei=DEMO_ATENEI[1:]).replace("first = 2019", "first = 2025")
-    (home / "esc-sync.toml").write_text(toml)
-    for name in ("DAGSTER_HOME", "ESC_SYNC_DEBUG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ESC_SYNC_HOME", str(home))
-    monkeypatch.setenv("ESC_SYNC_CONFIG", str(home / "esc-sync.toml"))
-    monkeypatch.setenv("ESC_SYNC_DATABASE_URL", state_url)
-    assert cli.main(["db", "upgrade"]) == 0
+    use_home(monkeypatch, home, toml, state_url)
     w = World(home, make_engine(state_url), esse3, emulator, capsys)
     w.sync()
     yield w

@@ -19,7 +19,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from etl import cli
 from etl.api.app import create_app
 from etl.api.tokens import create_token
 from etl.changes import pending_partitions
@@ -35,7 +34,7 @@ from etl.resources.router import RouterClient
 from etl.resources.runtime import Runtime
 from etl.store.db import make_engine
 from etl.store.models import Card, Career, Export, Watermark
-from tests.fixtures.world import KEYS, PICS, CliWorld
+from tests.fixtures.world import KEYS, PICS, CliWorld, use_home
 
 pytestmark = pytest.mark.slow  # end to end, seconds to minutes each: `make test-quick` leaves them out
 
@@ -192,13 +191,7 @@ def world(
     generate(esse3_url, seed=7, students=160, first_year=2024, last_year=2025, now=GENERATED_AT)
     toml = demo_config_toml(emulator.url, atenei=DEMO_ATENEI[:1]).replace("first = 2019", "first = 2024")
     toml = toml.replace("last = 2025", 'last = 2025\n\n[esse3]\ntimezone = "Europe/Rome"\n')
-    (home / "esc-sync.toml").write_text(toml)
-    for name in ("DAGSTER_HOME", "ESC_SYNC_DEBUG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ESC_SYNC_HOME", str(home))
-    monkeypatch.setenv("ESC_SYNC_CONFIG", str(home / "esc-sync.toml"))
-    monkeypatch.setenv("ESC_SYNC_DATABASE_URL", state_url)
-    assert cli.main(["db", "upgrade"]) == 0
+    use_home(monkeypatch, home, toml, state_url)
     w = World(home, make_engine(state_url), make_engine(esse3_url), emulator, capsys)
     w.sync()
     w.assert_router_tells_the_truth()

@@ -32,6 +32,7 @@ from etl.report import badges_line
 from etl.store.db import make_engine
 from etl.store.locks import PartitionBusy
 from etl.unfinished import PartitionWork, schedule
+from tests.fixtures.world import use_home
 
 INST, PIC, KEY = "unife", "999978433", "unfinished-work-unife"
 T0 = dt.datetime(2026, 12, 5, 10, 0)
@@ -148,12 +149,7 @@ def world(
     emu = start_emulator({KEY: PIC}, tmp_path / "router.sqlite")
     toml = demo_config_toml(emu.url, atenei=DEMO_ATENEI[:1]).replace("first = 2019", "first = 2025")
     toml = toml.replace("concurrency = 16\n", "concurrency = 16\nmax_retries = 1\ntimeout_s = 2\n")
-    (home / "esc-sync.toml").write_text(toml)
-    for name in ("DAGSTER_HOME", "ESC_SYNC_DEBUG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ESC_SYNC_HOME", str(home))
-    monkeypatch.setenv("ESC_SYNC_CONFIG", str(home / "esc-sync.toml"))
-    monkeypatch.setenv("ESC_SYNC_DATABASE_URL", state_url)
+    use_home(monkeypatch, home, toml, state_url)
     monkeypatch.setenv(key_env(INST), KEY)
 
     def run(*argv: str) -> tuple[int, str, str]:
@@ -162,7 +158,6 @@ def world(
         out, err = capsys.readouterr()
         return code, out, err
 
-    assert run("db", "upgrade")[0] == 0
     yield run, emu, home
     emu.stop()
 

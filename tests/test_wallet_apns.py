@@ -67,3 +67,12 @@ def test_the_wallet_table_is_validated(tmp_path: Path) -> None:
                        ({"apns_ca_file": ""}, "apns_ca_file")):  # fmt: skip
         with pytest.raises(ConfigError, match=f"wallet: field {field}"):
             WalletPolicy.from_mapping(bad, tmp_path)
+
+
+def test_an_unusable_certificate_or_key_is_a_configuration_error(tmp_path: Path) -> None:
+    chain = make_chain(tmp_path)
+    with pytest.raises(ConfigError, match=r"^apns: certificate, key or CA file unusable: ") as wrong:
+        ApnsClient("https://127.0.0.1:9", chain["pass"], chain["key"], "not-the-password")
+    assert "not-the-password" not in str(wrong.value)
+    with pytest.raises(ConfigError, match=r"^apns: .*No such file"):
+        ApnsClient("https://127.0.0.1:9", tmp_path / "missing.pem", chain["key"], KEY_PASSWORD.decode())

@@ -21,7 +21,6 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from etl import cli
 from etl.config import load_settings
 from etl.demo.config import DEMO_ATENEI, demo_config_toml
 from etl.demo.generate import generate
@@ -35,7 +34,7 @@ from etl.wallet.google import SAVE_URL
 from etl.wallet.google_emulator import Account, GoogleWalletEmulator
 from tests.fixtures.apns import ApnsEmulator
 from tests.fixtures.wallet import make_chain, make_google_key
-from tests.fixtures.world import CliWorld
+from tests.fixtures.world import CliWorld, use_home
 
 INST = "unipa"
 PASS_TYPE = "pass.it.unipa.esc"
@@ -119,15 +118,9 @@ apns_push = true
 apns_url = "{apns.url}"
 apns_ca_file = "{apns.ca_file}"
 """
-    (home / "esc-sync.toml").write_text(toml)
-    for name in ("DAGSTER_HOME", "ESC_SYNC_DEBUG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ESC_SYNC_HOME", str(home))
-    monkeypatch.setenv("ESC_SYNC_CONFIG", str(home / "esc-sync.toml"))
-    monkeypatch.setenv("ESC_SYNC_DATABASE_URL", state_url)
     monkeypatch.setenv("TEST_PASS_KEY_PASSWORD", "secret")
     monkeypatch.setenv("ESC_SYNC_WALLET_SECRET", "a-deployment-secret-for-tests")
-    assert cli.main(["db", "upgrade"]) == 0
+    use_home(monkeypatch, home, toml, state_url)
     w = World(home, make_engine(state_url), make_engine(esse3_url), emulator, capsys)
     w.google, w.apns = google, apns
     try:

@@ -93,7 +93,8 @@ async def _badge_response(ctx: ApiContext, row: Any, fmt: BadgeFormat) -> Respon
         *((stored.payload, stored.png, stored.svg) if stored else (None,) * 3),
     )
     if fmt is BadgeFormat.html:
-        html = render_badge_html(view, images.svg, ctx.logo, _wallet_links(ctx, row))
+        wallets = _wallet_links(ctx, row) if view.is_active else None  # no pass offered for a dead card
+        html = render_badge_html(view, images.svg, ctx.logo, wallets)
         return Response(html, media_type="text/html; charset=utf-8", headers=HTML_HEADERS)
     pdf = await run_in_threadpool(render_badge_pdf, view, images.png, ctx.logo_png)
     headers = {**PERSONAL, "Content-Disposition": f'inline; filename="esc-{row.escn}.pdf"'}

@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 import httpx
 
+from etl.errors import ConfigError
+
 APNS_URL = "https://api.push.apple.com"
 
 
@@ -30,8 +32,11 @@ class ApnsClient:
         self, url: str, certificate: Path, key: Path, key_password: str | None = None,
         ca_file: Path | None = None, timeout_s: float = 10.0,
     ) -> None:  # fmt: skip
-        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        context.load_cert_chain(certificate, key, password=key_password)
+        try:
+            context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            context.load_cert_chain(certificate, key, password=key_password)
+        except (OSError, ssl.SSLError) as e:  # SSLError is an OSError; the reason, never the password
+            raise ConfigError(f"apns: certificate, key or CA file unusable: {e.strerror or e}") from None
         self.url = url.rstrip("/")
         self.http = httpx.Client(http2=True, verify=context, timeout=timeout_s)
         self.failure: str | None = None  # the last failure's one-line reason (no token, no name)

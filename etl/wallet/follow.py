@@ -4,9 +4,10 @@ private (``<home>/wallet/<university>/<ESCN>.pkpass``, 0600), the devices holdin
 (``[wallet] apns_push``), and its Google Wallet object is patched. What changed is decided by digests
 of ``pass.json`` and of the Google object (``wallet_passes``), so a second run builds and sends nothing.
 
-A retired card (its career now names another person) keeps a voided pass without a name. A card whose
-holder was erased loses its pass file at once (etl.erasure); here its Google object is scrubbed
-(Google keeps objects: they can only be changed) and its row dropped.
+A retired card (its career now names another person) keeps a voided pass without a name. An erased
+card's pass is withdrawn (``withdraw``): its file deleted, its Google object scrubbed (Google keeps
+objects: they can only be changed), its row dropped; by the erasure itself, and here for any the
+erasure could not finish.
 """
 
 from __future__ import annotations
@@ -106,14 +107,10 @@ class Wallets:
     def apple_body(self, card: PassCard) -> dict[str, Any] | None:
         if self.signer is None:
             return None
-        token = {}
-        if self.secret is not None:
-            token = {
-                "authentication_token": pass_auth_token(
-                    self.secret, self.signer.pass_type_identifier, card.escn
-                )
-            }
-        return pass_json(card, self.signer, **self.service, **token)
+        if self.secret is None:
+            return pass_json(card, self.signer)
+        token = pass_auth_token(self.secret, self.signer.pass_type_identifier, card.escn)
+        return pass_json(card, self.signer, authentication_token=token, **self.service)
 
 
 def follow_partition(
