@@ -141,11 +141,15 @@ def test_a_revoked_token_is_renewed_once_and_refusals_are_one_line(google: Any, 
         emulator.state.tokens.clear()  # Google forgot the token
         assert client.ensure_class(issuer.generic_class("unipa")) is False
         other = replace(issuer, issuer_id="1111")  # an id of another issuer: Google refuses it
-        with pytest.raises(GoogleWalletError, match=r"^google wallet: HTTP 403 PERMISSION_DENIED$"):
+        with pytest.raises(
+            GoogleWalletError, match=r"^google wallet: HTTP 403 PERMISSION_DENIED$"
+        ) as refused:
             client.patch_object(other.object_id(ESCN), {"state": "INACTIVE"})
+        assert refused.value.transient is False  # a person must look: no retrying
         emulator.state.fail_with = 503
-        with pytest.raises(GoogleWalletError, match=r"^google wallet: HTTP 503 UNAVAILABLE$"):
+        with pytest.raises(GoogleWalletError, match=r"^google wallet: HTTP 503 UNAVAILABLE$") as outage:
             client.patch_object(issuer.object_id(ESCN), {"state": "INACTIVE"})
+        assert outage.value.transient is True
     # a key Google does not know cannot get a token
     (tmp_path / "stranger").mkdir()
     stranger, _ = make_google_key(tmp_path / "stranger")

@@ -63,7 +63,8 @@ def build_wallet_asset(partitions: MultiPartitionsDefinition, settings: Settings
         if failed:  # what was done is kept; the step fails so the rest is tried again (never green)
             reason, _ = r.failed.most_common(1)[0]
             message = f"{failed} wallet pass update(s) not delivered ({reason}); a rerun sends them"
-            raise EscSyncError(message, exit_code=ExitCode.SERVICE, transient=True)
+            # Google refusing (a 403: the service account not on the issuer) needs a person, not retries.
+            raise EscSyncError(message, exit_code=ExitCode.SERVICE, transient=r.refused == 0)
         return MaterializeResult(
             metadata={
                 "cards": r.cards,

@@ -58,6 +58,11 @@ class WalletRunResult:
     devices_gone: int = 0  # registrations APNs says are dead: forgotten
     scrubbed: int = 0  # erased or vanished cards whose passes were withdrawn
     failed: Counter[str] = field(default_factory=Counter)  # reason → count (no personal data)
+    refused: int = 0  # of the failures, those Google refused (waiting will not help)
+
+    def fail(self, error: GoogleWalletError) -> None:
+        self.failed[str(error)] += 1
+        self.refused += not error.transient
 
 
 @dataclass
@@ -129,7 +134,7 @@ def follow_partition(
         try:  # a "Save to Google Wallet" link works only once its class exists
             wallets.google.ensure_class(wallets.google_issuer.generic_class(inst))
         except GoogleWalletError as e:
-            result.failed[str(e)] += 1
+            result.fail(e)
             google_ok = False  # Google's part waits for the next run
     changed: list[dict[str, Any]] = []
     for row in rows:
@@ -195,7 +200,7 @@ def _follow_google(
     try:
         outcome = wallets.google.patch_object(str(body["id"]), body)
     except GoogleWalletError as e:
-        result.failed[str(e)] += 1
+        result.fail(e)
         return
     new["google_digest"] = d
     if outcome == "updated":
@@ -249,7 +254,7 @@ def withdraw(
             try:
                 wallets.google.patch_object(wallets.google_issuer.object_id(escn), SCRUBBED)
             except GoogleWalletError as e:
-                result.failed[str(e)] += 1
+                result.fail(e)
                 continue
         dropped.append(escn)
     with engine.begin() as conn:

@@ -24,7 +24,12 @@ GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
 class GoogleWalletError(Exception):
-    """A call Google refused or could not answer: one line, the status and Google's reason only."""
+    """A call Google refused or could not answer: one line, the status and Google's reason only.
+    ``transient``: Google unreachable, overloaded or failing (waiting may help), not refusing."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Patched(StrEnum):
@@ -55,9 +60,14 @@ class GoogleWalletClient:
                 "POST", self.issuer.token_uri,
                 data={"grant_type": GRANT, "assertion": self.issuer.token_assertion(now)},
             )  # fmt: skip
-            body = answer.json()
-            lifetime = int(body.get("expires_in", 3600))
-            self._token = (str(body["access_token"]), now + dt.timedelta(seconds=max(lifetime - 60, 0)))
+            try:
+                body = answer.json()
+                token, lifetime = str(body["access_token"]), int(body.get("expires_in", 3600))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise GoogleWalletError(
+                    "google wallet: the token answer is unreadable", transient=True
+                ) from None
+            self._token = (token, now + dt.timedelta(seconds=max(lifetime - 60, 0)))
         return self._token[0]
 
     def _send(self, method: str, url: str, ok: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
@@ -65,9 +75,13 @@ class GoogleWalletClient:
         try:
             answer = self.http.request(method, url, **kwargs)
         except httpx.HTTPError as e:
-            raise GoogleWalletError(f"google wallet unreachable: {type(e).__name__}") from None
-        if answer.status_code >= 400 and answer.status_code not in ok:
-            raise GoogleWalletError(f"google wallet: HTTP {answer.status_code} {_reason(answer)}")
+            raise GoogleWalletError(
+                f"google wallet unreachable: {type(e).__name__}", transient=True
+            ) from None
+        status = answer.status_code
+        if status >= 400 and status not in ok:
+            transient = status >= 500 or status == 429
+            raise GoogleWalletError(f"google wallet: HTTP {status} {_reason(answer)}", transient=transient)
         return answer
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> httpx.Response:
@@ -87,7 +101,9 @@ class GoogleWalletClient:
             return False
         answer = self._call("POST", "genericClass", body)
         if answer.status_code == 404:
-            raise GoogleWalletError("google wallet: HTTP 404 on genericClass insert (wrong api_url?)")
+            raise GoogleWalletError(
+                "google wallet: HTTP 404 on genericClass insert (wrong api_url?)", transient=False
+            )
         return True
 
     def patch_object(self, object_id: str, body: Mapping[str, Any]) -> Patched:
