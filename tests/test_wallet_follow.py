@@ -4,7 +4,7 @@ Apple pass (0600), creates the university's Google class, pushes the devices hol
 (over HTTP/2 with the Pass Type ID certificate, to a loopback APNs) and patches the Google object a
 student saved (Google's endpoints emulated on loopback); nothing is sent twice; an erased student's
 pass file goes and their Google object is scrubbed; Google unreachable fails the step in one line and
-the next run delivers."""
+the next run delivers (an update, and the scrub of a student erased while Google was down)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from sqlalchemy import select, text
 
 from etl.config import load_settings
 from etl.demo.config import DEMO_ATENEI, demo_config_toml
-from etl.demo.generate import generate
 from etl.errors import ExitCode
 from etl.render.badge_source import pass_card
 from etl.store import wallet as store
@@ -34,7 +33,7 @@ from etl.wallet.google import SAVE_URL
 from etl.wallet.google_emulator import Account, GoogleWalletEmulator
 from tests.fixtures.apns import ApnsEmulator
 from tests.fixtures.wallet import make_chain, make_google_key
-from tests.fixtures.world import CliWorld, use_home
+from tests.fixtures.world import CliWorld, demo_home, use_home
 
 INST = "unipa"
 PASS_TYPE = "pass.it.unipa.esc"
@@ -83,10 +82,8 @@ def world(
     emulator: Any, state_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> Iterator[World]:  # fmt: skip
-    home = tmp_path / "home"
-    home.mkdir()
-    esse3_url = f"sqlite:///{home / f'esse3-{INST}.sqlite'}"
-    generate(esse3_url, seed=5, students=30, first_year=2025, last_year=2025, now=GENERATED_AT)
+    home, esse3_url = demo_home(tmp_path, INST, seed=5, students=30, first_year=2025, last_year=2025,
+                                now=GENERATED_AT)  # fmt: skip
     chain = make_chain(tmp_path)
     key_file, public = make_google_key(tmp_path)
     account = json.loads(key_file.read_text())
@@ -239,3 +236,16 @@ def test_google_unreachable_fails_the_step_in_one_line_and_the_next_run_delivers
     world.sync()  # the failed partition runs again: the object catches up
     obj = world.google.state.objects[f"{ISSUER}.{target.escn}"]
     assert obj["header"]["defaultValue"]["value"].startswith("Ritentata")
+
+    # Erased while Google is down: the file goes at once; the object is scrubbed by the next run.
+    world.google.state.fail_with = 503
+    code, out, err = world.run("erase", "--institution", INST, "--pers-id", str(target.pers_id))
+    assert code == 0, out + err
+    assert not pass_path(world.home, INST, target.escn).exists()
+    assert "Ritentata" in json.dumps(world.google.state.objects[f"{ISSUER}.{target.escn}"])
+    assert target.escn in world.states()  # kept for the retry
+    world.google.state.fail_with = None
+    code, out, err = world.run("materialize", "--partition", f"2025|{INST}")
+    assert code == 0, out + err
+    assert "Ritentata" not in json.dumps(world.google.state.objects[f"{ISSUER}.{target.escn}"])
+    assert target.escn not in world.states()

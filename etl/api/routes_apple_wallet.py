@@ -15,7 +15,7 @@ import datetime as dt
 import email.utils
 import json
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +26,7 @@ from etl.api.params import ESCN_PATTERN
 from etl.api.routes_badges import PKPASS, pass_response
 from etl.store import wallet as store
 from etl.wallet.apple import token_matches
+from etl.wallet.follow import pass_path
 
 log = logging.getLogger("etl.api")
 router = APIRouter(prefix="/apple/v1", include_in_schema=False)
@@ -121,21 +122,20 @@ async def latest_pass(request: Request, pass_type_id: PassType, serial: Serial) 
     stored (etl.wallet.follow); an erased card's is gone."""
     ctx = _authorised(request, pass_type_id, serial)
     row = await ctx.reader.card_by_escn(serial)
-    stored = None
-    if row is None:
-        path = (ctx.settings.home / "wallet").glob(f"*/{serial}.pkpass")
-        stored = next(iter(path), None)
-        if stored is None:
-            raise ApiError(404, "not_found", "pass not found")
 
-    def read() -> dt.datetime | None:
+    def read() -> Any:
         with ctx.engine.connect() as conn:
-            return store.pass_updated_at(conn, serial)
+            return store.stored_pass(conn, serial)
 
+    stored = await run_in_threadpool(read)
+    file = pass_path(ctx.settings.home, stored.institution, serial) if stored is not None else None
+    if row is None and (file is None or not file.exists()):
+        raise ApiError(404, "not_found", "pass not found")
     # HTTP dates have whole seconds: Last-Modified is the second the pass changed in, and only a copy
     # from after the change itself is "not modified" (two changes within a second are not mistaken
     # for one; a copy fetched in the second of its change is sent again, 3 KB).
-    changed_at = (await run_in_threadpool(read) or dt.datetime.now(dt.UTC)).replace(tzinfo=dt.UTC)
+    updated = stored.apple_updated_at if stored is not None else None
+    changed_at = (updated or dt.datetime.now(dt.UTC)).replace(tzinfo=dt.UTC)
     last_modified = email.utils.format_datetime(changed_at.replace(microsecond=0), usegmt=True)
     since = request.headers.get("if-modified-since")
     if since:
@@ -144,8 +144,8 @@ async def latest_pass(request: Request, pass_type_id: PassType, serial: Serial) 
                 return Response(status_code=304, headers={"Last-Modified": last_modified})
         except (TypeError, ValueError):
             pass
-    if stored is not None:
-        response = Response(stored.read_bytes(), media_type=PKPASS, headers={"Cache-Control": "no-store"})
+    if row is None and file is not None:  # a retired card: the voided pass stored for it
+        response = Response(file.read_bytes(), media_type=PKPASS, headers={"Cache-Control": "no-store"})
     else:
         response = await pass_response(ctx, row)
     response.headers["Last-Modified"] = last_modified

@@ -483,12 +483,8 @@ class WalletPass(Base):
 
     __tablename__ = "wallet_passes"
 
-    escn: Mapped[str] = mapped_column(String(36), primary_key=True)
-    institution: Mapped[str] = mapped_column(String(32))
-    academic_year: Mapped[int] = mapped_column(Integer)
+    escn: Mapped[str] = mapped_column(String(36), primary_key=True)  # the card's: its partition is the card's
     apple_digest: Mapped[str | None] = mapped_column(String(64))
     apple_updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     pushed_digest: Mapped[str | None] = mapped_column(String(64))
     google_digest: Mapped[str | None] = mapped_column(String(64))
-
-    __table_args__ = (Index("ix_wallet_passes_partition", "institution", "academic_year"),)

@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 
 from etl.domain.states import SyncState
 from etl.store.models import Card, Career, WalletPass, WalletRegistration, utcnow
@@ -56,9 +56,10 @@ def changed_since(
     return [r.escn for r in rows], max((r.apple_updated_at for r in rows), default=None)
 
 
-def pass_updated_at(conn: Connection, escn: str) -> dt.datetime | None:
-    stmt = select(WalletPass.apple_updated_at).where(WalletPass.escn == escn)
-    return conn.execute(stmt).scalar_one_or_none()
+def stored_pass(conn: Connection, escn: str) -> Any:
+    """(institution, apple_updated_at) of a card's stored pass: where its file is, when it changed."""
+    stmt = select(Card.institution, WalletPass.apple_updated_at).join(Card, Card.escn == WalletPass.escn)
+    return conn.execute(stmt.where(WalletPass.escn == escn)).one_or_none()
 
 
 # --- the wallet_passes asset (etl.wallet.follow) -----------------------------------------------------
@@ -95,14 +96,18 @@ def pass_rows(conn: Connection, institution: str, academic_year: int) -> Sequenc
     return conn.execute(stmt).all()
 
 
-def pass_states(conn: Connection, institution: str, academic_year: int) -> dict[str, Row[Any]]:
-    """The stored states of the partition's cards and of the cards the partition held before."""
+def _in_partition(institution: str, academic_year: int) -> Any:
+    """The wallet_passes rows of a partition: a pass belongs where its card is (a year move takes it)."""
     here = select(Card.escn).where(Card.institution == institution, Card.academic_year == academic_year)
-    stmt = select(WalletPass).where(
-        or_(
-            and_(WalletPass.institution == institution, WalletPass.academic_year == academic_year),
-            WalletPass.escn.in_(here),
-        )
+    return WalletPass.escn.in_(here)
+
+
+def pass_states(conn: Connection, institution: str, academic_year: int) -> dict[str, Any]:
+    """The stored states of the partition's cards, with whether the card was erased."""
+    stmt = (
+        select(*WalletPass.__table__.c, Card.deleted_at)
+        .join(Card, Card.escn == WalletPass.escn)
+        .where(Card.institution == institution, Card.academic_year == academic_year)
     )
     return {r.escn: r for r in conn.execute(stmt).all()}
 
@@ -117,11 +122,9 @@ def keep_states(conn: Connection, escns: Sequence[str]) -> None:
     """A row for each of these cards, so a withdrawal that does not finish now is retried by the
     partition's next run."""
     if escns:
-        have = select(WalletPass.escn).where(WalletPass.escn.in_(sorted(escns)))
-        missing = select(Card.escn, Card.institution, Card.academic_year).where(
-            Card.escn.in_(sorted(escns)), Card.escn.not_in(have)
-        )
-        conn.execute(insert(WalletPass).from_select(["escn", "institution", "academic_year"], missing))
+        have = set(conn.execute(select(WalletPass.escn).where(WalletPass.escn.in_(sorted(escns)))).scalars())
+        if missing := sorted(set(escns) - have):
+            conn.execute(insert(WalletPass), [{"escn": e} for e in missing])
 
 
 def drop_states(conn: Connection, escns: Sequence[str]) -> None:
@@ -129,19 +132,10 @@ def drop_states(conn: Connection, escns: Sequence[str]) -> None:
         conn.execute(delete(WalletPass).where(WalletPass.escn.in_(sorted(escns))))
 
 
-def live_cards(conn: Connection, escns: Sequence[str]) -> set[str]:
-    """Which of ``escns`` are still cards (not erased): moved to another partition, not gone."""
-    if not escns:
-        return set()
-    stmt = select(Card.escn).where(Card.escn.in_(sorted(escns)), Card.deleted_at.is_(None))
-    return set(conn.execute(stmt).scalars())
-
-
 def unpushed(conn: Connection, institution: str, academic_year: int) -> list[str]:
     """The partition's passes changed since their devices were last pushed."""
     stmt = select(WalletPass.escn).where(
-        WalletPass.institution == institution,
-        WalletPass.academic_year == academic_year,
+        _in_partition(institution, academic_year),
         WalletPass.apple_digest.is_not(None),
         or_(WalletPass.pushed_digest.is_(None), WalletPass.pushed_digest != WalletPass.apple_digest),
     )

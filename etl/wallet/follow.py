@@ -140,13 +140,11 @@ def follow_partition(
     for row in rows:
         card = pass_card(row, ateneo.name, qr_base_url, today)
         old = states.get(row.escn)
-        new = {c: getattr(old, c, None) for c in _KEPT} | {
-            "escn": row.escn, "institution": inst, "academic_year": year
-        }  # fmt: skip
+        new = {c: getattr(old, c, None) for c in _KEPT} | {"escn": row.escn}
         _follow_apple(home, wallets, card, inst, new, result)
         if google_ok:
             _follow_google(wallets, card, inst, new, result)
-        if old is None or any(getattr(old, k) != v for k, v in new.items()):
+        if old is None or any(getattr(old, k) != new[k] for k in _KEPT):
             changed.append(new)
         if len(changed) >= CHUNK:
             _save(engine, changed)
@@ -154,13 +152,8 @@ def follow_partition(
     if result.apple_built:
         fsync_directory(pass_path(home, inst, "-").parent)
     _push(engine, wallets, partition, result)
-    # Passes of cards no longer here: moved to another partition (left to its run), or erased.
-    here = {r.escn for r in rows}
-    left = [
-        e for e, s in states.items() if e not in here and (s.institution, s.academic_year) == (inst, year)
-    ]
-    with engine.connect() as conn:
-        gone = sorted(set(left) - store.live_cards(conn, left))
+    # Passes of the partition's erased cards whose withdrawal the erasure could not finish.
+    gone = sorted(e for e, state in states.items() if state.deleted_at is not None)
     if google_ok:
         withdraw(engine, home, wallets, inst, gone, result)
     return result

@@ -19,17 +19,13 @@ def upgrade() -> None:
     op.create_table(
         "wallet_passes",
         sa.Column("escn", sa.String(length=36), nullable=False),
-        sa.Column("institution", sa.String(length=32), nullable=False),
-        sa.Column("academic_year", sa.Integer(), nullable=False),
         sa.Column("apple_digest", sa.String(length=64), nullable=True),
         sa.Column("apple_updated_at", sa.DateTime(), nullable=True),
         sa.Column("pushed_digest", sa.String(length=64), nullable=True),
         sa.Column("google_digest", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("escn", name=op.f("pk_wallet_passes")),
     )
-    op.create_index("ix_wallet_passes_partition", "wallet_passes", ["institution", "academic_year"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_wallet_passes_partition", table_name="wallet_passes")
     op.drop_table("wallet_passes")
