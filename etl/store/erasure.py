@@ -124,25 +124,16 @@ def scrub(conn: Connection, institution: str, target: ErasureTarget) -> list[int
         .where(Career.institution == institution, Career.pers_id == target.pers_id)
         .values(first_name="", last_name="", email=None, matricola="", erased_at=now)
     )
-    cards = select(Card.escn).where(Card.institution == institution, Card.esi == target.esi)
+    theirs = (Card.institution == institution) & (Card.esi == target.esi)
+    cards = select(Card.escn).where(theirs)
     conn.execute(delete(QrImage).where(QrImage.escn.in_(cards)))
     conn.execute(delete(WalletRegistration).where(WalletRegistration.serial_number.in_(cards)))
     # Deleted cards are also retired: out of their badge's way, should consent bring the badge back.
-    theirs_now = (Card.institution == institution) & (Card.esi == target.esi)
-    conn.execute(update(Card).where(theirs_now, Card.deleted_at.is_(None)).values(deleted_at=now))
-    conn.execute(update(Card).where(theirs_now, Card.retired_at.is_(None)).values(retired_at=now))
+    conn.execute(update(Card).where(theirs, Card.deleted_at.is_(None)).values(deleted_at=now))
+    conn.execute(update(Card).where(theirs, Card.retired_at.is_(None)).values(retired_at=now))
     person = (Person.institution == institution) & (Person.esi == target.esi)
     conn.execute(update(Person).where(person).values(erased_at=now))
-    theirs = (Card.institution == institution) & (Card.esi == target.esi)
-    years = {int(y) for y in conn.execute(select(Card.academic_year).distinct().where(theirs)).scalars()}
-    years |= {
-        int(y)
-        for y in conn.execute(
-            select(Career.academic_year)
-            .distinct()
-            .where(Career.institution == institution, Career.pers_id == target.pers_id)
-        ).scalars()
-    }
+    years = years_of(conn, institution, [target.pers_id])
     conn.execute(
         update(Export)
         .where(
