@@ -19,7 +19,6 @@ from sqlalchemy import select, text
 
 from etl.config import Settings, load_settings
 from etl.demo.config import DEMO_ATENEI, demo_config_toml, key_env
-from etl.demo.generate import generate
 from etl.domain.retention import CardFacts, EraseReason, RetentionPolicy, card_ended_on, erase_reason
 from etl.domain.states import CardStatus, ExportKind, ExportStatus
 from etl.emulator import FaultConfig
@@ -30,7 +29,7 @@ from etl.resources.router_errors import RouterNotFound
 from etl.resources.runtime import Runtime
 from etl.store.db import make_engine
 from etl.store.models import Card, Career, Export, Person, QrImage
-from tests.fixtures.world import KEYS, PICS, CliWorld, add_badge, add_career, use_home
+from tests.fixtures.world import KEYS, PICS, CliWorld, add_badge, add_career, demo_home, use_home
 
 INST = "unipa"  # opt-in: consent can be withdrawn
 GENERATED_AT = dt.datetime(2026, 10, 1, 9, 0)
@@ -87,6 +86,14 @@ class World(CliWorld):
         """The PERS_ID of the student renamed to the marker, registered with an ACTIVE card."""
         with self.state.connect() as conn:
             return conn.execute(select(Career.pers_id).where(Career.last_name == MARK_LAST)).scalars().first()
+
+    def set_consent(self, pers_id: int, flag: str | None) -> None:
+        """The person's ESC consent in Esse3 (S, N or none), changed now."""
+        with self.esse3.begin() as conn:
+            conn.execute(
+                text('UPDATE "P01_ANAPER" SET "CONSENSO_ESC" = :f, "DATA_MOD" = :t WHERE "PERS_ID" = :p'),
+                {"f": flag, "t": dt.datetime.now(), "p": pers_id},
+            )
 
     def router_has(self, esi: str | None = None, escn: str | None = None) -> bool:
         async def ask() -> bool:
@@ -153,10 +160,8 @@ def world(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> Iterator[World]:
-    home = tmp_path / "home"
-    home.mkdir()
-    esse3_url = f"sqlite:///{home / f'esse3-{INST}.sqlite'}"
-    generate(esse3_url, seed=11, students=60, first_year=2025, last_year=2025, now=GENERATED_AT)
+    home, esse3_url = demo_home(tmp_path, INST, seed=11, students=60, first_year=2025, last_year=2025,
+                                now=GENERATED_AT)  # fmt: skip
     esse3 = make_engine(esse3_url)
     with esse3.begin() as conn:  # one consenting student with an active badge gets the marker name
         pers_id = conn.execute(
@@ -238,11 +243,7 @@ def test_erase_on_request_leaves_no_name_behind_and_a_new_enrolment_registers_ag
 def test_consent_withdrawn_is_erased_at_the_next_run(world: World) -> None:
     pers_id = world.marked()
     esi = world.person(pers_id).esi
-    with world.esse3.begin() as conn:
-        conn.execute(
-            text('UPDATE "P01_ANAPER" SET "CONSENSO_ESC" = \'N\', "DATA_MOD" = :t WHERE "PERS_ID" = :p'),
-            {"t": dt.datetime.now(), "p": pers_id},
-        )
+    world.set_consent(pers_id, "N")
     world.sync()  # cards INACTIVE at once, as before
     assert all(c.desired_status == CardStatus.INACTIVE for c in world.cards(esi))
     report = world.retention(dt.date.today())
@@ -355,11 +356,7 @@ def test_the_nightly_retention_job_erases_in_a_deployment(world: World) -> None:
 
     pers_id = world.marked()
     esi = world.person(pers_id).esi
-    with world.esse3.begin() as conn:
-        conn.execute(
-            text('UPDATE "P01_ANAPER" SET "CONSENSO_ESC" = NULL, "DATA_MOD" = :t WHERE "PERS_ID" = :p'),
-            {"t": dt.datetime.now(), "p": pers_id},
-        )
+    world.set_consent(pers_id, None)
     world.sync()
     rt = Runtime(world.settings)
     try:
@@ -404,19 +401,12 @@ def test_consent_given_again_registers_the_person_as_new(world: World) -> None:
     esi = world.person(pers_id).esi
     old = {c.escn for c in world.cards(esi)}
 
-    def consent(flag: str | None) -> None:
-        with world.esse3.begin() as conn:
-            conn.execute(
-                text('UPDATE "P01_ANAPER" SET "CONSENSO_ESC" = :f, "DATA_MOD" = :t WHERE "PERS_ID" = :p'),
-                {"f": flag, "t": dt.datetime.now(), "p": pers_id},
-            )
-
-    consent("N")
+    world.set_consent(pers_id, "N")
     world.sync()
     assert world.retention(dt.date.today()).erased == 1 and not world.router_has(esi=esi)
     world.sync()
     assert not world.router_has(esi=esi)  # withdrawn consent stays withdrawn
-    consent("S")
+    world.set_consent(pers_id, "S")
     world.sync()
     assert world.router_has(esi=esi) and world.person(pers_id).erased_at is None
     live = [c for c in world.cards(esi) if c.deleted_at is None]

@@ -25,7 +25,6 @@ from etl.changes import pending_partitions
 from etl.config import load_settings
 from etl.definitions import build_definitions
 from etl.demo.config import DEMO_ATENEI, demo_config_toml, key_env
-from etl.demo.generate import generate
 from etl.domain.esi import compose_esi
 from etl.errors import ExitCode
 from etl.orchestrate import ensure_instance, run_partitions
@@ -34,7 +33,7 @@ from etl.resources.router import RouterClient
 from etl.resources.runtime import Runtime
 from etl.store.db import make_engine
 from etl.store.models import Card, Career, Export, Watermark
-from tests.fixtures.world import KEYS, PICS, CliWorld, use_home
+from tests.fixtures.world import KEYS, PICS, CliWorld, demo_home, use_home
 
 pytestmark = pytest.mark.slow  # end to end, seconds to minutes each: `make test-quick` leaves them out
 
@@ -185,10 +184,8 @@ def world(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> Iterator[World]:
-    home = tmp_path / "home"
-    home.mkdir()
-    esse3_url = f"sqlite:///{home / f'esse3-{INST}.sqlite'}"
-    generate(esse3_url, seed=7, students=160, first_year=2024, last_year=2025, now=GENERATED_AT)
+    home, esse3_url = demo_home(tmp_path, INST, seed=7, students=160, first_year=2024, last_year=2025,
+                                now=GENERATED_AT)  # fmt: skip
     toml = demo_config_toml(emulator.url, atenei=DEMO_ATENEI[:1]).replace("first = 2019", "first = 2024")
     toml = toml.replace("last = 2025", 'last = 2025\n\n[esse3]\ntimezone = "Europe/Rome"\n')
     use_home(monkeypatch, home, toml, state_url)

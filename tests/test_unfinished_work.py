@@ -21,7 +21,6 @@ from sqlalchemy.exc import OperationalError
 from etl import cli
 from etl.assets.step_retries import is_transient
 from etl.demo.config import DEMO_ATENEI, demo_config_toml, key_env
-from etl.demo.generate import generate
 from etl.deploy.launcher import process_alive
 from etl.deploy.processes import _die_with, _wait_port_free
 from etl.domain.retries import MAX_ATTEMPTS, RetryState, delay, exhausted, next_attempt, run_key
@@ -32,7 +31,7 @@ from etl.report import badges_line
 from etl.store.db import make_engine
 from etl.store.locks import PartitionBusy
 from etl.unfinished import PartitionWork, schedule
-from tests.fixtures.world import use_home
+from tests.fixtures.world import demo_home, use_home
 
 INST, PIC, KEY = "unife", "999978433", "unfinished-work-unife"
 T0 = dt.datetime(2026, 12, 5, 10, 0)
@@ -142,10 +141,8 @@ def test_status_counts_badges_that_carry_their_own_card_only() -> None:
 def world(
     state_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Iterator[Any]:
-    home = tmp_path / "home"
-    home.mkdir()
-    generate(f"sqlite:///{home / f'esse3-{INST}.sqlite'}", seed=3, students=120, first_year=2025,
-             last_year=2025, now=dt.datetime(2026, 11, 2, 9, 0))  # fmt: skip
+    home, _ = demo_home(tmp_path, INST, seed=3, students=120, first_year=2025, last_year=2025,
+                        now=dt.datetime(2026, 11, 2, 9, 0))  # fmt: skip
     emu = start_emulator({KEY: PIC}, tmp_path / "router.sqlite")
     toml = demo_config_toml(emu.url, atenei=DEMO_ATENEI[:1]).replace("first = 2019", "first = 2025")
     toml = toml.replace("concurrency = 16\n", "concurrency = 16\nmax_retries = 1\ntimeout_s = 2\n")

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from etl.demo.generate import generate
 from etl.resources.esse3 import Esse3Source, sql
 from tests.deployment import deploy_toml
+from tests.fixtures.wallet import make_chain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,8 +66,8 @@ def test_the_installed_wheel_runs_the_demo_migrates_and_deploys(
     assert "site-packages" in where.stdout and str(REPO) not in where.stdout
 
     # What later releases added, from the wheel too: token expiry, retention and erasure (its SQL
-    # ships in the package), the wallet modules and their dependencies (cryptography, h2), the
-    # migrations up to wallet_passes (0011).
+    # ships in the package), the wallet modules and their dependencies (cryptography, h2) and the
+    # wallet_passes asset, the migrations up to wallet_passes (0011).
     demo_env = {"ESC_SYNC_HOME": str(home)}
     made = run(installed, tmp_path, "tokens", "create", "--name", "app", "--scope", "badges:read",
                "--institution", "unife", "--expires", "30d", **demo_env)  # fmt: skip
@@ -86,6 +87,18 @@ def test_the_installed_wheel_runs_the_demo_migrates_and_deploys(
                   "httpx.Client(http2=True).close(); "  # APNs: h2 installed with the package
                   "from etl.resources.esse3 import sql; sql('clear_esi'); sql('clear_badge')")  # fmt: skip
     assert modules.returncode == 0, modules.stderr[-2000:]
+    # The wallet_passes asset from the installed package: unipa (the demo TOML's last university) issues
+    # Apple passes with a test chain; a partition's run stores them private.
+    chain = make_chain(tmp_path, password=None)
+    with (home / "esc-sync.toml").open("a") as toml:
+        toml.write(
+            f'\n[atenei.apple_wallet]\npass_type_id = "pass.it.unipa.esc"\nteam_id = "ABCDE12345"\n'
+            f'certificate = "{chain["pass"]}"\nkey = "{chain["key"]}"\nwwdr_certificate = "{chain["wwdr"]}"\n'
+        )
+    passes = run(installed, tmp_path, "materialize", "--partition", "2025|unipa", **demo_env)
+    assert passes.returncode == 0, passes.stdout[-2000:] + passes.stderr[-2000:]
+    stored = list((home / "wallet" / "unipa").glob("*.pkpass"))
+    assert stored and all(p.stat().st_mode & 0o077 == 0 for p in stored)
 
     state = make_url(pg_url).render_as_string(hide_password=False)
     upgrade = run(installed, tmp_path, "db", "upgrade", ESC_SYNC_HOME=str(home), ESC_SYNC_DATABASE_URL=state)
