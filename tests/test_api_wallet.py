@@ -26,7 +26,7 @@ from etl.partitions import Partition
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
 from etl.store.models import Card, WalletPass
-from etl.wallet.apple import AppleWalletConfig, pass_images
+from etl.wallet.apple import AppleWalletConfig, pass_auth_token, pass_images
 from etl.wallet.follow import Wallets, follow_partition
 from etl.wallet.google import GoogleWalletConfig
 from tests.api_seed import LiveServer, SeededCard, seed_cards
@@ -248,3 +248,24 @@ def test_the_save_to_google_wallet_link(world: World) -> None:
     assert get(world, f"/v1/cards/{card.escn}/google-wallet", "vendor_pa").status_code == 403
     r = get(world, f"/v1/cards/{world.unife[0].escn}/google-wallet", "app_fe")
     assert r.status_code == 404 and r.json()["error"]["code"] == "wallet_not_configured"
+
+
+def test_a_retired_cards_device_gets_its_stored_voided_pass_without_a_name(world: World) -> None:
+    """A card retired because its career changed person: its career names someone else now, so the
+    device holding its pass gets the voided pass the asset stored, with no name; nobody else gets one."""
+    card = world.unipa[2]
+    with world.engine.begin() as conn:
+        conn.execute(update(Card).where(Card.escn == card.escn).values(retired_at=dt.datetime(2026, 1, 10)))
+    try:
+        world.follow()
+        token = pass_auth_token(b"a-deployment-secret-for-tests", "pass.it.unipa.esc", card.escn)
+        latest = world.http.get(
+            f"/apple/v1/passes/pass.it.unipa.esc/{card.escn}", headers={"Authorization": f"ApplePass {token}"}
+        )
+        assert latest.status_code == 200, latest.text
+        body = pass_body(latest)
+        assert body["voided"] is True and body["generic"]["primaryFields"][0]["value"] == "-"
+        assert get(world, f"/v1/cards/{card.escn}/pass.pkpass", "app_pa").status_code == 404
+    finally:  # the module's other tests see the card as it was
+        with world.engine.begin() as conn:
+            conn.execute(update(Card).where(Card.escn == card.escn).values(retired_at=None))
