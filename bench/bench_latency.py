@@ -13,6 +13,11 @@ Baseline, measured in the same run before the daemon starts: one finalisation ca
 plain `esc-sync sync` (the same work in one process, started by hand the moment the row is written),
 so the ratio is the price of the sensor, the queue and the workers.
 
+CPU per event (issue 25): every process on the machine is sampled each second (bench/cpu_sampling.py)
+while the deployment idles (``--idle`` seconds: the sensors, the daemon and the queue polling) and while
+the events are carried through; an event's CPU is the events' window less the idle rate over it,
+summed over the deployment's processes (the benchmark's own process and the REST API it polls left out).
+
     .venv/bin/python bench/bench_latency.py [--events 20] [--every 6] [--executor celery]
 
 Needs PostgreSQL (``--pg-url``, default $ESC_SYNC_TEST_PG_URL) and RabbitMQ (``--broker``).
@@ -28,12 +33,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, create_engine, func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cpu_sampling import Sampler, busy_cpu_seconds
 
 from etl.config import current_academic_year
 from etl.demo.config import DEMO_ATENEI
@@ -112,12 +121,20 @@ def finalise_new_student(esse3_url: str, year: int, seq: int) -> tuple[int, str,
     return ids[1], matricola, now.timestamp()
 
 
+# The API throttles a token whose lookups mostly find nothing (enumeration): a badge is asked for once
+# the state DB shows its card confirmed by the Router, what the API itself then reads.
+SHOWN_CARDS = text(
+    "SELECT b.stu_id FROM badges b JOIN cards c ON c.institution = b.institution AND c.bdg_id = b.bdg_id "
+    "WHERE b.institution = :inst AND c.state = 'registered' AND b.stu_id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+
+
 class Watcher(threading.Thread):
     """Polls every outstanding finalisation: its ESI on the Esse3 career, its badge at the REST API."""
 
-    def __init__(self, esse3_url: str, api: str, token: str) -> None:
+    def __init__(self, esse3_url: str, state_url: str, api: str, token: str) -> None:
         super().__init__(daemon=True)
-        self.esse3_url, self.api, self.token = esse3_url, api, token
+        self.esse3_url, self.state_url, self.api, self.token = esse3_url, state_url, api, token
         self.events: dict[int, dict[str, float | str]] = {}  # stu_id → times
         self.lock, self.stop = threading.Lock(), threading.Event()
 
@@ -130,7 +147,7 @@ class Watcher(threading.Thread):
             return all("badge" in e and "esi" in e for e in self.events.values())
 
     def run(self) -> None:
-        engine = open_engine(self.esse3_url)
+        engine, state = open_engine(self.esse3_url), create_engine(self.state_url)
         with httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.token}"}) as http:
             while not self.stop.is_set():
                 with self.lock:
@@ -144,15 +161,18 @@ class Watcher(threading.Thread):
                     )
                     with engine.connect() as conn:
                         esis = dict(conn.execute(query).all())
+                    with state.connect() as conn:
+                        shown = set(conn.scalars(SHOWN_CARDS, {"inst": INST, "ids": list(waiting)}))
                     for stu_id, e in waiting.items():
                         if "esi" not in e and esis.get(stu_id):
                             self._mark(stu_id, "esi", now)
-                        if "badge" not in e:
+                        if "badge" not in e and stu_id in shown:
                             r = http.get(f"/v1/universities/{INST}/students/{e['matricola']}/badge")
                             if r.status_code == 200 and r.json().get("qr_payload"):
                                 self._mark(stu_id, "badge", time.time())
                 time.sleep(0.25)
         engine.dispose()
+        state.dispose()
 
     def _mark(self, stu_id: int, what: str, at: float) -> None:
         with self.lock:
@@ -183,6 +203,8 @@ def main() -> None:
     ap.add_argument("--sensor-interval", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--executor", default="celery", choices=["celery", "in_process", "multiprocess"])
+    ap.add_argument("--no-run-host", action="store_true", help="runs start Dagster's way, from code servers")
+    ap.add_argument("--idle", type=float, default=30.0, help="seconds of idle deployment measured first")
     add_service_args(ap)
     args = ap.parse_args()
 
@@ -206,8 +228,9 @@ def main() -> None:
         start_emulator({keys[a.code]: a.pic for a in DEMO_ATENEI}, faults=faults) as emu,
     ):
         toml = deploy_toml(
-            emu.url, year, year, executor=args.executor, sensor_interval_s=args.sensor_interval
-        )
+            emu.url, year, year, executor=args.executor, sensor_interval_s=args.sensor_interval,
+            run_host=not args.no_run_host,
+        )  # fmt: skip
         (home / "esc-sync.toml").write_text(toml, encoding="utf-8")
         env = deployment_env(home, state_url, dagster_pg, args.broker, keys)
         for step in (["deploy", "init"], ["materialize", "--years", str(year)]):
@@ -222,7 +245,7 @@ def main() -> None:
         procs.start("api", "api", "--port", str(api_port), "--log-level", "warning")
         api = f"http://127.0.0.1:{api_port}"
         wait_until(lambda: api_up(api), 60, "the API")
-        watcher = Watcher(esse3, api, token)
+        watcher = Watcher(esse3, state_url, api, token)
         watcher.start()
         try:
             # Baseline: the same work by hand, one `esc-sync sync` the moment the row is written.
@@ -238,11 +261,16 @@ def main() -> None:
                 procs.start(f"worker-{w}", "worker", "--name", f"w{w}")
             procs.serve(free_port())
             time.sleep(args.sensor_interval * 2)  # the sensors' first ticks: nothing to do
+            idle = measure_cpu(lambda: time.sleep(args.idle))
             started = time.time()
-            for seq in range(1, args.events + 1):
-                watcher.add(*finalise_new_student(esse3, year, seq))
-                time.sleep(max(0.0, started + seq * args.every - time.time()))
-            wait_until(watcher.done, 300, "every badge to be served", 0.5)
+
+            def carry_events() -> None:
+                for seq in range(1, args.events + 1):
+                    watcher.add(*finalise_new_student(esse3, year, seq))
+                    time.sleep(max(0.0, started + seq * args.every - time.time()))
+                wait_until(watcher.done, 300, "every badge to be served", 0.5)
+
+            busy = measure_cpu(carry_events)
         finally:
             watcher.stop.set()
             procs.stop_all()
@@ -252,13 +280,49 @@ def main() -> None:
     print(
         f"{args.events} finalisations, one every {args.every:g} s; executor {args.executor}"
         f"{f' on {args.workers} workers' if args.executor == 'celery' else ''}; sensor every "
-        f"{args.sensor_interval} s; Router emulator at {args.latency_ms:g} ms a call"
+        f"{args.sensor_interval} s; Router emulator at {args.latency_ms:g} ms a call; runs started "
+        f"{'by code servers' if args.no_run_host else 'by the run host'}"
     )
     print(f"  ESI on the Esse3 career      {percentiles(esi)}")
     print(f"  badge served by the REST API {percentiles(badge)}")
     print(f"  baseline: one `esc-sync sync` by hand, badge after {base_badge:.1f} s")
     p50 = statistics.median(badge)
     print(f"  ratio: deployment p50 / baseline = {p50 / base_badge:.2f}x; goal p95 <= 60 s")
+    per_event = {
+        name: (seconds - idle.rate(name) * busy.seconds) / args.events for name, seconds in busy.cpu.items()
+    }
+    all_in = (busy.machine - idle.machine / idle.seconds * busy.seconds) / args.events
+    print(
+        f"  CPU per event, all-in: {all_in:.2f} CPU-s (the machine's busy CPU beyond the idle deployment's "
+        f"{idle.machine / idle.seconds:.2f} CPU-s a second; goal <= 1); by component (sampled each second):"
+    )
+    print("    " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_event.items(), key=lambda kv: -kv[1])))
+
+
+@dataclass
+class CpuWindow:
+    seconds: float
+    machine: float  # the machine's busy CPU-seconds, less the benchmark's and the REST API's own
+    cpu: dict[str, float]  # CPU-seconds by component, the deployment's processes only
+
+    def rate(self, name: str) -> float:
+        return self.cpu.get(name, 0.0) / self.seconds
+
+
+NOT_MEASURED = ("bench", "REST API")  # the benchmark itself and the badge reads it polls
+
+
+def measure_cpu(work: Callable[[], None]) -> CpuWindow:
+    sampler = Sampler([])
+    sampler.start()
+    started, machine = time.monotonic(), busy_cpu_seconds()
+    work()
+    seconds, machine = time.monotonic() - started, busy_cpu_seconds() - machine
+    sampler.stop.set()
+    sampler.join()
+    by_component = sampler.cpu_by_component()
+    cpu = {k: v for k, v in by_component.items() if k not in NOT_MEASURED}
+    return CpuWindow(seconds, machine - sum(by_component.get(k, 0.0) for k in NOT_MEASURED), cpu)
 
 
 if __name__ == "__main__":

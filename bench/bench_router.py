@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime as dt
+import functools
 import os
 import pstats
 import secrets
@@ -33,6 +34,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -61,9 +63,9 @@ class Phases:
     seconds: dict[str, float] = field(default_factory=dict)
     report: CallReport = field(default_factory=CallReport)
 
-    def add(self, step: str, fn: Callable[[], object]) -> None:
+    def add(self, step: str, fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         started = time.perf_counter()
-        fn()
+        fn(*args, **kwargs)
         self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - started
 
     @property
@@ -138,12 +140,11 @@ def backfill(
         os.environ[ateneo.router_api_key_env] = key
         runtime = Runtime(settings)
         upgrade(runtime.engine)
-        source = runtime.esse3(INST)
 
         clients: list[RouterClient] = []
 
-        def client() -> RouterClient:
-            clients.append(runtime.router_client(INST))  # the production client, concurrency from settings
+        def client(institution: str) -> RouterClient:
+            clients.append(runtime.router_client(institution))  # the production client and concurrency
             return clients[-1]
 
         phases = Phases()
@@ -152,18 +153,8 @@ def backfill(
         load_before = os.getloadavg()[0]
         if profile:
             profile.enable()
-        today = dt.date.today()
         try:
-            for year in settings.academic_years:
-                p = Partition(year, INST)
-                phases.add(
-                    "careers", lambda p=p: ingest_careers(runtime.engine, source, ateneo, p, today=today)
-                )
-                phases.add(
-                    "esi", lambda p=p: assign_esis(runtime.engine, source, client, ateneo, p, phases.report)
-                )
-                phases.add("badges", lambda p=p: ingest_badges(runtime.engine, source, p))
-                phases.add("cards", lambda p=p: sync_cards(runtime.engine, client, ateneo, p, phases.report))
+            run_chain(runtime, [Partition(y, INST) for y in settings.academic_years], phases, client)
         finally:
             if profile:
                 profile.disable()
@@ -194,6 +185,21 @@ def backfill(
         exchanges,
         (load_before, os.getloadavg()[0]),
     )
+
+
+def run_chain(
+    runtime: Runtime, partitions: list[Partition], phases: Phases, client: Callable[[str], RouterClient]
+) -> None:
+    """The Router chain of each partition as the esc_sync job runs it (careers → ESI → badges → cards),
+    without Dagster: the bare baseline of what a career costs."""
+    today = dt.date.today()
+    for p in partitions:
+        ateneo, source = runtime.settings.ateneo(p.institution), runtime.esse3(p.institution)
+        engine, clients = runtime.engine, functools.partial(client, p.institution)  # a client per asset run
+        phases.add("careers", ingest_careers, engine, source, ateneo, p, today=today)
+        phases.add("esi", assign_esis, engine, source, clients, ateneo, p, phases.report)
+        phases.add("badges", ingest_badges, engine, source, p)
+        phases.add("cards", sync_cards, engine, clients, ateneo, p, phases.report)
 
 
 def ms(seconds: float, n: int) -> str:

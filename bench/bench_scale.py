@@ -1,21 +1,27 @@
-"""Backfill at scale on the production deployment (issue 13): many universities × academic years
-against the Router emulator, on 1, 2 and 4 Celery workers.
+"""Backfill at scale on the production deployment (issues 13 and 25): many universities × academic
+years against the Router emulator, on 1, 2 and 4 Celery workers, beside the bare Router chain.
 
-For each worker count: a fresh deployment (state DB and Dagster storage on PostgreSQL, RabbitMQ,
+First, in the same run, the **bare chain**: the same Esse3 data through the Router chain without
+Dagster (careers → ESI → badges → cards, as `bench_router.py` runs it: one process, the state DB on
+the same PostgreSQL, the emulator at the same latency): the CPU a career costs the machine at least.
+
+Then for each worker count: a fresh deployment (state DB and Dagster storage on PostgreSQL, RabbitMQ,
 `esc-sync serve`, N `esc-sync worker`s, the emulator at 40 ms a call); the esse3_changes sensor finds
-every partition new and the daemon's queue runs them all. Reported:
+every partition new and the daemon's queue runs them all (by default a batch per university, issue
+25; ``--batch-partitions 1``: a run per partition, as before). Reported:
 
-- total time, against the ideal = Router calls × latency ÷ (N workers × the client's concurrency):
-  the time the Router's latency alone would take at that parallelism (the baseline of the ratio);
-- the speed-up against 1 worker;
-- the workers' peak memory (RSS, largest worker);
-- the CPU the whole machine spent, per partition and by component (run processes, workers, daemon,
-  PostgreSQL, the emulator...), and the CPU floor: that CPU spread over every core at once, the
-  least time this machine can take for it however the work is spread.
+- total time, against the ideal = Router calls × latency ÷ (N workers × the client's concurrency);
+- CPU per career, all-in (the whole machine's busy CPU during the backfill), against the bare
+  chain's (goal: ≤ 1.5×), and by component (run processes, workers, daemon, PostgreSQL...);
+- runs launched per university (batches and partition runs the queue launched) and failed runs;
+- the peak resident memory of one process, by component.
 
     .venv/bin/python bench/bench_scale.py [--universities 20] [--years 7] [--students 5000] [--workers 1,2,4]
+    .venv/bin/python bench/bench_scale.py --national --workers 2   # 70 × 7 at 1/50, the rate limit on
 
-``--students`` is per university, spread over the years. Needs PostgreSQL (``--pg-url``) and
+``--students`` is per university, spread over the years. ``--national``: 70 universities whose sizes
+follow a skewed spread (a few ten times the median), 1.9 million careers ÷ ``--scale`` (50) in all,
+each university's key limited to ``--requests-per-second`` (50). Needs PostgreSQL (``--pg-url``) and
 RabbitMQ (``--broker``).
 """
 
@@ -24,24 +30,32 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import random
 import shutil
+import statistics
 import sys
 import tempfile
-import threading
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from etl.config import current_academic_year
+from bench_router import Phases, run_chain  # the script's own folder
+from cpu_sampling import Sampler, busy_cpu_seconds
+
+from etl.batches import BATCH_TAG
+from etl.config import current_academic_year, parse_settings
 from etl.demo.config import DemoAteneo
 from etl.demo.generate import generate
 from etl.deploy.env import dagster_pg_url
 from etl.emulator import FaultConfig, start_emulator
+from etl.partitions import Partition
+from etl.resources.runtime import Runtime
+from etl.store.migrate import upgrade
 from tests.deployment import (
     Processes,
     add_service_args,
@@ -61,6 +75,17 @@ ACTIVE = [
 ]
 
 
+NATIONAL_CAREERS = 1_900_000  # Italy's universities, every academic year of a career (issue 25)
+
+
+def national_sizes(n: int, total: int, seed: int = 25) -> list[int]:
+    """Careers per university: log-normal (σ 0.9: the largest of 70 near ten times the median), summing
+    to ``total``."""
+    rng = random.Random(seed)
+    raw = sorted((rng.lognormvariate(0.0, 0.9) for _ in range(n)), reverse=True)
+    return [max(20, round(total * r / sum(raw))) for r in raw]
+
+
 def universities(n: int) -> list[DemoAteneo]:
     return [
         DemoAteneo(f"uni{i:02d}", f"Università Demo {i}", f"97{i:07d}", f"uni{i:02d}.it", 100 + i,
@@ -77,73 +102,11 @@ class Outcome:
     calls: int
     ideal: float
     failed_runs: int
-    runs: int  # every run launched: one per partition unless something ran twice
+    launched: int  # runs the queue launched: batches and partition runs (not a batch's partitions)
     worker_rss_mb: float
     cpu_seconds: float  # the whole machine's, during the backfill: every process of the deployment
     cpu_by_component: dict[str, float]
-
-
-# Which part of the deployment a process is, from its command line (first match wins).
-COMPONENTS = [
-    ("run processes", ("multiprocessing.spawn",)),  # the code server spawns each run's process
-    ("emulator", ("etl.emulator",)),
-    ("code servers", ("api grpc",)),
-    ("workers", ("celery", " worker")),
-    ("daemon", ("dagster-daemon", "daemon run")),
-    ("webserver", ("dagster-webserver", "dagster_webserver")),
-    ("serve", (" serve",)),
-    ("PostgreSQL", ("postgres",)),
-    ("RabbitMQ", ("beam.smp", "rabbitmq")),
-]
-
-
-def component(cmdline: str) -> str:
-    return next((name for name, marks in COMPONENTS if any(m in cmdline for m in marks)), "other")
-
-
-class Sampler(threading.Thread):
-    """Each second: the workers' peak resident memory (Celery process and children) and every
-    process's CPU time, summed by component at the end (a process that ends between two samples
-    loses at most its last second)."""
-
-    def __init__(self, worker_pids: list[int]) -> None:
-        super().__init__(daemon=True)
-        self.pids, self.peak, self.stop = worker_pids, dict.fromkeys(worker_pids, 0), threading.Event()
-        self.start_cpu = self.cpu_by_pid()
-        self.last_cpu = dict(self.start_cpu)
-
-    @staticmethod
-    def cpu_by_pid() -> dict[int, tuple[str, float]]:
-        out = {}
-        for proc in psutil.process_iter(["cmdline", "cpu_times"]):
-            times, cmd = proc.info["cpu_times"], " ".join(proc.info["cmdline"] or [])
-            if times is not None:
-                out[proc.pid] = (component(cmd) if proc.pid != os.getpid() else "bench",
-                                 times.user + times.system)  # fmt: skip
-        return out
-
-    def run(self) -> None:
-        while not self.stop.wait(1.0):
-            self.sample()
-            for pid in self.pids:
-                try:
-                    proc = psutil.Process(pid)
-                    rss = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
-                except psutil.Error:
-                    continue
-                self.peak[pid] = max(self.peak[pid], rss)
-
-    def sample(self) -> None:
-        for pid, (name, seconds) in self.cpu_by_pid().items():
-            known = self.last_cpu.get(pid, ("other", 0.0))[0]  # an ended process has no command line
-            self.last_cpu[pid] = (name if known == "other" else known, seconds)
-
-    def cpu_by_component(self) -> dict[str, float]:
-        self.sample()
-        out: dict[str, float] = {}
-        for pid, (name, seconds) in self.last_cpu.items():
-            out[name] = out.get(name, 0.0) + seconds - self.start_cpu.get(pid, (name, 0.0))[1]
-        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    peak_rss: dict[str, int]  # component → the largest resident memory of one of its processes
 
 
 def backfill(
@@ -156,11 +119,7 @@ def backfill(
         fresh_database(args.pg_url, "escsync_scale_dagster", driver="postgresql") as dagster_pg,
         start_emulator({keys[a.code]: a.pic for a in atenei}, faults=faults) as emu,
     ):
-        toml = deploy_toml(
-            emu.url, first, last, atenei, executor="celery", sensor_interval_s=5,
-            max_concurrent_runs=4 * workers + 2, runs_per_university=2, router_steps=2 * workers,
-        )  # fmt: skip
-        toml = toml.replace("write_back_qr_png = true", "write_back_qr_png = false")
+        toml = scale_toml(args, emu.url, first, last, atenei, workers)
         (home / "esc-sync.toml").write_text(toml, encoding="utf-8")
         env = deployment_env(home, state_url, dagster_pg, args.broker, keys)
         init = esc_sync(env, "deploy", "init", timeout=300)
@@ -178,14 +137,18 @@ def backfill(
 
                 def finished() -> bool:
                     done = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
-                    return len({r.tags.get("dagster/partition") for r in done}) == want and not (
+                    partitions = {r.tags["dagster/partition"] for r in done if "dagster/partition" in r.tags}
+                    return len(partitions) == want and not (
                         instance.get_runs_count(RunsFilter(statuses=ACTIVE))
                     )
 
                 wait_until(finished, args.timeout, "every partition to succeed", poll_s=2)
                 seconds, cpu = time.monotonic() - started, busy_cpu_seconds() - cpu
                 failed = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
-                runs = instance.get_runs_count()
+                in_batches = sum(
+                    1 for r in instance.get_runs(RunsFilter(job_name="esc_sync")) if BATCH_TAG in r.tags
+                )
+                launched = instance.get_runs_count() - in_batches
             sampler.stop.set()
             sampler.join()
             by_component = sampler.cpu_by_component()
@@ -194,12 +157,54 @@ def backfill(
         calls = emu.stats()["requests"]
     ideal = calls * args.latency_ms / 1000 / (workers * args.concurrency)
     peak = max(sampler.peak.values()) / 2**20
-    return Outcome(workers, seconds, want, calls, ideal, failed, runs, peak, cpu, by_component)
+    return Outcome(
+        workers, seconds, want, calls, ideal, failed, launched, peak, cpu, by_component, sampler.peak_rss
+    )
 
 
-def busy_cpu_seconds() -> float:
-    t = psutil.cpu_times()
-    return t.user + t.system + getattr(t, "nice", 0.0)
+def scale_toml(
+    args: argparse.Namespace, router_url: str, first: int, last: int, atenei: list[DemoAteneo], workers: int
+) -> str:
+    toml = deploy_toml(
+        router_url, first, last, atenei, executor="celery", sensor_interval_s=5,
+        max_concurrent_runs=4 * workers + 2, runs_per_university=2, router_steps=2 * workers,
+        batch_partitions=args.batch_partitions, run_host=not args.no_run_host,
+    )  # fmt: skip
+    if args.requests_per_second:
+        toml = toml.replace("[router]\n", f"[router]\nrequests_per_second = {args.requests_per_second}\n", 1)
+    return toml.replace("write_back_qr_png = true", "write_back_qr_png = false")
+
+
+def bare_chain(
+    args: argparse.Namespace, atenei: list[DemoAteneo], home: Path, first: int, last: int
+) -> float:
+    """CPU-seconds the machine spends on the Router chain of every partition without Dagster."""
+    keys = {a.code: f"bare-{a.code}-key-0123456789abcdef" for a in atenei}
+    with (
+        fresh_database(args.pg_url, "escsync_scale_bare") as state_url,
+        start_emulator(
+            {keys[a.code]: a.pic for a in atenei}, faults=FaultConfig(latency_ms=args.latency_ms)
+        ) as emu,
+    ):
+        raw = tomllib.loads(scale_toml(args, emu.url, first, last, atenei, 1))
+        raw.pop("deploy")
+        raw["router"].pop("requests_per_second", None)  # the rate limit costs time, not CPU
+        settings = parse_settings(raw, home=home, database_url=state_url, config_path=home / "esc-sync.toml")
+        for a in atenei:
+            os.environ[settings.ateneo(a.code).router_api_key_env] = keys[a.code]
+        runtime = Runtime(settings)
+        upgrade(runtime.engine)
+        phases = Phases()
+        cpu = busy_cpu_seconds()
+        try:
+            run_chain(runtime, [Partition(y, a.code) for a in atenei for y in range(first, last + 1)],
+                      phases, runtime.router_client)  # fmt: skip
+            cpu = busy_cpu_seconds() - cpu
+        finally:
+            runtime.dispose()
+    if phases.report.counts["failed"]:
+        sys.exit(f"the bare chain had failures: {dict(phases.report.counts)}")
+    return cpu
 
 
 def main() -> None:
@@ -207,7 +212,12 @@ def main() -> None:
     ap.add_argument("--universities", type=int, default=20)
     ap.add_argument("--years", type=int, default=7)
     ap.add_argument("--students", type=int, default=5000, help="careers per university, over the years")
+    ap.add_argument("--national", action="store_true", help="70 universities of skewed sizes, 1/--scale")
+    ap.add_argument("--scale", type=int, default=50, help="--national: 1.9 million careers divided by this")
+    ap.add_argument("--requests-per-second", type=float, help="each key's rate limit (--national: 50)")
     ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--batch-partitions", type=int, default=7, help="1: a run per partition")
+    ap.add_argument("--no-run-host", action="store_true", help="runs start Dagster's way, from code servers")
     ap.add_argument("--latency-ms", type=float, default=40.0)
     ap.add_argument(
         "--concurrency", type=int, default=16, help="the Router client's calls in flight per step"
@@ -215,43 +225,65 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=7200)
     add_service_args(ap)
     args = ap.parse_args()
+    if args.national:
+        args.universities = 70
+        args.requests_per_second = args.requests_per_second or 50.0
 
     last = current_academic_year()
     first = last - args.years + 1
     atenei = universities(args.universities)
+    sizes = (
+        national_sizes(len(atenei), NATIONAL_CAREERS // args.scale)
+        if args.national
+        else [args.students] * len(atenei)
+    )
     home = Path(tempfile.mkdtemp(prefix="esc-sync-scale-")) / "home"
     home.mkdir(parents=True)
     now = dt.datetime.now().replace(microsecond=0) - dt.timedelta(hours=1)
     careers = 0
-    for a in atenei:
+    for a, size in zip(atenei, sizes, strict=True):
         stats = generate(
-            f"sqlite:///{home / f'esse3-{a.code}.sqlite'}", seed=a.seed, students=args.students,
+            f"sqlite:///{home / f'esse3-{a.code}.sqlite'}", seed=a.seed, students=size,
             first_year=first, last_year=last, now=now, matricola_base=a.matricola_base,
             email_domain=f"studenti.{a.domain}",
         )  # fmt: skip
         careers += stats.careers
+    spread = f" (median {statistics.median(sizes):.0f}, largest {max(sizes)})" if args.national else ""
     print(
-        f"{args.universities} universities × {args.years} academic years = "
+        f"{args.universities} universities{spread} × {args.years} academic years = "
         f"{args.universities * args.years} partitions, {careers} careers; Router emulator at "
-        f"{args.latency_ms:g} ms a call, {args.concurrency} calls in flight per step; {os.cpu_count()} CPUs"
+        f"{args.latency_ms:g} ms a call, {args.concurrency} calls in flight per step"
+        f"{f', {args.requests_per_second:g} requests/s per key' if args.requests_per_second else ''}; "
+        f"batches of {args.batch_partitions} partition(s); runs started by "
+        f"{'code servers' if args.no_run_host else 'the run host'}; {os.cpu_count()} CPUs",
+        flush=True,
     )
     outcomes = []
     try:
+        bare = bare_chain(args, atenei, home, first, last) / careers
+        print(f"  bare chain (no Dagster, same data): {bare * 1000:.2f} CPU-ms per career", flush=True)
         for n in (int(w) for w in args.workers.split(",")):
             o = backfill(args, atenei, home, n, first, last)
             outcomes.append(o)
             speedup = outcomes[0].seconds / o.seconds  # against the first worker count measured
+            per_career = o.cpu_seconds / careers
             print(
                 f"  {n} worker(s): {o.seconds:7.1f} s for {o.calls} Router calls; ideal {o.ideal:6.1f} s "
                 f"-> {o.seconds / o.ideal:4.2f}x ideal; speed-up {speedup:4.2f}x vs {outcomes[0].workers}; "
-                f"peak worker RSS {o.worker_rss_mb:5.0f} MB; {o.runs} runs ({o.failed_runs} failed); "
-                f"CPU {o.cpu_seconds / o.partitions:4.1f} s per partition "
-                f"({o.cpu_seconds / o.seconds / (os.cpu_count() or 1):.0%} of the machine; "
-                f"CPU floor {o.cpu_seconds / (os.cpu_count() or 1):.1f} s = that CPU on every core at once)",
+                f"{o.launched} runs launched ({o.launched / len(atenei):.1f} per university), "
+                f"{o.failed_runs} failed; CPU {per_career * 1000:.2f} ms per career all-in = "
+                f"{per_career / bare:.2f}x the bare chain (goal <= 1.5x); "
+                f"{o.cpu_seconds / o.seconds / (os.cpu_count() or 1):.0%} of the machine busy",
                 flush=True,
             )
-            parts = ", ".join(f"{k} {v / o.partitions:.1f}" for k, v in o.cpu_by_component.items() if v > 0)
-            print(f"    CPU-s per partition by component: {parts}", flush=True)
+            parts = ", ".join(
+                f"{k} {v / careers * 1000:.2f}" for k, v in o.cpu_by_component.items() if v / careers >= 5e-6
+            )
+            print(f"    CPU-ms per career by component (sampled each second): {parts}", flush=True)
+            rss = ", ".join(
+                f"{k} {v / 2**20:.0f}" for k, v in sorted(o.peak_rss.items(), key=lambda kv: -kv[1])
+            )
+            print(f"    peak RSS of one process by component, MB: {rss}", flush=True)
     finally:
         shutil.rmtree(home.parent, ignore_errors=True)  # demo personal data and logs
 

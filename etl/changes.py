@@ -34,6 +34,7 @@ class PartitionChange:
     newest: dt.datetime | None  # newest source DATA_MOD not yet processed (None: only a count moved)
     rows: tuple[int, ...] = ()  # Esse3's careers and badges counts, when they name the change
     work: str = ""  # local work that names the run instead (etl.changes.local_work)
+    first_read: bool = False  # never read before: a backfill's partition, not an incremental change
 
     @property
     def run_key(self) -> str:
@@ -105,6 +106,7 @@ def changed_partitions(
             newest.get(y),
             tuple(counts.get((y, t), 0) for t in COUNTED_TABLES) if row_counts is not None else (),
             work=f"repeat:{clock.bucket}" if clock is not None and y in repeating else "",
+            first_read=not any((Partition(y, institution).key, t) in watermarks for t in watched),
         )
         for y in sorted(changed | repeating)
     ]

@@ -86,6 +86,8 @@ class DeploySettings:
     runs_per_university: int = 2  # a university's runs in flight: its Router key's share of the load
     router_steps: int = 8  # the esc_router pool: steps talking to the Router at once, all universities
     sensor_interval_s: int = 15  # how often the esse3_changes sensor looks (a tick is one query)
+    run_host: bool = True  # runs start as forks of serve's warm run host (etl/deploy/run_host.py)
+    batch_partitions: int = 7  # never-read partitions of a university per run (etl.batches); 1: none
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,13 @@ def load_settings(config_path: Path | str | None = None) -> Settings:
     return parse_settings(raw, home=home, database_url=database_url, config_path=path)
 
 
+DEPLOY_COUNTS = (
+    "max_concurrent_runs",
+    "runs_per_university",
+    "router_steps",
+    "sensor_interval_s",
+    "batch_partitions",
+)
 # Every key the configuration knows: anything else is a typo that would otherwise be ignored silently.
 KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {
     "academic_years": frozenset(("first", "last")),
@@ -182,9 +191,7 @@ KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {
     "retention": RETENTION_KEYS,
     "runs": frozenset(("wait_timeout_s",)),
     "wallet": WALLET_KEYS,
-    "deploy": frozenset(
-        ("executor", "max_concurrent_runs", "runs_per_university", "router_steps", "sensor_interval_s")
-    ),
+    "deploy": frozenset(("executor", "run_host", *DEPLOY_COUNTS)),
     "atenei": None,  # checked per university
 }
 ATENEO_KEYS = frozenset(
@@ -303,9 +310,10 @@ def _parse_deploy(d: dict[str, Any]) -> DeploySettings:
         raise ConfigError(f"deploy: field executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     return DeploySettings(
         executor=executor,
+        run_host=_flag({"run_host": True} | d, "run_host", "deploy"),
         **{
             name: _positive_int(d.get(name, getattr(DeploySettings, name)), "deploy", name)
-            for name in ("max_concurrent_runs", "runs_per_university", "router_steps", "sensor_interval_s")
+            for name in DEPLOY_COUNTS
         },
     )
 

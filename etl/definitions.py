@@ -38,8 +38,10 @@ from etl.assets.qr import build_qr_asset
 from etl.assets.reconcile_check import build_reconcile_check, build_sweep_check
 from etl.assets.retention_job import build_retention_job
 from etl.assets.wallet import build_wallet_asset, issues_wallet_passes
+from etl.batches import UNIVERSITY_TAG, batches_in_flight, build_batch_job, plan_batches
 from etl.changes import pending_partitions
 from etl.config import DeploySettings, Settings, load_settings
+from etl.deploy.executor import steps_in_run
 from etl.domain.retries import run_key as retry_run_key
 from etl.partitions import partitions_def
 from etl.resources.esse3_sources import Esse3Sources
@@ -75,11 +77,14 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         JOB_NAME, selection=AssetSelection.all() - AssetSelection.checks(*checks), partitions_def=partitions
     )
     reconcile_job = define_asset_job(RECONCILE_JOB, selection=AssetSelection.checks(*checks))
+    batch_job = build_batch_job(settings)
     deploy = settings.deploy
+    incremental_in_run = deploy is not None and deploy.executor == "celery"
+    batch_size = deploy.batch_partitions if deploy else 1
 
     @sensor(
         name="esse3_changes",
-        job=job,
+        jobs=[job, batch_job],
         minimum_interval_seconds=deploy.sensor_interval_s if deploy else 60,
         # a deployment watches Esse3 from the start; `esc-sync ui` leaves it to be switched on
         default_status=DefaultSensorStatus.RUNNING if deploy else DefaultSensorStatus.STOPPED,
@@ -88,13 +93,22 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         context: SensorEvaluationContext, state_db: ResourceParam[StateDB], esse3: ResourceParam[Esse3Sources]
     ) -> SensorResult | SkipReason:
         """Thin by design (60 s tick deadline): one aggregate query per university, then run
-        requests for the partitions whose Esse3 data is newer than our watermark."""
+        requests for the partitions whose Esse3 data is newer than our watermark; partitions never
+        read go in batches of a university's years (etl.batches)."""
         # one university's Esse3 down (its one-line reason logged) leaves the others' changes going
         systems = Runtime(settings, state_db=state_db, esse3_sources=esse3)
         changes = pending_partitions(settings, systems, on_error=lambda e: context.log.warning(str(e)))
-        requests = [
-            RunRequest(run_key=change.run_key, partition_key=change.partition.dagster_key())
-            for change in changes
+        batches, singles = plan_batches(changes, batch_size, set(batches_in_flight(context.instance)))
+        requests = [batch.run_request() for batch in batches] + [
+            RunRequest(
+                run_key=change.run_key,
+                job_name=JOB_NAME,
+                partition_key=change.partition.dagster_key(),
+                # an incremental change carries a few careers: cheaper in its run's process than on workers
+                run_config=steps_in_run() if incremental_in_run and not change.first_read else {},
+                tags={UNIVERSITY_TAG: change.partition.institution},
+            )
+            for change in singles
         ]
         if not requests:
             return SkipReason("no Esse3 changes beyond the watermarks")
@@ -112,7 +126,9 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         """Partitions with work left undone (Router calls whose retries ran out, a run that failed or
         was cancelled) run again, with backoff, a bounded number of times (etl.unfinished)."""
         failed = unfinished.latest_unsuccessful(context.instance, JOB_NAME)
-        busy = unfinished.active_partitions(context.instance, JOB_NAME)
+        busy = unfinished.active_partitions(context.instance, JOB_NAME) | {
+            p.key for batch in batches_in_flight(context.instance).values() for p in batch
+        }
         with state_db.engine.begin() as conn:
             found = unfinished.partitions_with_work(conn, settings, failed)
             due, given_up = unfinished.schedule(conn, found, busy)
@@ -132,7 +148,10 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
                 RunRequest(
                     run_key=retry_run_key(r.work.partition.key, r.state),
                     partition_key=r.work.partition.dagster_key(),
-                    tags={unfinished.RETRY_TAG: str(r.state.attempts)},
+                    tags={
+                        unfinished.RETRY_TAG: str(r.state.attempts),
+                        UNIVERSITY_TAG: r.work.partition.institution,
+                    },
                 )
                 for r in due
             ]
@@ -157,7 +176,7 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
     return Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[job, reconcile_job, retention_job],
+        jobs=[job, batch_job, reconcile_job, retention_job],
         schedules=[nightly, nightly_retention],
         sensors=[esse3_changes, unfinished_work, follow_cards],
         resources=runtime.resources(),
@@ -172,11 +191,9 @@ def executor_for(deploy: DeploySettings | None) -> ExecutorDefinition | None:
         return None
     if deploy.executor == "in_process":
         return in_process_executor
-    from dagster_celery import celery_executor
+    from etl.deploy.executor import celery_or_in_run
 
-    from etl.deploy.worker_app import executor_config
-
-    return celery_executor.configured(executor_config())
+    return celery_or_in_run
 
 
 @definitions

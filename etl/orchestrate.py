@@ -7,7 +7,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from etl.config import Settings
 from etl.definitions import JOB_NAME
 from etl.errors import EscSyncError, ExitCode, UniversityError
 from etl.partitions import Partition
+from etl.run_tags import HOST_TAG, PID_TAG
 from etl.store.db import database_reason
 from etl.store.locks import partition_lock, process_alive
 
@@ -89,10 +90,6 @@ class Backfill:
     reaped: int = 0  # runs of dead processes marked failed, their pool slots freed, before starting
 
 
-# Who runs a partition: a run whose process is gone (SIGKILL, OOM, power loss) is found by these.
-PID_TAG, HOST_TAG = "esc_sync/pid", "esc_sync/host"
-
-
 def reap_dead_runs(instance: DagsterInstance) -> int:
     """Runs this machine started in a process that no longer exists still hold their ``esc_router``
     pool slots, and without a daemon nothing frees them: the next run would wait forever. Mark them
@@ -151,16 +148,20 @@ def run_partitions(
     say: Callable[[str], None] = lambda _: None,
     wait_timeout_s: float = Settings.run_wait_timeout_s,
     lock_engine: Engine | None = None,
+    tags: Mapping[str, str] | None = None,
+    isolate_failures: bool = False,
 ) -> Backfill:
     """One run per partition, in partition order. A partition that fails is reported and the others
     go on; a failure that concerns its whole university (a refused key, Esse3 unreachable) skips that
-    university's remaining partitions, reported as such; one that concerns every partition (no
+    university's remaining partitions, reported as such (with ``isolate_failures`` each is tried
+    anyway: a batch leaves every partition a run of its own, which the unfinished_work sensor
+    retries); one that concerns every partition (no
     Router pool slot within ``wait_timeout_s``) skips them all. Unexpected errors are reported as one
     line too (``ESC_SYNC_DEBUG=1`` raises them with their traceback). With ``lock_engine`` (the state
     DB) each run holds its partition's lock from start to end."""
     job = defs.resolve_job_def(JOB_NAME)
     reaped = reap_dead_runs(instance)
-    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    tags = {**(tags or {}), PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     blocked: dict[str, PartitionFailure] = {}  # university (or "*": all) → the failure that skips it
 
     def attempt(partition: Partition) -> PartitionRun | PartitionFailure:
@@ -194,7 +195,7 @@ def run_partitions(
             if os.environ.get("ESC_SYNC_DEBUG") and not isinstance(error, EscSyncError):
                 raise
             failure = PartitionFailure(partition, *failure_message(error))
-            if isinstance(error, UniversityError):
+            if isinstance(error, UniversityError) and not isolate_failures:
                 blocked[partition.institution] = failure
             return failure
         metadata = {

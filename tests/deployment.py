@@ -63,8 +63,12 @@ def deploy_toml(
     toml = demo_config_toml(router_url, atenei)
     toml = re.sub(r"first = \d+\nlast = \d+\n", f"first = {first}\nlast = {last}\n", toml, count=1)
     values = {"executor": "celery", "sensor_interval_s": 5} | deploy
-    lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in values.items())
+    lines = "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
     return f"{toml}\n[deploy]\n{lines}"
+
+
+def toml_value(v: object) -> str:
+    return str(v).lower() if isinstance(v, bool) else repr(v).replace("'", '"')
 
 
 def deployment_env(

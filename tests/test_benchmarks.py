@@ -28,7 +28,7 @@ TINY: dict[str, list[str]] = {
     "bench_sweep.py": ["--n", "400"],
     "bench_wallet.py": ["--cards", "20", "--university-cards", "100", "--follow-cards", "20"],
     "bench_latency.py": ["--events", "2", "--every", "1", "--students", "40", "--workers", "1",
-                         "--latency-ms", "2"],
+                         "--latency-ms", "2", "--idle", "2"],
     "bench_scale.py": ["--universities", "1", "--years", "1", "--students", "30", "--workers", "1",
                        "--latency-ms", "2"],
 }  # fmt: skip

@@ -12,14 +12,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, Definitions, SensorResult, SkipReason, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    Definitions,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+    validate_run_config,
+)
 from sqlalchemy import text, update
 from sqlalchemy.exc import OperationalError
 
 from etl.assets.router_calls import ROUTER_POOL
+from etl.config import DeploySettings
 from etl.definitions import JOB_NAME, build_definitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_STU
+from etl.deploy.executor import steps_in_run
 from etl.emulator import EmulatorProcess
 from etl.errors import ExitCode
 from etl.resources.runtime import Runtime
@@ -87,13 +97,51 @@ def test_definitions_load_and_graph_is_as_expected(runtime: Runtime) -> None:
     assert sorted(keys) == ["2024|unife", "2024|unipa", "2025|unife", "2025|unipa"]
 
 
-def _requested(defs: Definitions, runtime: Runtime, instance: DagsterInstance) -> set[str]:
+def _requests(defs: Definitions, runtime: Runtime, instance: DagsterInstance) -> dict[str, RunRequest]:
     sensor = defs.resolve_sensor_def("esse3_changes")
     result = sensor(build_sensor_context(instance=instance, resources=runtime.resources()))
     if isinstance(result, SkipReason):
-        return set()
+        return {}
     assert isinstance(result, SensorResult)
-    return {r.partition_key for r in result.run_requests}
+    return {str(r.partition_key): r for r in result.run_requests}
+
+
+def _requested(defs: Definitions, runtime: Runtime, instance: DagsterInstance) -> set[str]:
+    return set(_requests(defs, runtime, instance))
+
+
+def _touch_a_career(runtime: Runtime, year: int) -> None:
+    """A change in Esse3 for one career of ``year`` at unife."""
+    with runtime.esse3("unife").engine.begin() as conn:
+        first = conn.execute(P01_STU.select().where(P01_STU.c.AA_ID == year)).first()
+        conn.execute(
+            update(P01_STU)
+            .where(P01_STU.c.AA_ID == year, P01_STU.c.STU_ID == first.STU_ID)
+            .values(DATA_MOD=NOW + dt.timedelta(minutes=5))
+        )
+
+
+def test_an_incremental_change_runs_its_steps_in_its_run_a_first_read_on_the_workers(
+    runtime: Runtime,
+) -> None:
+    """Issue 25: in a Celery deployment a partition never read goes to the workers (a backfill's
+    thousands of careers); a change of a partition already read carries a few careers and runs its
+    steps in its own (warm) run process, with a run config the job's executor accepts."""
+    settings = replace(runtime.settings, deploy=DeploySettings(executor="celery", batch_partitions=1))
+    defs = build_definitions(settings, runtime)
+    job = defs.resolve_job_def(JOB_NAME)
+    assert job.executor_def.name == "celery_or_in_run"
+    with DagsterInstance.ephemeral() as instance:
+        first = _requests(defs, runtime, instance)
+        assert len(first) == 4 and all(not r.run_config for r in first.values())
+
+        assert job.execute_in_process(instance=instance, partition_key="2024|unife").success
+        _touch_a_career(runtime, 2024)
+        again = _requests(defs, runtime, instance)
+        assert again["2024|unife"].run_config == steps_in_run()
+        assert not again["2025|unife"].run_config  # still never read
+    assert validate_run_config(job, steps_in_run())["execution"]["celery_or_in_run"] == {"steps_in_run": True}
+    assert validate_run_config(job, {})["execution"]["celery_or_in_run"] == {"steps_in_run": False}
 
 
 def test_one_universitys_esse3_down_leaves_the_others_changes_going(runtime: Runtime) -> None:
@@ -147,16 +195,7 @@ def test_materialise_partition_then_sensor_sees_only_changes(runtime: Runtime) -
         assert _requested(defs, runtime, instance) == {"2024|unipa", "2025|unife", "2025|unipa"}
 
         # A change in Esse3 for one career of 2024 at unife: that partition is requested again.
-        with runtime.esse3("unife").engine.begin() as conn:
-            conn.execute(
-                update(P01_STU)
-                .where(
-                    P01_STU.c.AA_ID == 2024,
-                    P01_STU.c.STU_ID
-                    == conn.execute(P01_STU.select().where(P01_STU.c.AA_ID == 2024)).first().STU_ID,
-                )
-                .values(DATA_MOD=NOW + dt.timedelta(minutes=5))
-            )
+        _touch_a_career(runtime, 2024)
         assert "2024|unife" in _requested(defs, runtime, instance)
 
 

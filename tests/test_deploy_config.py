@@ -16,11 +16,12 @@ from dagster._core.instance.config import dagster_instance_config  # validates w
 from dagster._core.utils import make_new_run_id
 from sqlalchemy import create_engine, event, text
 
+from etl.batches import UNIVERSITY_TAG
 from etl.config import DeploySettings, parse_settings
 from etl.demo.config import demo_config_toml
 from etl.deploy.env import broker_url, dagster_pg_url, redacted
 from etl.deploy.instance import INSTITUTION_TAG, PARTITION_TAG, write_instance
-from etl.deploy.storage import PooledPostgresEventLogStorage
+from etl.deploy.storage import PooledPostgresEventLogStorage, PooledPostgresRunStorage
 from etl.errors import ConfigError, ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,12 +35,20 @@ def _settings(tmp_path: Path, deploy: str, database_url: str = "postgresql+psyco
 def test_deploy_section_defaults_and_bad_values(tmp_path: Path) -> None:
     assert _settings(tmp_path, "").deploy is None  # no section: not a deployment
     assert _settings(tmp_path, "\n[deploy]\n").deploy == DeploySettings()
-    custom = _settings(tmp_path, '\n[deploy]\nexecutor = "multiprocess"\nruns_per_university = 1\n').deploy
-    assert custom == DeploySettings(executor="multiprocess", runs_per_university=1)
+    custom = _settings(
+        tmp_path,
+        '\n[deploy]\nexecutor = "multiprocess"\nruns_per_university = 1\n'
+        "batch_partitions = 3\nrun_host = false\n",
+    ).deploy
+    assert custom == DeploySettings(
+        executor="multiprocess", runs_per_university=1, batch_partitions=3, run_host=False
+    )
     for bad, expected in [
         ('executor = "k8s"', "deploy: field executor: 'k8s' is not one of in_process, multiprocess, celery"),
         ("max_concurrent_runs = 0", "deploy: field max_concurrent_runs: 0 must be a positive integer"),
         ("workers = 3", "deploy: unknown key"),
+        ('run_host = "no"', "deploy: field run_host: 'no' must be true or false"),
+        ("batch_partitions = 0", "deploy: field batch_partitions: 0 must be a positive integer"),
     ]:
         with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
             _settings(tmp_path, f"\n[deploy]\n{bad}\n")
@@ -60,6 +69,7 @@ def test_the_instance_is_dagsters_own_queue_monitoring_retries_and_pool(tmp_path
     assert runs["max_concurrent_runs"] == 12
     assert runs["tag_concurrency_limits"] == [
         {"key": INSTITUTION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 3},
+        {"key": UNIVERSITY_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 3},  # batches too
         {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
     ]
     assert config["concurrency"]["pools"]["default_limit"] == 6
@@ -157,26 +167,31 @@ def test_instance_loads_on_postgresql(tmp_path: Path, pg_url: str, monkeypatch: 
     write_instance(tmp_path / "dagster", DeploySettings())
     with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert isinstance(instance.run_storage, PooledPostgresRunStorage)
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
         assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
 
 
-def test_the_event_log_keeps_its_connection_between_events(
+def test_the_event_log_and_run_storage_keep_their_connection(
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """dagster-postgres connects anew for every event; the deployment's event log connects once,
-    the events are all there, and a connection the server dropped is replaced, not an error."""
+    """dagster-postgres connects anew for every statement; the deployment's event log and run storage
+    connect once each, what they store is all there, and a connection the server dropped is replaced,
+    not an error."""
     monkeypatch.setenv("ESC_SYNC_DAGSTER_PG_URL", dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": pg_url}))
     write_instance(tmp_path / "dagster", DeploySettings())
     with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
         connects: list[object] = []
+        run_connects: list[object] = []
         event.listen(instance.event_log_storage._engine, "connect", lambda *_: connects.append(1))
+        event.listen(instance.run_storage._engine, "connect", lambda *_: run_connects.append(1))
         run = instance.add_run(DagsterRun(job_name="esc_sync", run_id=make_new_run_id()))
         for i in range(20):
             instance.report_engine_event(f"step {i}", run)
+            instance.add_run_tags(run.run_id, {f"esc_sync/test{i}": "1"})
         assert len(instance.all_logs(run.run_id)) == 20
-        assert len(connects) == 1
+        assert len(instance.get_run_by_id(run.run_id).tags) >= 20
+        assert len(connects) == 1 and len(run_connects) == 1
         admin = create_engine(pg_url)
         with admin.begin() as conn:  # as a server restart or an idle timeout would
             dropped = conn.execute(

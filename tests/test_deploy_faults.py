@@ -7,10 +7,12 @@ one after another on the same deployment, each followed by convergence within a 
 acting: every partition's latest run SUCCESS, nothing unconfirmed, the Router equal to the state DB
 (nobody registered twice), `reconcile` exit 0.
 
-0. A worker SIGKILLed inside a Router step, a third one joining: the step is redone whole elsewhere.
+0. A worker SIGKILLed in the middle of a batch (issue 25: the first sweep runs each university's
+   partitions in one batch), a third one joining: the batch is taken up elsewhere and finishes
+   without redoing the partition it had finished.
 1. The Router stopped for 60 s in the middle of the backfill (calls run out of retries, steps fail).
 2. PostgreSQL backends (state DB and Dagster's) terminated every second for 20 s while runs work.
-3. `serve` SIGKILLed alone (its webserver and daemon must die with it), restarted; then the whole
+3. `serve` SIGKILLed alone (its webserver, daemon and run host must die with it), restarted; then the whole
    process tree SIGKILLed with runs in flight (run monitoring must fail the dead runs), restarted.
 
 Needs PostgreSQL (ESC_SYNC_TEST_PG_URL) and a broker (ESC_SYNC_TEST_BROKER_URL, default RabbitMQ on
@@ -37,6 +39,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from etl.batches import BATCH_JOB, BATCH_TAG, UNIVERSITY_TAG
 from etl.demo.config import DEMO_ATENEI
 from etl.demo.generate import generate
 from etl.demo.mutate import mutate
@@ -66,12 +69,11 @@ def unfinished_tasks(log: str) -> list[str]:
     return [t for t in received if t not in done]
 
 
-def router_step_in_progress(log: str) -> bool:
-    """The worker is executing esi_assignments or esc_cards (received, started, not finished)."""
+def batch_midway(log: str) -> bool:
+    """The worker is running a batch that has finished its first partition (received, not finished)."""
     if not unfinished_tasks(log):
         return False
-    current = log[log.rindex("received") :]
-    return any(f'Started execution of step "{s}"' in current for s in ("esi_assignments", "esc_cards"))
+    return ": done (1 of 2)" in log[log.rindex("received") :]
 
 
 @dataclass
@@ -230,9 +232,10 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
 ) -> None:
     d = deployment
     d.procs.serve(d.port)
-    # 0. The sensor starts the backfill; worker a is killed inside a step that talks to the Router
-    # (first thing: on the demo's data the backfill takes seconds).
-    wait_until(lambda: router_step_in_progress(d.procs.log("worker-a")), 240, "a Router step on a", 0.1)
+    # 0. The sensor starts the backfill, a batch per university; worker a is killed in the middle of
+    # its batch (first thing: on the demo's data the backfill takes seconds).
+    wait_until(lambda: batch_midway(d.procs.log("worker-a")), 240, "a batch half done on a", 0.05)
+    finished = re.findall(r"(\d{4}\|\w+): done \(1 of 2\)", d.procs.log("worker-a"))[-1]
     d.procs.kill("worker-a")
     d.procs.start("worker-c", "worker", "--name", "c")
 
@@ -263,8 +266,9 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
 
     # 3a. serve SIGKILLed alone: its webserver and daemon go with it; a restart serves again.
     serve = d.procs.procs["serve"]
-    children = psutil.Process(serve.pid).children()  # the webserver and the daemon
-    assert sorted(Path(p.cmdline()[1]).name for p in children) == ["dagster-daemon", "dagster-webserver"]
+    children = psutil.Process(serve.pid).children()  # the webserver, the daemon and the run host
+    names = sorted(p.cmdline()[2] if p.cmdline()[1] == "-m" else Path(p.cmdline()[1]).name for p in children)
+    assert names == ["dagster-daemon", "dagster-webserver", "etl.deploy.run_host"]
     d.mutate(seed=22)
     os.kill(serve.pid, 9)
     serve.wait(timeout=10)
@@ -291,11 +295,17 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
     d.procs.serve(d.port)
     d.converge("the whole serve tree SIGKILLed", time.monotonic())
 
-    # The step worker a was killed in was executed again, whole, by another worker; c, added late,
-    # took work; the operator's commands work on the deployment's instance (nothing left to do).
+    # The batch worker a was killed in was taken up by another worker, which did not run again the
+    # partition it had finished; c, added late, took work; the operator's commands work on the
+    # deployment's instance (nothing left to do).
     cut = unfinished_tasks(d.procs.log("worker-a"))
     assert len(cut) == 1
     assert f"execute_plan[{cut[0]}] succeeded" in d.procs.log("worker-b") + d.procs.log("worker-c")
+    university = finished.split("|")[1]
+    with d.instance() as instance:
+        batches = instance.get_runs(RunsFilter(job_name=BATCH_JOB, tags={UNIVERSITY_TAG: university}))
+        ran = [r for b in batches for r in instance.get_runs(RunsFilter(tags={BATCH_TAG: b.run_id}))]
+    assert [r.status for r in ran if r.tags["dagster/partition"] == finished] == [DagsterRunStatus.SUCCESS]
     assert "succeeded" in d.procs.log("worker-c")
     again = esc_sync(d.env, "materialize", "--partition", f"{YEARS[1]}|unife")
     assert again.returncode == 0 and "cards +0" in again.stdout, again.stdout + again.stderr

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from etl.assets.router_calls import ROUTER_POOL
+from etl.batches import UNIVERSITY_TAG
 from etl.config import DeploySettings
 from etl.deploy.env import DAGSTER_PG_ENV
 from etl.deploy.launcher import MonitoredRunLauncher
-from etl.deploy.storage import PooledPostgresEventLogStorage
+from etl.deploy.storage import PooledPostgresEventLogStorage, PooledPostgresRunStorage
 from etl.files import write_atomically
 
 # Dagster tags every run of a partitioned job with its partition, and of a multi-partitioned one with
@@ -29,13 +30,13 @@ def instance_yaml(deploy: DeploySettings) -> str:
 # from ${DAGSTER_PG_ENV}, the broker's from $ESC_SYNC_BROKER_URL, the Router keys from theirs.
 telemetry:
   enabled: false
+# dagster-postgres's run and event log storage, keeping their connection (etl/deploy/storage.py)
 run_storage:
-  module: dagster_postgres.run_storage
-  class: PostgresRunStorage
+  module: {PooledPostgresRunStorage.__module__}
+  class: {PooledPostgresRunStorage.__name__}
   config:
     postgres_url:
       env: {DAGSTER_PG_ENV}
-# dagster-postgres's event log, keeping its connection between events
 event_log_storage:
   module: {PooledPostgresEventLogStorage.__module__}
   class: {PooledPostgresEventLogStorage.__name__}
@@ -85,6 +86,11 @@ concurrency:
     tag_concurrency_limits:
       # a university's runs in flight: its Router key is shared by all of them
       - key: {INSTITUTION_TAG}
+        value:
+          applyLimitPerUniqueValue: true
+        limit: {deploy.runs_per_university}
+      # the same, counting a university's batches (etl/batches.py) with its sensors' partition runs
+      - key: {UNIVERSITY_TAG}
         value:
           applyLimitPerUniqueValue: true
         limit: {deploy.runs_per_university}

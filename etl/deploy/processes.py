@@ -152,7 +152,7 @@ def webserver_command(workspace: Path, host: str, port: int, read_only: bool) ->
 
 
 def serve(settings: Settings, host: str, port: int, *, read_only: bool = False) -> int:
-    deployment(settings)
+    deploy = deployment(settings)
     if not is_loopback(host):
         print(OPEN_UI_WARNING.format(host=host), file=sys.stderr, flush=True)
     env = deployment_env(settings)
@@ -167,6 +167,8 @@ def serve(settings: Settings, host: str, port: int, *, read_only: bool = False) 
         "daemon": [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
         "webserver": webserver_command(workspace, host, port, read_only),
     }
+    if deploy.run_host:  # runs start as its warm forks; without it, from the code servers
+        commands["run-host"] = [sys.executable, "-m", "etl.deploy.run_host"]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stop = _StopFlag()
     started = time.time()

@@ -1,12 +1,13 @@
-"""Dagster's PostgreSQL event log, keeping its connection between events (named in ``dagster.yaml``).
+"""Dagster's PostgreSQL event log and run storage, keeping their connection (named in ``dagster.yaml``).
 
 dagster-postgres opens a new connection for every statement (``NullPool``), so that many short-lived
 instances never pile up idle connections. But a run's process and a Celery worker write dozens of
 events a step: connecting took about a fifth of a worker's CPU, and PostgreSQL started a backend
 each time. This storage keeps one connection per process, opens more (never waiting, as before)
 only while several threads write at once, and checks the kept one before use (after a server
-restart it reconnects instead of failing a step). Run and schedule storage stay as Dagster has
-them: they are used far less often.
+restart it reconnects instead of failing a step). The run storage is kept alike: a run's process
+opened some 30 connections to it for a run carrying one career (issue 25). Schedule storage stays as
+Dagster has it: the daemon's ticks use it, a run does not.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from dagster._serdes import ConfigurableClassData
-from dagster_postgres import PostgresEventLogStorage
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
 KEPT_CONNECTIONS = 1  # per process; a thread finding it busy opens its own for the moment it writes
 RECYCLE_S = 600  # below the idle timeouts of the usual PostgreSQL poolers and firewalls
 
 
-class PooledPostgresEventLogStorage(PostgresEventLogStorage):
+class _KeptConnection:
+    """Replaces dagster-postgres's NullPool engine, once the storage has checked its tables."""
+
+    _engine: Any
+
     def __init__(
         self,
         postgres_url: str,
@@ -30,7 +35,7 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         inst_data: ConfigurableClassData | None = None,
         token_provider: Any = None,
     ) -> None:
-        super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
+        super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)  # type: ignore[call-arg]
         self._engine.dispose()
         self._engine = create_pg_engine(
             postgres_url, token_provider, isolation_level="AUTOCOMMIT", pool_size=KEPT_CONNECTIONS,
@@ -40,10 +45,18 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
     @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> PooledPostgresEventLogStorage:
+    ) -> Any:
         return cls(
             inst_data=inst_data,
             postgres_url=pg_url_from_config(config_value),
             should_autocreate_tables=config_value.get("should_autocreate_tables", True),
             token_provider=get_token_provider_from_config(config_value),
         )
+
+
+class PooledPostgresEventLogStorage(_KeptConnection, PostgresEventLogStorage):
+    pass
+
+
+class PooledPostgresRunStorage(_KeptConnection, PostgresRunStorage):
+    pass

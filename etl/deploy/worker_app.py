@@ -60,15 +60,6 @@ core_execution_loop.TICK_SECONDS = 0.25  # type: ignore[assignment]  # an int th
 trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
 
-def executor_config() -> dict[str, Any]:
-    """For ``celery_executor.configured``: the broker is read from the environment when a run starts."""
-    return {
-        "broker": {"env": "ESC_SYNC_BROKER_URL"},
-        "backend": "rpc://",
-        "config_source": CELERY_CONFIG,
-    }
-
-
 class _KeptInstance:
     """dagster-celery's step task builds a new Dagster instance for every step (three storages, each
     checking its tables on PostgreSQL): a worker keeps the one its steps name."""

@@ -1,0 +1,160 @@
+"""Batched backfills (issue 25): a university's never-read partitions in one run, each partition
+still a run of its own (lock, pool, checks), one's failure isolated, a rerun of the batch skipping
+what it finished, a run left by a dead process found dead."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter, build_sensor_context
+from dagster._core.launcher.base import WorkerStatus
+from sqlalchemy import insert
+
+from etl.batches import (
+    BATCH_JOB,
+    BATCH_TAG,
+    ROOT_RUN_TAG,
+    UNIVERSITY_TAG,
+    YEARS_TAG,
+    batch_config,
+    plan_batches,
+)
+from etl.changes import PartitionChange
+from etl.config import DeploySettings
+from etl.definitions import JOB_NAME, build_definitions
+from etl.demo.generate import generate
+from etl.deploy.launcher import MonitoredRunLauncher
+from etl.emulator import EmulatorProcess
+from etl.partitions import Partition
+from etl.resources.runtime import Runtime
+from etl.run_tags import HOST_TAG, PID_TAG
+from etl.store import cards as card_store
+from etl.store.locks import STEP_PID
+from etl.store.models import PartitionLock
+from tests.fixtures.world import NOW, PICS, make_runtime
+
+
+def change(year: int, university: str, first_read: bool = True) -> PartitionChange:
+    return PartitionChange(Partition(year, university), NOW, first_read=first_read)
+
+
+def test_never_read_partitions_are_batched_by_university_in_year_order() -> None:
+    changes = [
+        *(change(y, "unife") for y in (2021, 2019, 2020)), change(2020, "unipa"),
+        change(2024, "unife", first_read=False), change(2019, "unimi"), change(2020, "unimi"),
+    ]  # fmt: skip
+    batches, singles = plan_batches(changes, 2, busy={"unimi"})
+    assert [(b.university, b.years) for b in batches] == [("unife", [2019, 2020])]
+    # a lone new partition and an incremental change run alone; unimi waits for its batch in flight
+    assert sorted(c.partition.key for c in singles) == ["2020|unipa", "2021|unife", "2024|unife"]
+    request = batches[0].run_request()
+    assert request.tags == {UNIVERSITY_TAG: "unife", YEARS_TAG: "2019,2020"}
+    assert request.run_key == "batch:" + "+".join(c.run_key for c in batches[0].changes)
+    assert request.run_config == batch_config("unife", [2019, 2020])
+    # size 1: no batch at all
+    assert plan_batches(changes, 1, busy=set()) == ([], changes)
+
+
+@pytest.fixture
+def batch_runtime(tmp_path: Path, emulator: EmulatorProcess, state_url: str) -> Iterator[Runtime]:
+    for seed, code in ((1, "unife"), (2, "unipa")):
+        generate(f"sqlite:///{tmp_path / f'esse3-{code}.sqlite'}", seed=seed, students=120,
+                 first_year=2024, last_year=2025, now=NOW)  # fmt: skip
+    rt = make_runtime(state_url, tmp_path, emulator.url)
+    rt.settings = replace(rt.settings, deploy=DeploySettings(executor="in_process"))
+    yield rt
+    rt.dispose()
+
+
+def _partition_runs(instance: DagsterInstance, batch: str) -> dict[str, list[DagsterRunStatus]]:
+    out: dict[str, list[DagsterRunStatus]] = {}
+    for run in instance.get_runs(RunsFilter(job_name=JOB_NAME, tags={BATCH_TAG: batch})):
+        out.setdefault(run.tags["dagster/partition"], []).append(run.status)
+    return out
+
+
+def test_a_batch_runs_each_partition_as_its_own_run_isolates_a_failure_and_resumes(
+    batch_runtime: Runtime, emulator: EmulatorProcess
+) -> None:
+    rt = batch_runtime
+    defs = build_definitions(rt.settings, rt)
+    batch_job = defs.resolve_job_def(BATCH_JOB)
+    with DagsterInstance.ephemeral() as instance:
+        # the sensor asks for one batch per university, no partition run
+        sensor = defs.resolve_sensor_def("esse3_changes")
+        result = sensor(build_sensor_context(instance=instance, resources=rt.resources()))
+        requests = result.run_requests or []
+        assert sorted((r.job_name, r.tags.get(YEARS_TAG)) for r in requests) == [
+            (BATCH_JOB, "2024,2025"), (BATCH_JOB, "2024,2025"),
+        ]  # fmt: skip
+
+        # 2024|unife is held by a run in flight: that partition is refused, 2025|unife is done anyway
+        holder = instance.add_run(DagsterRun(job_name=JOB_NAME, status=DagsterRunStatus.STARTED))
+        with rt.engine.begin() as conn:
+            conn.execute(insert(PartitionLock).values(
+                partition_key="2024|unife", run_id=holder.run_id, pid=STEP_PID, host=socket.gethostname(),
+                acquired_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
+            ))  # fmt: skip
+        first = batch_job.execute_in_process(
+            run_config=batch_config("unife", [2024, 2025]), instance=instance, raise_on_error=False
+        )
+        assert not first.success
+        failure = next(e for e in first.all_events if e.is_step_failure)
+        message = failure.step_failure_data.error.message
+        assert "Failure: 1 of 2 partition(s) failed (2024|unife): each runs again on its own" in message
+        assert "is being run by run" in message
+        assert _partition_runs(instance, first.run_id) == {"2025|unife": [DagsterRunStatus.SUCCESS]}
+        # still unread, the next tick asks for it on its own (unipa, never batched here, as a batch)
+        result = sensor(build_sensor_context(instance=instance, resources=rt.resources()))
+        asked = sorted((r.job_name, r.partition_key or r.tags.get(YEARS_TAG)) for r in result.run_requests)
+        assert asked == [(JOB_NAME, "2024|unife"), (BATCH_JOB, "2024,2025")]
+
+        # the holder ends; the batch run again (as run retries would) runs only what is left
+        instance.report_run_failed(holder)
+        again = batch_job.execute_in_process(
+            run_config=batch_config("unife", [2024, 2025]),
+            instance=instance,
+            tags={ROOT_RUN_TAG: first.run_id},
+        )
+        assert again.success
+        assert _partition_runs(instance, first.run_id) == {  # 2025|unife not run twice
+            "2024|unife": [DagsterRunStatus.SUCCESS], "2025|unife": [DagsterRunStatus.SUCCESS],
+        }  # fmt: skip
+
+        # what the batch registered is at the Router, once
+        with rt.engine.connect() as conn:
+            local = card_store.registered_totals(conn, "unife")
+        assert local["cards"] > 0
+        assert emulator.stats()["organisations"][PICS["unife"]] == local | {"deleted_cards": 0}
+
+        # a batch in flight for unife: the next tick asks only for unipa's
+        instance.add_run(DagsterRun(job_name=BATCH_JOB, status=DagsterRunStatus.STARTED,
+                                    tags={UNIVERSITY_TAG: "unipa", YEARS_TAG: "2024,2025"}))  # fmt: skip
+        result = sensor(build_sensor_context(instance=instance, resources=rt.resources()))
+        assert not getattr(result, "run_requests", None)  # unife read, unipa's batch in flight
+
+
+def test_a_partition_run_left_by_a_dead_process_is_found_dead(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with DagsterInstance.ephemeral() as instance:
+        launcher = MonitoredRunLauncher()
+        launcher.register_instance(instance)
+        here = socket.gethostname()
+        for pid, status in ((dead.pid, WorkerStatus.NOT_FOUND), (os.getpid(), WorkerStatus.RUNNING)):
+            run = instance.add_run(DagsterRun(job_name=JOB_NAME, status=DagsterRunStatus.STARTED,
+                                              tags={PID_TAG: str(pid), HOST_TAG: here}))  # fmt: skip
+            assert launcher.check_run_worker_health(run).status == status
+        elsewhere = instance.add_run(
+            DagsterRun(job_name=JOB_NAME, status=DagsterRunStatus.STARTED,
+                       tags={PID_TAG: str(dead.pid), HOST_TAG: "another-host"})
+        )  # fmt: skip
+        assert launcher.check_run_worker_health(elsewhere).status == WorkerStatus.UNKNOWN
