@@ -36,20 +36,20 @@ class Sampler(threading.Thread):
     def __init__(self, worker_pids: list[int]) -> None:
         super().__init__(daemon=True)
         self.pids, self.peak, self.stop = worker_pids, dict.fromkeys(worker_pids, 0), threading.Event()
+        self.peak_rss: dict[str, int] = {}  # component → the largest resident memory of one process
         self.start_cpu = self.cpu_by_process()
         self.last_cpu = dict(self.start_cpu)
 
-    @staticmethod
-    def cpu_by_process() -> dict[tuple[int, float], tuple[str, float]]:
+    def cpu_by_process(self) -> dict[tuple[int, float], tuple[str, float]]:
         """(pid, start time) → component, CPU-seconds: a reused pid is another process."""
         out = {}
-        for proc in psutil.process_iter(["cmdline", "cpu_times", "create_time"]):
+        for proc in psutil.process_iter(["cmdline", "cpu_times", "create_time", "memory_info"]):
             times, cmd = proc.info["cpu_times"], " ".join(proc.info["cmdline"] or [])
             if times is not None:
-                out[proc.pid, proc.info["create_time"]] = (
-                    component(cmd) if proc.pid != os.getpid() else "bench",
-                    times.user + times.system,
-                )
+                name = component(cmd) if proc.pid != os.getpid() else "bench"
+                out[proc.pid, proc.info["create_time"]] = (name, times.user + times.system)
+                if proc.info["memory_info"] is not None:
+                    self.peak_rss[name] = max(self.peak_rss.get(name, 0), proc.info["memory_info"].rss)
         return out
 
     def run(self) -> None:

@@ -69,6 +69,8 @@ def test_a_run_is_a_fork_of_the_warm_host_and_reports_like_dagsters_own(
         # the event run monitoring's health check reads names the fork
         started = run_process(instance, run_id)
         assert started is not None and started[0] == pid
+        with pytest.raises(RuntimeError, match="the run host could not start the run"):
+            request_run(home, run_id, '{"not": "an origin"}')  # nothing forked: the launcher falls back
         second, other = _run(instance, says_where, home)
         wait_until(lambda: _status(instance, second) == DagsterRunStatus.SUCCESS, 60, "a second run", 0.2)
         assert other != pid
@@ -99,7 +101,7 @@ def test_a_forked_run_is_cancelled_by_signal_and_a_killed_one_found_dead(
 
 
 def test_without_a_host_the_launcher_cannot_reach_one(home: Path) -> None:
-    with pytest.raises(OSError):
+    with pytest.raises(FileNotFoundError):  # the launcher then starts the run Dagster's way
         request_run(home, "0" * 36, "{}")
 
 

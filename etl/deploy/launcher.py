@@ -42,7 +42,8 @@ class MonitoredRunLauncher(DefaultRunLauncher):
             origin = serialize_value(run.job_code_origin)
             self._instance.add_run_tags(run.run_id, {RUN_HOST_TAG: "1"})
             request_run(home, run.run_id, origin)
-        except (OSError, RuntimeError) as e:
+        except (FileNotFoundError, ConnectionRefusedError, RuntimeError) as e:
+            # no host, or it answered that it forked nothing (a timeout is not that: it may have)
             self._instance.add_run_tags(run.run_id, {RUN_HOST_TAG: "0"})
             self._instance.report_engine_event(
                 f"no run host ({type(e).__name__}): the run starts from its code server", run, cls=type(self)

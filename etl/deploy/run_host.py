@@ -148,8 +148,9 @@ def reap() -> None:
 
 
 def request_run(dagster_home: Path, run_id: str, origin_json: str, timeout_s: float = 30.0) -> int:
-    """Ask the host to start a run: its process id. Raises OSError when no host answers (no `serve` with
-    a run host here, or it is stopping); RuntimeError when the host could not start it."""
+    """Ask the host to start a run: its process id. Raises FileNotFoundError or ConnectionRefusedError
+    when no host listens (no `serve` with a run host here, or it is stopping), RuntimeError when the
+    host started nothing, another OSError (a timeout) when it is not known whether it did."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout_s)
         s.connect(str(socket_path(dagster_home)))
