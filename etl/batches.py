@@ -74,8 +74,8 @@ def plan_batches(
     changes: Iterable[PartitionChange], size: int, busy: set[str]
 ) -> tuple[list[Batch], list[PartitionChange]]:
     """Partitions never read, grouped by university into batches of up to ``size`` (in year order); the
-    rest (incremental changes, a lone new partition, any of a university with a batch in flight: those
-    wait for it) stay runs of their own. ``busy``: universities with a batch queued or running."""
+    others (incremental changes, a lone new partition) stay runs of their own. Never-read partitions
+    of a university in ``busy`` (a batch of it queued or running) are left to a later tick."""
     singles: list[PartitionChange] = []
     first: dict[str, list[PartitionChange]] = {}
     for c in changes:

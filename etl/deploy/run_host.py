@@ -24,16 +24,32 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SOCKET_NAME = "run-host.sock"
-MAX_SOCKET_PATH = 100  # a Unix socket's path has at most 107 bytes (108 with its NUL)
+MAX_SOCKET_PATH = 107  # a Unix socket's address has at most 107 bytes (108 with its NUL)
 # What a run imports only when a step needs it; imported once here instead of in every run.
 WARM_MODULES = ("dagster._cli.api", "dagster_celery", "etl.deploy.worker_app")
 
 
 def socket_path(dagster_home: Path) -> Path:
     return dagster_home / SOCKET_NAME
+
+
+@contextmanager
+def address(path: Path) -> Iterator[str]:
+    """The socket's address: a path too long for one (a deep DAGSTER_HOME) is reached through its
+    folder's descriptor (Linux's /proc/self/fd), which names the same file in a few bytes."""
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        yield str(path)
+        return
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{folder}/{path.name}"
+    finally:
+        os.close(folder)
 
 
 def warm(origin_json: str) -> None:
@@ -84,14 +100,12 @@ def serve_runs(dagster_home: Path) -> int:
     import etl.definitions  # noqa: F401  (the code location's modules)
 
     path = socket_path(dagster_home)
-    if len(str(path)) > MAX_SOCKET_PATH:
-        print(f"run host: {path} is too long for a Unix socket: shorten DAGSTER_HOME", file=sys.stderr)
-        return 2
     path.unlink(missing_ok=True)  # a killed predecessor's
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket is 0600 from its creation
     try:
-        listener.bind(str(path))
+        with address(path) as where:
+            listener.bind(where)
     finally:
         os.umask(old_umask)
     listener.listen(64)
@@ -153,7 +167,8 @@ def request_run(dagster_home: Path, run_id: str, origin_json: str, timeout_s: fl
     host started nothing, another OSError (a timeout) when it is not known whether it did."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout_s)
-        s.connect(str(socket_path(dagster_home)))
+        with address(socket_path(dagster_home)) as where:
+            s.connect(where)
         s.sendall(f"{run_id} {origin_json}\n".encode())
         answer = s.makefile().readline().strip()
     status, _, detail = answer.partition(" ")
