@@ -112,6 +112,39 @@ def test_the_installed_wheel_runs_the_demo_migrates_and_deploys(
     )  # fmt: skip
     assert init.returncode == 0, init.stdout + init.stderr
     assert "Dagster storage ready" in init.stdout and (home / "dagster" / "workspace.yaml").is_file()
+    # Issue 25 from the wheel: serve's run host starts from the installed package and answers its
+    # launcher; the batch job and the deployment's executor are in the package's definitions.
+    host = run(installed.with_name("python"), tmp_path, "-c", RUN_HOST_CHECK, **deploy_env,
+               DAGSTER_HOME=str(home / "dagster"), ESC_SYNC_DATABASE_URL=state,
+               ESC_SYNC_DAGSTER_PG_URL=dagster_pg, ESC_SYNC_BROKER_URL=broker)  # fmt: skip
+    assert host.returncode == 0 and host.stdout.endswith("run host answered\n"), host.stdout + host.stderr
+
+
+RUN_HOST_CHECK = """
+import subprocess, sys, time
+from pathlib import Path
+import os
+from etl.deploy.run_host import request_run, socket_path
+from etl.definitions import defs
+jobs = {j.name for j in defs().resolve_all_job_defs()}
+assert {"esc_sync", "esc_sync_batch"} <= jobs, jobs
+assert defs().resolve_job_def("esc_sync").executor_def.name == "celery_or_in_run"
+home = Path(os.environ["DAGSTER_HOME"])
+proc = subprocess.Popen([sys.executable, "-m", "etl.deploy.run_host"])
+try:
+    for _ in range(600):
+        if socket_path(home).exists():
+            break
+        time.sleep(0.1)
+    try:
+        request_run(home, "0" * 36, "{}")
+    except RuntimeError as e:
+        assert "could not start the run" in str(e)
+        print("run host answered")
+finally:
+    proc.terminate()
+    proc.wait(timeout=30)
+"""
 
 
 def test_a_sites_own_statement_replaces_the_packaged_one(tmp_path: Path) -> None:
