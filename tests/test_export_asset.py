@@ -30,6 +30,7 @@ from etl.exports import sha256_file
 from etl.partitions import Partition, partitions_def
 from etl.resources.runtime import Runtime
 from etl.store import exports as export_store
+from etl.store.bulk import refresh_statistics
 from etl.store.models import Card, Career, Export, QrImage, utcnow
 from tests.fixtures.world import demo_settings
 from tests.test_qr_asset import BASE, NAMES, PART, PIC, seed_cards
@@ -348,3 +349,23 @@ def test_planner_statistics_are_refreshed_after_a_bulk_load(runtime: Runtime, ca
             text("EXPLAIN (FORMAT JSON) SELECT * FROM cards WHERE institution = 'unife'")
         ).scalar_one()
     assert plan[0]["Plan"]["Plan Rows"] > 500  # the planner now knows the partition's size
+
+
+def test_planner_knows_how_many_careers_are_live(runtime: Runtime, cards: list[str]) -> None:
+    """Without statistics on erased_at/vanished_at the planner takes each IS NULL to keep 0.5 % of the
+    careers and joins a partition's badges to persons by a quadratic nested loop (card candidates:
+    1.35 s instead of 5 ms for 2,000 cards)."""
+    engine = runtime.engine
+    seed_cards(engine, range(100, 1100))
+    with engine.begin() as conn:
+        analysed = refresh_statistics(conn, "careers")
+        if engine.dialect.name != "postgresql":
+            assert analysed == []  # SQLite keeps no column statistics
+            return
+        plan = conn.execute(
+            text(
+                "EXPLAIN (FORMAT JSON) SELECT * FROM careers WHERE institution = 'unife'"
+                " AND erased_at IS NULL AND vanished_at IS NULL AND esi_written IS NULL"
+            )
+        ).scalar_one()
+    assert plan[0]["Plan"]["Plan Rows"] > 500
