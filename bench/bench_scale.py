@@ -51,7 +51,7 @@ from etl.assets.badge_write_back import write_back_badges
 from etl.assets.exports import export_partition
 from etl.assets.qr import render_partition_qr
 from etl.batches import BATCH_TAG
-from etl.config import current_academic_year, parse_settings
+from etl.config import DeploySettings, current_academic_year, parse_settings
 from etl.demo.config import DemoAteneo
 from etl.demo.generate import generate
 from etl.deploy.env import dagster_pg_url
@@ -170,7 +170,7 @@ def scale_toml(
     args: argparse.Namespace, router_url: str, first: int, last: int, atenei: list[DemoAteneo], workers: int
 ) -> str:
     toml = deploy_toml(
-        router_url, first, last, atenei, executor="celery", sensor_interval_s=5,
+        router_url, first, last, atenei, executor="celery", sensor_interval_s=args.sensor_interval,
         max_concurrent_runs=4 * workers + 2, runs_per_university=2, router_steps=2 * workers,
         batch_partitions=args.batch_partitions, run_host=not args.no_run_host,
     )  # fmt: skip
@@ -239,6 +239,9 @@ def main() -> None:
     ap.add_argument("--batch-partitions", type=int, default=7, help="1: a run per partition")
     ap.add_argument("--no-run-host", action="store_true", help="runs start Dagster's way, from code servers")
     ap.add_argument("--latency-ms", type=float, default=40.0)
+    ap.add_argument(
+        "--sensor-interval", type=int, default=DeploySettings.sensor_interval_s, help="esse3_changes' seconds"
+    )
     ap.add_argument(
         "--concurrency", type=int, default=16, help="the Router client's calls in flight per step"
     )

@@ -67,7 +67,7 @@ def test_the_installed_wheel_runs_the_demo_migrates_and_deploys(
 
     # What later releases added, from the wheel too: token expiry, retention and erasure (its SQL
     # ships in the package), the wallet modules and their dependencies (cryptography, h2) and the
-    # wallet_passes asset, the migrations up to wallet_passes (0011).
+    # wallet_passes asset, the migrations up to qr_images statistics (0012).
     demo_env = {"ESC_SYNC_HOME": str(home)}
     made = run(installed, tmp_path, "tokens", "create", "--name", "app", "--scope", "badges:read",
                "--institution", "unife", "--expires", "30d", **demo_env)  # fmt: skip
@@ -102,7 +102,7 @@ def test_the_installed_wheel_runs_the_demo_migrates_and_deploys(
 
     state = make_url(pg_url).render_as_string(hide_password=False)
     upgrade = run(installed, tmp_path, "db", "upgrade", ESC_SYNC_HOME=str(home), ESC_SYNC_DATABASE_URL=state)
-    assert upgrade.returncode == 0 and "state DB at revision 0011" in upgrade.stdout, upgrade.stderr
+    assert upgrade.returncode == 0 and "state DB at revision 0012" in upgrade.stdout, upgrade.stderr
 
     (home / "deploy.toml").write_text(deploy_toml("http://127.0.0.1:9/esc-rest", 2024, 2025))
     deploy_env = {"ESC_SYNC_HOME": str(home), "ESC_SYNC_CONFIG": str(home / "deploy.toml")}
