@@ -26,7 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The `esc-sync` command of a fresh virtualenv holding the wheel (and its pinned dependencies)."""
+    """The `esc-sync` command of a fresh virtualenv holding the wheel (and its pinned dependencies):
+    the one `make wheel` installed (`.ci/run`), or one built here."""
+    if prepared := os.environ.get("ESC_SYNC_TEST_WHEEL_VENV"):
+        command = Path(prepared) / "bin" / "esc-sync"
+        assert command.exists(), f"ESC_SYNC_TEST_WHEEL_VENV={prepared} holds no esc-sync: run `make wheel`"
+        assert not command.resolve().is_relative_to(REPO), "keep it outside the checkout"
+        return command
     where = tmp_path_factory.mktemp("wheel")
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(where), str(REPO)],
@@ -126,9 +132,10 @@ from pathlib import Path
 import os
 from etl.deploy.run_host import request_run, socket_path
 from etl.definitions import defs
-jobs = {j.name for j in defs().resolve_all_job_defs()}
+d = defs()
+jobs = {j.name for j in d.resolve_all_job_defs()}
 assert {"esc_sync", "esc_sync_batch"} <= jobs, jobs
-assert defs().resolve_job_def("esc_sync").executor_def.name == "celery_or_in_run"
+assert d.resolve_job_def("esc_sync").executor_def.name == "celery_or_in_run"
 home = Path(os.environ["DAGSTER_HOME"])
 proc = subprocess.Popen([sys.executable, "-m", "etl.deploy.run_host"])
 try:
