@@ -43,6 +43,8 @@ from etl.unfinished import ACTIVE, PARTITION_TAG
 BATCH_JOB = "esc_sync_batch"
 UNIVERSITY_TAG = "esc_sync/university"  # a batch's university (its per-university run limit)
 YEARS_TAG = "esc_sync/academic_years"  # a batch's years, comma-separated
+# on every run of the batch job, the launchpad's too: the queue's limit of batches in flight
+KIND_TAG, BATCH_KIND = "esc_sync/kind", "batch"
 BATCH_TAG = "esc_sync/batch"  # on each partition run of a batch: the batch's first run's id
 ROOT_RUN_TAG = "dagster/root_run_id"  # Dagster's, on a run retried from another
 
@@ -152,7 +154,11 @@ def build_batch_job(settings: Settings) -> JobDefinition:
                 f"its own (the sensors); first: {outcome.failures[0].message}"
             )
 
-    @job(name=BATCH_JOB, description="A university's never-read partitions, one after another in one run")
+    @job(
+        name=BATCH_JOB,
+        description="A university's never-read partitions, one after another in one run",
+        tags={KIND_TAG: BATCH_KIND},
+    )
     def esc_sync_batch() -> None:
         backfill_batch()
 

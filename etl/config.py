@@ -88,6 +88,10 @@ class DeploySettings:
     sensor_interval_s: int = 15  # how often the esse3_changes sensor looks (a tick is one query)
     run_host: bool = True  # runs start as forks of serve's warm run host (etl/deploy/run_host.py)
     batch_partitions: int = 7  # never-read partitions of a university per run (etl.batches); 1: none
+    # Batches in flight across the deployment: as many as the workers (each runs one at a time). The
+    # others wait in Dagster's queue, where they cost nothing; launched, each would hold a run process
+    # polling for its Celery task. Fewer than max_concurrent_runs leaves room for single changes.
+    batch_runs: int = 4
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,7 @@ DEPLOY_COUNTS = (
     "router_steps",
     "sensor_interval_s",
     "batch_partitions",
+    "batch_runs",
 )
 # Every key the configuration knows: anything else is a typo that would otherwise be ignored silently.
 KNOWN_SECTIONS: dict[str, frozenset[str] | None] = {

@@ -14,14 +14,19 @@ import yaml
 from dagster import DagsterInstance, DagsterRun
 from dagster._core.instance.config import dagster_instance_config  # validates without connecting
 from dagster._core.utils import make_new_run_id
+from dagster._utils.tags import TagConcurrencyLimitsCounter
 from sqlalchemy import create_engine, event, text
 
-from etl.batches import UNIVERSITY_TAG
+from etl.batches import BATCH_JOB, BATCH_KIND, KIND_TAG, UNIVERSITY_TAG, Batch, build_batch_job
 from etl.config import DeploySettings, parse_settings
 from etl.demo.config import demo_config_toml
 from etl.deploy.env import broker_url, dagster_pg_url, redacted
 from etl.deploy.instance import INSTITUTION_TAG, PARTITION_TAG, write_instance
-from etl.deploy.storage import PooledPostgresEventLogStorage, PooledPostgresRunStorage
+from etl.deploy.storage import (
+    PooledPostgresEventLogStorage,
+    PooledPostgresRunStorage,
+    PooledPostgresScheduleStorage,
+)
 from etl.errors import ConfigError, ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +43,10 @@ def test_deploy_section_defaults_and_bad_values(tmp_path: Path) -> None:
     custom = _settings(
         tmp_path,
         '\n[deploy]\nexecutor = "multiprocess"\nruns_per_university = 1\n'
-        "batch_partitions = 3\nrun_host = false\n",
+        "batch_partitions = 3\nbatch_runs = 2\nrun_host = false\n",
     ).deploy
     assert custom == DeploySettings(
-        executor="multiprocess", runs_per_university=1, batch_partitions=3, run_host=False
+        executor="multiprocess", runs_per_university=1, batch_partitions=3, batch_runs=2, run_host=False
     )
     for bad, expected in [
         ('executor = "k8s"', "deploy: field executor: 'k8s' is not one of in_process, multiprocess, celery"),
@@ -49,6 +54,7 @@ def test_deploy_section_defaults_and_bad_values(tmp_path: Path) -> None:
         ("workers = 3", "deploy: unknown key"),
         ('run_host = "no"', "deploy: field run_host: 'no' must be true or false"),
         ("batch_partitions = 0", "deploy: field batch_partitions: 0 must be a positive integer"),
+        ("batch_runs = -1", "deploy: field batch_runs: -1 must be a positive integer"),
     ]:
         with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
             _settings(tmp_path, f"\n[deploy]\n{bad}\n")
@@ -70,6 +76,7 @@ def test_the_instance_is_dagsters_own_queue_monitoring_retries_and_pool(tmp_path
     assert runs["tag_concurrency_limits"] == [
         {"key": INSTITUTION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 3},
         {"key": UNIVERSITY_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 3},  # batches too
+        {"key": KIND_TAG, "value": BATCH_KIND, "limit": 4},  # batches in flight
         {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
     ]
     assert config["concurrency"]["pools"]["default_limit"] == 6
@@ -78,6 +85,26 @@ def test_the_instance_is_dagsters_own_queue_monitoring_retries_and_pool(tmp_path
     # Dagster itself accepts it (schema and the concurrency rules), and nothing secret is in it
     dagster_instance_config(str(tmp_path / "dagster"))
     assert "password" not in written[0].read_text().lower()
+
+
+def test_the_queue_holds_batches_beyond_batch_runs_and_never_a_single_change(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, "\n[deploy]\nbatch_runs = 2\n")
+    assert settings.deploy is not None
+    config = yaml.safe_load(write_instance(tmp_path / "dagster", settings.deploy)[0].read_text())
+    limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
+    batch_job = build_batch_job(settings)
+
+    def batch(university: str) -> DagsterRun:  # tagged as the sensor daemon tags a run it creates
+        tags = {**batch_job.run_tags, **Batch(university, ()).run_request().tags}
+        return DagsterRun(job_name=BATCH_JOB, run_id=make_new_run_id(), tags=tags)
+
+    change = {PARTITION_TAG: "2025|unife", INSTITUTION_TAG: "unife", UNIVERSITY_TAG: "unife"}
+    single = DagsterRun(job_name="esc_sync", run_id=make_new_run_id(), tags=change)
+    # the queue's counter, as its daemon builds it from the runs in progress
+    queue = TagConcurrencyLimitsCounter(limits, [batch("unife"), batch("unipa")])
+    assert queue.is_blocked(batch("unimi"))  # a third university's batch waits for a worker
+    assert not queue.is_blocked(single)  # a finalised enrolment does not wait behind backfills
+    assert not TagConcurrencyLimitsCounter(limits, [batch("unife")]).is_blocked(batch("unimi"))
 
 
 def test_the_per_university_limit_reads_the_tag_dagster_puts_on_partitioned_runs() -> None:
@@ -170,14 +197,15 @@ def test_instance_loads_on_postgresql(tmp_path: Path, pg_url: str, monkeypatch: 
         assert isinstance(instance.run_storage, PooledPostgresRunStorage)
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
         assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PooledPostgresScheduleStorage)
 
 
-def test_the_event_log_and_run_storage_keep_their_connection(
+def test_the_event_log_run_and_schedule_storage_keep_their_connection(
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """dagster-postgres connects anew for every statement; the deployment's event log and run storage
-    connect once each, what they store is all there, and a connection the server dropped is replaced,
-    not an error."""
+    """dagster-postgres connects anew for every statement; the deployment's event log, run and schedule
+    storage connect once each, what they store is all there, and a connection the server dropped is
+    replaced, not an error."""
     monkeypatch.setenv("ESC_SYNC_DAGSTER_PG_URL", dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": pg_url}))
     write_instance(tmp_path / "dagster", DeploySettings())
     with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
@@ -185,13 +213,18 @@ def test_the_event_log_and_run_storage_keep_their_connection(
         run_connects: list[object] = []
         event.listen(instance.event_log_storage._engine, "connect", lambda *_: connects.append(1))
         event.listen(instance.run_storage._engine, "connect", lambda *_: run_connects.append(1))
+        schedules = instance.schedule_storage
+        assert schedules is not None
+        schedule_connects: list[object] = []
+        event.listen(schedules._engine, "connect", lambda *_: schedule_connects.append(1))  # type: ignore[attr-defined]
         run = instance.add_run(DagsterRun(job_name="esc_sync", run_id=make_new_run_id()))
         for i in range(20):
             instance.report_engine_event(f"step {i}", run)
             instance.add_run_tags(run.run_id, {f"esc_sync/test{i}": "1"})
+            assert not instance.all_instigator_state()  # what the daemon's loops read every second
         assert len(instance.all_logs(run.run_id)) == 20
         assert len(instance.get_run_by_id(run.run_id).tags) >= 20
-        assert len(connects) == 1 and len(run_connects) == 1
+        assert len(connects) == 1 and len(run_connects) == 1 and len(schedule_connects) == 1
         admin = create_engine(pg_url)
         with admin.begin() as conn:  # as a server restart or an idle timeout would
             dropped = conn.execute(

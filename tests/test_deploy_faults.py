@@ -208,8 +208,7 @@ def deployment(tmp_path: Path, pg_url: str, dagster_pg: str, broker: str) -> Ite
     procs = Processes(env, tmp_path / "logs")
     d = Deployment(home, env, pg_url, dagster_pg, procs, free_port(), emu, keys, [])
     try:
-        procs.start("worker-a", "worker", "--name", "a")
-        procs.start("worker-b", "worker", "--name", "b")
+        procs.start("worker-a", "worker", "--name", "a")  # b and c join later
         yield d
     finally:
         procs.stop_all()
@@ -237,7 +236,11 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
     wait_until(lambda: batch_midway(d.procs.log("worker-a")), 240, "a batch half done on a", 0.05)
     finished = re.findall(r"(\d{4}\|\w+): done \(1 of 2\)", d.procs.log("worker-a"))[-1]
     d.procs.kill("worker-a")
+    # Workers added late take work: c first (a's batch and the other university's wait in the queue
+    # for it), then b.
     d.procs.start("worker-c", "worker", "--name", "c")
+    wait_until(lambda: "c@" in d.procs.log("worker-c") and " ready." in d.procs.log("worker-c"), 60, "c")
+    d.procs.start("worker-b", "worker", "--name", "b")
 
     # 1. The Router stops for 60 s in the middle of the backfill (the killed step is being redone).
     d.emulator.stop()
@@ -264,11 +267,14 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
     pg_terminator(pg_url, names, 20).join()
     d.converge("PostgreSQL connections dropped for 20 s", time.monotonic())
 
-    # 3a. serve SIGKILLed alone: its webserver and daemon go with it; a restart serves again.
+    # 3a. serve SIGKILLed alone: its code server, webserver and daemon go with it; a restart serves again.
     serve = d.procs.procs["serve"]
-    children = psutil.Process(serve.pid).children()  # the webserver, the daemon and the run host
-    names = sorted(p.cmdline()[2] if p.cmdline()[1] == "-m" else Path(p.cmdline()[1]).name for p in children)
-    assert names == ["dagster-daemon", "dagster-webserver", "etl.deploy.run_host"]
+    children = psutil.Process(serve.pid).children()
+    names = sorted(" ".join(p.cmdline()[2:4]) if p.cmdline()[1] == "-m" else Path(p.cmdline()[1]).name
+                   for p in children)  # fmt: skip
+    assert names == ["dagster api", "dagster-daemon", "dagster-webserver", "etl.deploy.run_host"]
+    # the daemon loads the code location from serve's code server: it starts none of its own
+    assert not [c for p in children for c in p.children(recursive=True) if "grpc" in c.cmdline()]
     d.mutate(seed=22)
     os.kill(serve.pid, 9)
     serve.wait(timeout=10)

@@ -10,11 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from etl.assets.router_calls import ROUTER_POOL
-from etl.batches import UNIVERSITY_TAG
+from etl.batches import BATCH_KIND, KIND_TAG, UNIVERSITY_TAG
 from etl.config import DeploySettings
 from etl.deploy.env import DAGSTER_PG_ENV
 from etl.deploy.launcher import MonitoredRunLauncher
-from etl.deploy.storage import PooledPostgresEventLogStorage, PooledPostgresRunStorage
+from etl.deploy.storage import (
+    PooledPostgresEventLogStorage,
+    PooledPostgresRunStorage,
+    PooledPostgresScheduleStorage,
+)
 from etl.files import write_atomically
 
 # Dagster tags every run of a partitioned job with its partition, and of a multi-partitioned one with
@@ -30,7 +34,7 @@ def instance_yaml(deploy: DeploySettings) -> str:
 # from ${DAGSTER_PG_ENV}, the broker's from $ESC_SYNC_BROKER_URL, the Router keys from theirs.
 telemetry:
   enabled: false
-# dagster-postgres's run and event log storage, keeping their connection (etl/deploy/storage.py)
+# dagster-postgres's storages, keeping their connection (etl/deploy/storage.py)
 run_storage:
   module: {PooledPostgresRunStorage.__module__}
   class: {PooledPostgresRunStorage.__name__}
@@ -44,8 +48,8 @@ event_log_storage:
     postgres_url:
       env: {DAGSTER_PG_ENV}
 schedule_storage:
-  module: dagster_postgres.schedule_storage
-  class: PostgresScheduleStorage
+  module: {PooledPostgresScheduleStorage.__module__}
+  class: {PooledPostgresScheduleStorage.__name__}
   config:
     postgres_url:
       env: {DAGSTER_PG_ENV}
@@ -94,6 +98,10 @@ concurrency:
         value:
           applyLimitPerUniqueValue: true
         limit: {deploy.runs_per_university}
+      # batches in flight: one per worker; the rest wait here, not in run processes polling Celery
+      - key: {KIND_TAG}
+        value: {BATCH_KIND}
+        limit: {deploy.batch_runs}
       # one partition, one run: a newer change waits in the queue for the run before it
       - key: {PARTITION_TAG}
         value:
@@ -107,13 +115,30 @@ sensors:
 """
 
 
+CODE_MODULE, CODE_ATTRIBUTE = "etl.definitions", "defs"
+LOCATION_NAME = f"{CODE_MODULE}:{CODE_ATTRIBUTE}"  # Dagster's own name for the python_module location
+
+
 def workspace_yaml() -> str:
-    return """\
+    return f"""\
 # Written by `esc-sync deploy init`: the one code location, configured from ESC_SYNC_CONFIG/HOME.
 load_from:
   - python_module:
-      module_name: etl.definitions
-      attribute: defs
+      module_name: {CODE_MODULE}
+      attribute: {CODE_ATTRIBUTE}
+"""
+
+
+def served_workspace_yaml(socket: Path) -> str:
+    """The workspace of `serve`'s daemon and webserver: the code location served by `serve`'s own code
+    server. Loaded from a module instead, the daemon would start a fresh code server (imports and
+    definitions, ~5 CPU-s) every minute to pick up code changes: most of an idle deployment's CPU."""
+    return f"""\
+# Written by `esc-sync serve` at its start: the code location its code server serves.
+load_from:
+  - grpc_server:
+      socket: {socket}
+      location_name: {LOCATION_NAME}
 """
 
 

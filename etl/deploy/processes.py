@@ -1,10 +1,12 @@
 """`esc-sync deploy init`, `esc-sync serve` and `esc-sync worker`: the deployment's processes.
 
 `serve` supervises Dagster's own webserver and daemon (the daemon runs the sensor, the run queue, run
-monitoring and retries). The webserver has no authentication of its own: it binds to loopback unless
-told otherwise (with a warning), and ``--read-only`` gives a UI that can only watch. Logs go to
-``$ESC_SYNC_HOME/logs``, a health check answers `serve --check`, and if either process dies the other
-is stopped and `serve` exits non-zero, for systemd or a container runtime to restart. `worker` becomes
+monitoring and retries) and the code server both load the code location from (the production layout:
+restart `serve` to load new code or configuration). The webserver has no authentication of its own: it
+binds to loopback unless told otherwise (with a warning), and ``--read-only`` gives a UI that can only
+watch. Logs go to ``$ESC_SYNC_HOME/logs``, a health check answers `serve --check`, and if any of its
+processes dies the others are stopped and `serve` exits non-zero, for systemd or a container runtime
+to restart. `worker` becomes
 a Celery worker executing steps.
 """
 
@@ -14,10 +16,12 @@ import ctypes
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,7 +32,13 @@ import psutil
 
 from etl.config import DeploySettings, Settings
 from etl.deploy.env import BROKER_ENV, DAGSTER_PG_ENV, broker_url, dagster_pg_url, redacted
-from etl.deploy.instance import write_instance
+from etl.deploy.instance import (
+    CODE_ATTRIBUTE,
+    CODE_MODULE,
+    LOCATION_NAME,
+    served_workspace_yaml,
+    write_instance,
+)
 from etl.deploy.worker_app import queue
 from etl.errors import ConfigError, EscSyncError, ExitCode
 from etl.files import write_atomically
@@ -146,6 +156,42 @@ OPEN_UI_WARNING = (
 )
 
 
+def code_server_command(socket_path: Path) -> list[str]:
+    """Dagster's code server for the code location, on a Unix socket (no port to reach from elsewhere)."""
+    return [
+        sys.executable, "-m", "dagster", "api", "grpc", "--socket", str(socket_path),
+        "--module-name", CODE_MODULE, "--attribute", CODE_ATTRIBUTE, "--location-name", LOCATION_NAME,
+        "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _wait_code_server(
+    socket_path: Path, proc: subprocess.Popen[bytes], stop: _StopFlag, logs: Path, timeout_s: float = 180.0
+) -> None:
+    """Until the code server answers (it has imported the code location and built the definitions)."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    client = DagsterGrpcClient(socket=str(socket_path))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise EscSyncError(
+                f"the code server exited ({proc.returncode}): see {logs / 'code-server'}.log",
+                exit_code=ExitCode.SERVICE,
+            )
+        if stop.signal or time.monotonic() > deadline:
+            raise EscSyncError(
+                f"the code server did not answer within {timeout_s:g}s", exit_code=ExitCode.SERVICE
+            )
+        if socket_path.exists():
+            try:
+                client.ping("")
+                return
+            except Exception:  # not serving yet (gRPC's own errors)
+                pass
+        time.sleep(0.5)
+
+
 def webserver_command(workspace: Path, host: str, port: int, read_only: bool) -> list[str]:
     cmd = [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", host, "-p", str(port)]
     return [*cmd, "--read-only"] if read_only else cmd
@@ -157,17 +203,22 @@ def serve(settings: Settings, host: str, port: int, *, read_only: bool = False) 
         print(OPEN_UI_WARNING.format(host=host), file=sys.stderr, flush=True)
     env = deployment_env(settings)
     home = Path(env["DAGSTER_HOME"])
-    workspace = home / "workspace.yaml"
-    if not workspace.exists():
-        raise ConfigError(f"{workspace} missing: run `esc-sync deploy init` first")
+    instance = home / "dagster.yaml"
+    if not instance.exists():
+        raise ConfigError(f"{instance} missing: run `esc-sync deploy init` first")
     logs = settings.home / "logs"
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     _wait_port_free(host, port)  # a webserver still answering there is not ours
+    # The code server's socket: private (mkdtemp is 0700) and short (a socket path has ≤ 107 bytes).
+    private = Path(tempfile.mkdtemp(prefix="esc-sync-serve-"))
+    code_socket, served = private / "code.sock", private / "workspace.yaml"
+    write_atomically(served, served_workspace_yaml(code_socket).encode())
     commands = {
-        "daemon": [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
-        "webserver": webserver_command(workspace, host, port, read_only),
+        "code-server": code_server_command(code_socket),
+        "daemon": [str(BIN / "dagster-daemon"), "run", "-w", str(served)],
+        "webserver": webserver_command(served, host, port, read_only),
     }
-    if deploy.run_host:  # runs start as its warm forks; without it, from the code servers
+    if deploy.run_host:  # runs start as its warm forks; without it, from the code server
         commands["run-host"] = [sys.executable, "-m", "etl.deploy.run_host"]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stop = _StopFlag()
@@ -181,6 +232,8 @@ def serve(settings: Settings, host: str, port: int, *, read_only: bool = False) 
                 preexec_fn=_die_with(os.getpid()),
             )  # fmt: skip
             os.close(log)
+            if what == "code-server":  # the daemon and webserver find the code location at their start
+                _wait_code_server(code_socket, procs[what], stop, logs)
         url = f"http://{host}:{port}"
         _wait_healthy(url, env, procs, stop, started)
         write_atomically(state, json.dumps({"pid": os.getpid(), "host": host, "port": port}).encode())
@@ -197,6 +250,7 @@ def serve(settings: Settings, host: str, port: int, *, read_only: bool = False) 
     finally:
         state.unlink(missing_ok=True)
         _stop_all(procs)
+        shutil.rmtree(private, ignore_errors=True)
         stop.restore()
 
 

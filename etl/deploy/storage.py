@@ -6,8 +6,9 @@ events a step: connecting took about a fifth of a worker's CPU, and PostgreSQL s
 each time. This storage keeps one connection per process, opens more (never waiting, as before)
 only while several threads write at once, and checks the kept one before use (after a server
 restart it reconnects instead of failing a step). The run storage is kept alike: a run's process
-opened some 30 connections to it for a run carrying one career (issue 25). Schedule storage stays as
-Dagster has it: the daemon's ticks use it, a run does not.
+opened some 30 connections to it for a run carrying one career (issue 25). So is the schedule storage:
+the daemon's sensor, schedule and automation loops read it every second or so, and an idle deployment
+started four PostgreSQL backends a second for them (~0.03 CPU-s a second, a third of its idle CPU).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dagster._serdes import ConfigurableClassData
-from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
 KEPT_CONNECTIONS = 1  # per process; a thread finding it busy opens its own for the moment it writes
@@ -59,4 +60,8 @@ class PooledPostgresEventLogStorage(_KeptConnection, PostgresEventLogStorage):
 
 
 class PooledPostgresRunStorage(_KeptConnection, PostgresRunStorage):
+    pass
+
+
+class PooledPostgresScheduleStorage(_KeptConnection, PostgresScheduleStorage):
     pass
