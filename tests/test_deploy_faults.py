@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
+import json
 import os
 import re
 import threading
@@ -275,6 +276,8 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
     assert names == ["dagster api", "dagster-daemon", "dagster-webserver", "etl.deploy.run_host"]
     # the daemon loads the code location from serve's code server: it starts none of its own
     assert not [c for p in children for c in p.children(recursive=True) if "grpc" in c.cmdline()]
+    private = Path(json.loads((d.home / "dagster" / "serve.json").read_text())["private"])
+    assert (private / "workspace.yaml").is_file() and private.stat().st_mode & 0o777 == 0o700
     d.mutate(seed=22)
     os.kill(serve.pid, 9)
     serve.wait(timeout=10)
@@ -283,6 +286,7 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
     check = esc_sync(d.env, "serve", "--check", timeout=60)
     assert check.returncode == 8 and "no `esc-sync serve` is running" in check.stderr, check.stderr
     d.procs.serve(d.port)
+    assert not private.exists()  # the killed serve's socket directory, removed by the next
     check = esc_sync(d.env, "serve", "--check", timeout=60)
     assert check.returncode == 0, check.stderr
     d.converge("serve SIGKILLed alone", time.monotonic())

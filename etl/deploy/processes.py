@@ -209,10 +209,9 @@ def serve(settings: Settings, host: str, port: int, *, read_only: bool = False) 
     logs = settings.home / "logs"
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     _wait_port_free(host, port)  # a webserver still answering there is not ours
-    # The code server's socket: private (mkdtemp is 0700) and short (a socket path has ≤ 107 bytes).
-    private = Path(tempfile.mkdtemp(prefix="esc-sync-serve-"))
+    state = home / SERVE_STATE
+    private = _private_dir(state)
     code_socket, served = private / "code.sock", private / "workspace.yaml"
-    write_atomically(served, served_workspace_yaml(code_socket).encode())
     commands = {
         "code-server": code_server_command(code_socket),
         "daemon": [str(BIN / "dagster-daemon"), "run", "-w", str(served)],
@@ -223,8 +222,10 @@ def serve(settings: Settings, host: str, port: int, *, read_only: bool = False) 
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stop = _StopFlag()
     started = time.time()
-    state = home / SERVE_STATE
     try:
+        record = {"pid": os.getpid(), "host": host, "port": port, "private": str(private)}
+        write_atomically(state, json.dumps(record).encode())
+        write_atomically(served, served_workspace_yaml(code_socket).encode())
         for what, cmd in commands.items():
             log = os.open(logs / f"{what}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             procs[what] = subprocess.Popen(
@@ -236,7 +237,6 @@ def serve(settings: Settings, host: str, port: int, *, read_only: bool = False) 
                 _wait_code_server(code_socket, procs[what], stop, logs)
         url = f"http://{host}:{port}"
         _wait_healthy(url, env, procs, stop, started)
-        write_atomically(state, json.dumps({"pid": os.getpid(), "host": host, "port": port}).encode())
         print(f"serving: UI {url}, daemon up (sensor, run queue, monitoring); logs in {logs}", flush=True)
         while not stop.signal:
             for what, proc in procs.items():
@@ -255,6 +255,22 @@ def serve(settings: Settings, host: str, port: int, *, read_only: bool = False) 
 
 
 SERVE_STATE = "serve.json"  # where a running `serve` says what it serves, for `serve --check`
+PRIVATE_PREFIX = "esc-sync-serve-"
+
+
+def _private_dir(state: Path) -> Path:
+    """A directory for the code server's socket and the workspace naming it: private (mkdtemp makes it
+    0700) and short (a socket's path has at most 107 bytes). One a killed `serve` left, as it
+    recorded in ``state``, goes first."""
+    try:
+        left = json.loads(state.read_text())
+    except (OSError, ValueError):
+        left = None
+    if isinstance(left, dict) and not psutil.pid_exists(int(left.get("pid", 0))):
+        stale = Path(str(left.get("private", "")))
+        if stale.name.startswith(PRIVATE_PREFIX) and stale.parent == Path(tempfile.gettempdir()):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
 
 
 def _die_with(parent: int) -> Callable[[], None]:
