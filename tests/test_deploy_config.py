@@ -216,7 +216,7 @@ def test_the_event_log_run_and_schedule_storage_keep_their_connection(
         schedules = instance.schedule_storage
         assert schedules is not None
         schedule_connects: list[object] = []
-        event.listen(schedules._engine, "connect", lambda *_: schedule_connects.append(1))  # type: ignore[attr-defined]
+        event.listen(schedules._engine, "connect", lambda *_: schedule_connects.append(1))
         run = instance.add_run(DagsterRun(job_name="esc_sync", run_id=make_new_run_id()))
         for i in range(20):
             instance.report_engine_event(f"step {i}", run)

@@ -1,13 +1,12 @@
 """`esc-sync deploy init`, `esc-sync serve` and `esc-sync worker`: the deployment's processes.
 
 `serve` supervises Dagster's own webserver and daemon (the daemon runs the sensor, the run queue, run
-monitoring and retries) and the code server both load the code location from (the production layout:
-restart `serve` to load new code or configuration). The webserver has no authentication of its own: it
-binds to loopback unless told otherwise (with a warning), and ``--read-only`` gives a UI that can only
-watch. Logs go to ``$ESC_SYNC_HOME/logs``, a health check answers `serve --check`, and if any of its
-processes dies the others are stopped and `serve` exits non-zero, for systemd or a container runtime
-to restart. `worker` becomes
-a Celery worker executing steps.
+monitoring and retries) and the code server both load the code location from (Dagster's production
+layout: restart `serve` to load new code or configuration). The webserver has no authentication of its
+own: it binds to loopback unless told otherwise (with a warning), and ``--read-only`` gives a UI that
+can only watch. Logs go to ``$ESC_SYNC_HOME/logs``, a health check answers `serve --check`, and if any
+of its processes dies the others are stopped and `serve` exits non-zero, for systemd or a container
+runtime to restart. `worker` becomes a Celery worker executing steps.
 """
 
 from __future__ import annotations
@@ -262,11 +261,8 @@ def _private_dir(state: Path) -> Path:
     """A directory for the code server's socket and the workspace naming it: private (mkdtemp makes it
     0700) and short (a socket's path has at most 107 bytes). One a killed `serve` left, as it
     recorded in ``state``, goes first."""
-    try:
-        left = json.loads(state.read_text())
-    except (OSError, ValueError):
-        left = None
-    if isinstance(left, dict) and not psutil.pid_exists(int(left.get("pid", 0))):
+    left = _recorded(state)
+    if left and not psutil.pid_exists(int(left.get("pid", 0))):
         stale = Path(str(left.get("private", "")))
         if stale.name.startswith(PRIVATE_PREFIX) and stale.parent == Path(tempfile.gettempdir()):
             shutil.rmtree(stale, ignore_errors=True)
@@ -325,13 +321,19 @@ def check(settings: Settings, host: str | None, port: int | None) -> int:
     return ExitCode.SERVICE if problems else 0
 
 
+def _recorded(state: Path) -> dict[str, Any]:
+    """What a `serve` recorded in ``state`` (nothing if none did)."""
+    try:
+        recorded = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def _serve_state(home: Path) -> dict[str, Any] | None:
     """What a running `serve` recorded, when its process is alive."""
-    try:
-        state = json.loads((home / SERVE_STATE).read_text())
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) and psutil.pid_exists(int(state.get("pid", 0))) else None
+    state = _recorded(home / SERVE_STATE)
+    return state if state and psutil.pid_exists(int(state.get("pid", 0))) else None
 
 
 def _webserver_problem(url: str) -> str | None:
