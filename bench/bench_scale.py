@@ -185,20 +185,9 @@ def backfill(
     ideal = calls * args.latency_ms / 1000 / (workers * args.concurrency)
     peak = max(sampler.peak.values()) / 2**20
     return Outcome(
-        workers,
-        seconds,
-        want,
-        calls,
-        ideal,
-        failed,
-        launched,
-        peak,
-        cpu,
-        by_component,
-        sampler.peak_rss,
-        start_cpu,
-        idle,
-    )
+        workers, seconds, want, calls, ideal, failed, launched, peak, cpu, by_component, sampler.peak_rss,
+        start_cpu, idle,
+    )  # fmt: skip
 
 
 IDLE_S = 15.0  # how long the idle deployment is measured before the careers appear
