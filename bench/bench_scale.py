@@ -230,7 +230,8 @@ def scale_toml(
     toml = deploy_toml(
         router_url, first, last, atenei, executor="celery", sensor_interval_s=args.sensor_interval,
         max_concurrent_runs=4 * workers + 2, runs_per_university=2, router_steps=2 * workers,
-        batch_partitions=args.batch_partitions, batch_runs=workers, run_host=not args.no_run_host,
+        batch_partitions=args.batch_partitions, batch_runs=workers + args.batches_waiting,
+        run_host=not args.no_run_host,
     )  # fmt: skip
     if args.requests_per_second:
         toml = toml.replace("[router]\n", f"[router]\nrequests_per_second = {args.requests_per_second}\n", 1)
@@ -296,6 +297,7 @@ def main() -> None:
     ap.add_argument("--requests-per-second", type=float, help="each key's rate limit (--national: 50)")
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--batch-partitions", type=int, default=7, help="1: a run per partition")
+    ap.add_argument("--batches-waiting", type=int, default=0, help="[deploy] batch_runs beyond the workers")
     ap.add_argument("--no-run-host", action="store_true", help="runs start Dagster's way, from code servers")
     ap.add_argument("--latency-ms", type=float, default=40.0)
     ap.add_argument(
