@@ -150,7 +150,8 @@ def write_instance(dagster_home: Path, deploy: DeploySettings) -> list[Path]:
 
 
 def write_workspace(dagster_home: Path) -> Path:
-    """The workspace file (the code location is the installed package: no path to a checkout)."""
+    """The workspace file (the code location is the installed package: no path to a checkout), for
+    `esc-sync ui` and Dagster's own CLI; `serve` writes its own, naming its code server."""
     dagster_home.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = dagster_home / "workspace.yaml"
     write_atomically(path, workspace_yaml().encode())

@@ -262,7 +262,7 @@ def _private_dir(state: Path) -> Path:
     0700) and short (a socket's path has at most 107 bytes). One a killed `serve` left, as it
     recorded in ``state``, goes first."""
     left = _recorded(state)
-    if left and not psutil.pid_exists(int(left.get("pid", 0))):
+    if left and not _alive(left):
         stale = Path(str(left.get("private", "")))
         if stale.name.startswith(PRIVATE_PREFIX) and stale.parent == Path(tempfile.gettempdir()):
             shutil.rmtree(stale, ignore_errors=True)
@@ -333,7 +333,11 @@ def _recorded(state: Path) -> dict[str, Any]:
 def _serve_state(home: Path) -> dict[str, Any] | None:
     """What a running `serve` recorded, when its process is alive."""
     state = _recorded(home / SERVE_STATE)
-    return state if state and psutil.pid_exists(int(state.get("pid", 0))) else None
+    return state if state and _alive(state) else None
+
+
+def _alive(recorded: Mapping[str, Any]) -> bool:
+    return psutil.pid_exists(int(recorded.get("pid", 0)))
 
 
 def _webserver_problem(url: str) -> str | None:
