@@ -16,7 +16,10 @@ pool, its materialisations and checks, and the unfinished_work sensor reading it
   partition run left STARTED by the dead process is failed first (etl.orchestrate.reap_dead_runs).
 - A single change of a partition already read keeps its own run, within seconds.
 
-The UI launches a batch from the `esc_sync_batch` job's launchpad (config: university and years).
+The batch job is partitioned by university: the UI backfills whole universities from the job's
+partitions page (one run each, all their years) or launches one from its launchpad (a university, the
+years in the config, every configured year by default). Either way the run carries the university's
+tag, so the per-university run limit counts it.
 """
 
 # No `from __future__ import annotations`: Dagster reads the op's annotations at runtime.
@@ -33,6 +36,7 @@ from dagster import (
     RunsFilter,
     job,
     op,
+    static_partitioned_config,
 )
 
 from etl.changes import PartitionChange
@@ -42,7 +46,6 @@ from etl.unfinished import ACTIVE, PARTITION_TAG
 
 BATCH_JOB = "esc_sync_batch"
 UNIVERSITY_TAG = "esc_sync/university"  # a batch's university (its per-university run limit)
-YEARS_TAG = "esc_sync/academic_years"  # a batch's years, comma-separated
 # on every run of the batch job, the launchpad's too: the queue's limit of batches in flight
 KIND_TAG, BATCH_KIND = "esc_sync/kind", "batch"
 BATCH_TAG = "esc_sync/batch"  # on each partition run of a batch: the batch's first run's id
@@ -63,13 +66,22 @@ class Batch:
         return RunRequest(
             run_key="batch:" + "+".join(c.run_key for c in self.changes),
             job_name=BATCH_JOB,
-            run_config=batch_config(self.university, self.years),
-            tags={UNIVERSITY_TAG: self.university, YEARS_TAG: ",".join(map(str, self.years))},
+            partition_key=self.university,  # the partition's tags come with it (the university's)
+            run_config=batch_config(self.years),
         )
 
 
-def batch_config(university: str, years: Sequence[int]) -> dict[str, object]:
-    return {"ops": {"backfill_batch": {"config": {"university": university, "academic_years": list(years)}}}}
+def batch_config(years: Sequence[int]) -> dict[str, object]:
+    return {"ops": {"backfill_batch": {"config": {"academic_years": list(years)}}}}
+
+
+def batch_years(run_config: object) -> list[int]:
+    """A batch run's years, from the run config it was launched with (the launchpad's edits too)."""
+    try:
+        years = run_config["ops"]["backfill_batch"]["config"]["academic_years"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return []
+    return [int(y) for y in years]
 
 
 def plan_batches(
@@ -103,9 +115,8 @@ def batches_in_flight(instance: DagsterInstance) -> dict[str, list[Partition]]:
     """University → the partitions of its batches queued or running."""
     out: dict[str, list[Partition]] = {}
     for run in instance.get_runs(RunsFilter(job_name=BATCH_JOB, statuses=list(ACTIVE))):
-        university = run.tags.get(UNIVERSITY_TAG)
-        if university:
-            years = [int(y) for y in run.tags.get(YEARS_TAG, "").split(",") if y.isdigit()]
+        if university := run.tags.get(UNIVERSITY_TAG):
+            years = batch_years(run.run_config)
             out.setdefault(university, []).extend(Partition(y, university) for y in years)
     return out
 
@@ -117,16 +128,25 @@ def finished_in(instance: DagsterInstance, batch: str) -> set[str]:
 
 
 def build_batch_job(settings: Settings) -> JobDefinition:
-    @op(name="backfill_batch", config_schema={"university": str, "academic_years": [int]})
+    @static_partitioned_config(
+        partition_keys=list(settings.codes), tags_for_partition_key_fn=lambda code: {UNIVERSITY_TAG: code}
+    )
+    def every_year(_university: str) -> dict[str, object]:
+        return batch_config(settings.academic_years)
+
+    @op(name="backfill_batch", config_schema={"academic_years": [int]})
     def backfill_batch(context: OpExecutionContext) -> None:
         from etl.definitions import build_definitions  # the definitions hold this job
         from etl.orchestrate import PartitionRun, run_partitions
         from etl.resources.runtime import Runtime
 
-        university = context.op_config["university"]
-        if university not in settings.codes:
-            raise Failure(f"university {university!r} is not configured")
-        partitions = [Partition(y, university) for y in sorted(set(context.op_config["academic_years"]))]
+        if not context.has_partition_key:
+            raise Failure("a batch is one university's: launch it with the university as its partition")
+        university = context.partition_key
+        years = sorted(set(context.op_config["academic_years"]))
+        if unknown := [y for y in years if y not in settings.academic_years]:
+            raise Failure(f"academic year(s) {unknown} not configured ({settings.academic_years})")
+        partitions = [Partition(y, university) for y in years]
         batch = context.run.tags.get(ROOT_RUN_TAG, context.run_id)
         done = finished_in(context.instance, batch)
         todo = [p for p in partitions if p.key not in done]
@@ -156,8 +176,9 @@ def build_batch_job(settings: Settings) -> JobDefinition:
 
     @job(
         name=BATCH_JOB,
-        description="A university's never-read partitions, one after another in one run",
+        description="A university's partitions, one after another in one run (a backfill)",
         tags={KIND_TAG: BATCH_KIND},
+        config=every_year,
     )
     def esc_sync_batch() -> None:
         backfill_batch()

@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from etl.demo.config import DEMO_ATENEI, DemoAteneo, demo_config_toml, key_env
 from etl.deploy.env import DEFAULT_BROKER
+from etl.deploy.instance import LOCATION_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,3 +141,17 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
         time.sleep(poll_s)
+
+
+def launch_backfill(port: int, job: str, partitions: Sequence[str]) -> str:
+    """A backfill of a job's partitions as Dagster's UI launches one (its GraphQL mutation); its id."""
+    query = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+        __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+    repository = {"repositoryLocationName": LOCATION_NAME, "repositoryName": "__repository__"}
+    params = {"selector": {"partitionSetName": f"{job}_partition_set", "repositorySelector": repository},
+              "partitionNames": list(partitions)}  # fmt: skip
+    answer = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": {"p": params}},
+                        timeout=60).json()  # fmt: skip
+    launched = answer["data"]["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    return str(launched["backfillId"])

@@ -23,8 +23,8 @@ from etl.batches import (
     BATCH_TAG,
     ROOT_RUN_TAG,
     UNIVERSITY_TAG,
-    YEARS_TAG,
     batch_config,
+    batch_years,
     plan_batches,
 )
 from etl.changes import PartitionChange
@@ -56,9 +56,9 @@ def test_never_read_partitions_are_batched_by_university_in_year_order() -> None
     # a lone new partition and an incremental change run alone; unimi waits for its batch in flight
     assert sorted(c.partition.key for c in singles) == ["2020|unipa", "2021|unife", "2024|unife"]
     request = batches[0].run_request()
-    assert request.tags == {UNIVERSITY_TAG: "unife", YEARS_TAG: "2019,2020"}
+    assert request.partition_key == "unife"  # the batch job's partition: the university
     assert request.run_key == "batch:" + "+".join(c.run_key for c in batches[0].changes)
-    assert request.run_config == batch_config("unife", [2019, 2020])
+    assert batch_years(request.run_config) == [2019, 2020]
     # size 1: no batch at all
     assert plan_batches(changes, 1, busy=set()) == ([], changes)
 
@@ -92,8 +92,8 @@ def test_a_batch_runs_each_partition_as_its_own_run_isolates_a_failure_and_resum
         sensor = defs.resolve_sensor_def("esse3_changes")
         result = sensor(build_sensor_context(instance=instance, resources=rt.resources()))
         requests = result.run_requests or []
-        assert sorted((r.job_name, r.tags.get(YEARS_TAG)) for r in requests) == [
-            (BATCH_JOB, "2024,2025"), (BATCH_JOB, "2024,2025"),
+        assert sorted((r.job_name, r.partition_key, batch_years(r.run_config)) for r in requests) == [
+            (BATCH_JOB, "unife", [2024, 2025]), (BATCH_JOB, "unipa", [2024, 2025]),
         ]  # fmt: skip
 
         # 2024|unife is held by a run in flight: that partition is refused, 2025|unife is done anyway
@@ -103,9 +103,8 @@ def test_a_batch_runs_each_partition_as_its_own_run_isolates_a_failure_and_resum
                 partition_key="2024|unife", run_id=holder.run_id, pid=STEP_PID, host=socket.gethostname(),
                 acquired_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
             ))  # fmt: skip
-        first = batch_job.execute_in_process(
-            run_config=batch_config("unife", [2024, 2025]), instance=instance, raise_on_error=False
-        )
+        first = batch_job.execute_in_process(partition_key="unife", instance=instance, raise_on_error=False)
+        assert first.dagster_run.tags[UNIVERSITY_TAG] == "unife"  # the partition's tag: the queue counts it
         assert not first.success
         failure = next(e for e in first.all_events if e.is_step_failure)
         message = failure.step_failure_data.error.message
@@ -114,13 +113,14 @@ def test_a_batch_runs_each_partition_as_its_own_run_isolates_a_failure_and_resum
         assert _partition_runs(instance, first.run_id) == {"2025|unife": [DagsterRunStatus.SUCCESS]}
         # still unread, the next tick asks for it on its own (unipa, never batched here, as a batch)
         result = sensor(build_sensor_context(instance=instance, resources=rt.resources()))
-        asked = sorted((r.job_name, r.partition_key or r.tags.get(YEARS_TAG)) for r in result.run_requests)
-        assert asked == [(JOB_NAME, "2024|unife"), (BATCH_JOB, "2024,2025")]
+        asked = sorted((r.job_name, r.partition_key) for r in result.run_requests)
+        assert asked == [(JOB_NAME, "2024|unife"), (BATCH_JOB, "unipa")]
 
         # the holder ends; the batch run again (as run retries would) runs only what is left
         instance.report_run_failed(holder)
         again = batch_job.execute_in_process(
-            run_config=batch_config("unife", [2024, 2025]),
+            partition_key="unife",
+            run_config=batch_config([2024, 2025]),  # as the launchpad's years
             instance=instance,
             tags={ROOT_RUN_TAG: first.run_id},
         )
@@ -136,8 +136,9 @@ def test_a_batch_runs_each_partition_as_its_own_run_isolates_a_failure_and_resum
         assert emulator.stats()["organisations"][PICS["unife"]] == local | {"deleted_cards": 0}
 
         # a batch in flight for unife: the next tick asks only for unipa's
+        in_flight = batch_config([2024, 2025])
         instance.add_run(DagsterRun(job_name=BATCH_JOB, status=DagsterRunStatus.STARTED,
-                                    tags={UNIVERSITY_TAG: "unipa", YEARS_TAG: "2024,2025"}))  # fmt: skip
+                                    tags={UNIVERSITY_TAG: "unipa"}, run_config=in_flight))  # fmt: skip
         result = sensor(build_sensor_context(instance=instance, resources=rt.resources()))
         assert not getattr(result, "run_requests", None)  # unife read, unipa's batch in flight
 
@@ -158,3 +159,20 @@ def test_a_partition_run_left_by_a_dead_process_is_found_dead(tmp_path: Path) ->
                        tags={PID_TAG: str(dead.pid), HOST_TAG: "another-host"})
         )  # fmt: skip
         assert launcher.check_run_worker_health(elsewhere).status == WorkerStatus.UNKNOWN
+
+
+def test_a_batch_needs_its_university_and_configured_years(batch_runtime: Runtime) -> None:
+    batch_job = build_definitions(batch_runtime.settings, batch_runtime).resolve_job_def(BATCH_JOB)
+    with DagsterInstance.ephemeral() as instance:
+        cases = {
+            "a batch is one university's: launch it with the university as its partition": {},
+            "academic year(s) [2031] not configured ([2024, 2025])": {"partition_key": "unife"},
+        }
+        for message, partition in cases.items():
+            result = batch_job.execute_in_process(
+                run_config=batch_config([2025, 2031]), instance=instance, raise_on_error=False, **partition
+            )
+            failure = next(e for e in result.all_events if e.is_step_failure)
+            assert message in failure.step_failure_data.error.message
+        # nothing was run for either
+        assert not instance.get_runs(RunsFilter(job_name=JOB_NAME))

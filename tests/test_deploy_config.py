@@ -88,23 +88,24 @@ def test_the_instance_is_dagsters_own_queue_monitoring_retries_and_pool(tmp_path
 
 
 def test_the_queue_holds_batches_beyond_batch_runs_and_never_a_single_change(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, "\n[deploy]\nbatch_runs = 2\n")
+    settings = _settings(tmp_path, "\n[deploy]\nbatch_runs = 1\n")
     assert settings.deploy is not None
     config = yaml.safe_load(write_instance(tmp_path / "dagster", settings.deploy)[0].read_text())
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
     batch_job = build_batch_job(settings)
 
     def batch(university: str) -> DagsterRun:  # tagged as the sensor daemon tags a run it creates
-        tags = {**batch_job.run_tags, **Batch(university, ()).run_request().tags}
+        request = Batch(university, ()).run_request().with_resolved_tags_and_config(batch_job, [], None)
+        tags = {**batch_job.run_tags, **request.tags}
         return DagsterRun(job_name=BATCH_JOB, run_id=make_new_run_id(), tags=tags)
 
     change = {PARTITION_TAG: "2025|unife", INSTITUTION_TAG: "unife", UNIVERSITY_TAG: "unife"}
     single = DagsterRun(job_name="esc_sync", run_id=make_new_run_id(), tags=change)
     # the queue's counter, as its daemon builds it from the runs in progress
-    queue = TagConcurrencyLimitsCounter(limits, [batch("unife"), batch("unipa")])
-    assert queue.is_blocked(batch("unimi"))  # a third university's batch waits for a worker
+    queue = TagConcurrencyLimitsCounter(limits, [batch("unife")])
+    assert queue.is_blocked(batch("unipa"))  # another university's batch waits for a worker
     assert not queue.is_blocked(single)  # a finalised enrolment does not wait behind backfills
-    assert not TagConcurrencyLimitsCounter(limits, [batch("unife")]).is_blocked(batch("unimi"))
+    assert not TagConcurrencyLimitsCounter(limits, []).is_blocked(batch("unipa"))
 
 
 def test_the_per_university_limit_reads_the_tag_dagster_puts_on_partitioned_runs() -> None:

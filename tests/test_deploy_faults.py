@@ -14,6 +14,7 @@ acting: every partition's latest run SUCCESS, nothing unconfirmed, the Router eq
 2. PostgreSQL backends (state DB and Dagster's) terminated every second for 20 s while runs work.
 3. `serve` SIGKILLed alone (its webserver, daemon and run host must die with it), restarted; then the whole
    process tree SIGKILLed with runs in flight (run monitoring must fail the dead runs), restarted.
+4. A university backfilled from the UI (the batch job's partitions page): one run, its years in it.
 
 Needs PostgreSQL (ESC_SYNC_TEST_PG_URL) and a broker (ESC_SYNC_TEST_BROKER_URL, default RabbitMQ on
 loopback); CI sets ESC_SYNC_REQUIRE_BROKER=1, where a missing broker fails the test instead of skipping.
@@ -53,6 +54,7 @@ from tests.deployment import (
     deployment_env,
     esc_sync,
     free_port,
+    launch_backfill,
     wait_until,
 )
 from tests.test_router_reliability import NOW, assert_router_equals_local, local_state
@@ -321,3 +323,19 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
     assert again.returncode == 0 and "cards +0" in again.stdout, again.stdout + again.stderr
     # worker logs carry Dagster's lines at their own level, not as Celery warnings
     assert " - DEBUG - " in d.procs.log("worker-c") and "WARNING/MainProcess" not in d.procs.log("worker-c")
+
+    # 4. A university backfilled from the UI (the mutation its Launch backfill button sends): one run of
+    # the batch job, carrying the university's tag (its run limit), each year a partition run in it.
+    code = DEMO_ATENEI[1].code
+    backfill = launch_backfill(d.port, BATCH_JOB, [code])
+    with d.instance() as instance:
+        ui_batch = RunsFilter(job_name=BATCH_JOB, tags={"dagster/backfill": backfill})
+        wait_until(lambda: bool(instance.get_runs(ui_batch, limit=1)), 120, "the UI's batch run", 0.5)
+        wait_until(lambda: instance.get_runs(ui_batch)[0].status not in ACTIVE, 300, "the UI's batch to end")
+        [run] = instance.get_runs(ui_batch)
+        assert run.status == DagsterRunStatus.SUCCESS and run.tags[UNIVERSITY_TAG] == code
+        ran = instance.get_runs(RunsFilter(job_name="esc_sync", tags={BATCH_TAG: run.run_id}))
+    assert sorted((r.tags["dagster/partition"], r.status) for r in ran) == [
+        (f"{y}|{code}", DagsterRunStatus.SUCCESS) for y in YEARS
+    ]
+    d.converge("a university backfilled from the UI", time.monotonic())
