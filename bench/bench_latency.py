@@ -297,6 +297,12 @@ def main() -> None:
         f"{idle.machine / idle.seconds:.2f} CPU-s a second; goal <= 1); by component (sampled each second):"
     )
     print("    " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_event.items(), key=lambda kv: -kv[1])))
+    idle_rates = sorted(((k, idle.rate(k) * 1000) for k in idle.cpu), key=lambda kv: -kv[1])
+    unseen = (idle.machine - sum(idle.cpu.values())) / idle.seconds * 1000
+    print(
+        "  the idle deployment, CPU-ms a second: " + ", ".join(f"{k} {v:.0f}" for k, v in idle_rates)
+        + f"; unattributed {unseen:.0f}"
+    )  # fmt: skip
 
 
 @dataclass

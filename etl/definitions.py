@@ -4,17 +4,17 @@
 ESC_SYNC_HOME like every other command. The assets receive the systems they speak to as three
 resources: ``state_db``, ``esse3`` and ``router`` (etl.resources)."""
 
-# No `from __future__ import annotations`: Dagster reads the ResourceParam annotation at runtime.
+# No `from __future__ import annotations`: Dagster reads the sensors' annotations at runtime.
 import os
 
 from dagster import (
     AssetSelection,
     AutomationConditionSensorDefinition,
+    DagsterInstance,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
     ExecutorDefinition,
-    ResourceParam,
     RunRequest,
     ScheduleDefinition,
     SensorEvaluationContext,
@@ -42,15 +42,23 @@ from etl.batches import UNIVERSITY_TAG, batches_in_flight, build_batch_job, plan
 from etl.changes import pending_partitions
 from etl.config import DeploySettings, Settings, load_settings
 from etl.deploy.executor import steps_in_run
+from etl.deploy.kept_instance import kept_instance
 from etl.domain.retries import run_key as retry_run_key
 from etl.partitions import partitions_def
-from etl.resources.esse3_sources import Esse3Sources
 from etl.resources.runtime import Runtime
-from etl.resources.state_db import StateDB
 
 JOB_NAME = "esc_sync"
 RECONCILE_JOB = "router_reconciliation"
 UNFINISHED_INTERVAL_S = 30  # how often the unfinished_work sensor looks (a few indexed queries)
+
+
+def sensor_instance(context: SensorEvaluationContext) -> DagsterInstance:
+    """The Dagster instance the sensors read: the process's own (etl.deploy.kept_instance), not one
+    built anew at every tick. Dagster builds that one only for a sensor that takes resources, which
+    ours therefore do not: they use the definitions' own systems."""
+    if context.instance_ref is None:  # a context built around an instance (tests)
+        return context.instance
+    return kept_instance(context.instance_ref)
 
 
 def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Definitions:
@@ -89,16 +97,13 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         # a deployment watches Esse3 from the start; `esc-sync ui` leaves it to be switched on
         default_status=DefaultSensorStatus.RUNNING if deploy else DefaultSensorStatus.STOPPED,
     )
-    def esse3_changes(
-        context: SensorEvaluationContext, state_db: ResourceParam[StateDB], esse3: ResourceParam[Esse3Sources]
-    ) -> SensorResult | SkipReason:
+    def esse3_changes(context: SensorEvaluationContext) -> SensorResult | SkipReason:
         """Thin by design (60 s tick deadline): one aggregate query per university, then run
         requests for the partitions whose Esse3 data is newer than our watermark; partitions never
         read go in batches of a university's years (etl.batches)."""
         # one university's Esse3 down (its one-line reason logged) leaves the others' changes going
-        systems = Runtime(settings, state_db=state_db, esse3_sources=esse3)
-        changes = pending_partitions(settings, systems, on_error=lambda e: context.log.warning(str(e)))
-        batches, singles = plan_batches(changes, batch_size, set(batches_in_flight(context.instance)))
+        changes = pending_partitions(settings, runtime, on_error=lambda e: context.log.warning(str(e)))
+        batches, singles = plan_batches(changes, batch_size, set(batches_in_flight(sensor_instance(context))))
         requests = [batch.run_request() for batch in batches] + [
             RunRequest(
                 run_key=change.run_key,
@@ -120,16 +125,15 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         minimum_interval_seconds=UNFINISHED_INTERVAL_S,
         default_status=DefaultSensorStatus.RUNNING if deploy else DefaultSensorStatus.STOPPED,
     )
-    def unfinished_work(
-        context: SensorEvaluationContext, state_db: ResourceParam[StateDB]
-    ) -> SensorResult | SkipReason:
+    def unfinished_work(context: SensorEvaluationContext) -> SensorResult | SkipReason:
         """Partitions with work left undone (Router calls whose retries ran out, a run that failed or
         was cancelled) run again, with backoff, a bounded number of times (etl.unfinished)."""
-        failed = unfinished.latest_unsuccessful(context.instance, JOB_NAME)
-        busy = unfinished.active_partitions(context.instance, JOB_NAME) | {
-            p.key for batch in batches_in_flight(context.instance).values() for p in batch
+        instance = sensor_instance(context)
+        failed = unfinished.latest_unsuccessful(instance, JOB_NAME)
+        busy = unfinished.active_partitions(instance, JOB_NAME) | {
+            p.key for batch in batches_in_flight(instance).values() for p in batch
         }
-        with state_db.engine.begin() as conn:
+        with runtime.engine.begin() as conn:
             found = unfinished.partitions_with_work(conn, settings, failed)
             due, given_up = unfinished.schedule(conn, found, busy)
         for r in given_up:  # counts and keys only

@@ -90,7 +90,7 @@ def test_a_batch_runs_each_partition_as_its_own_run_isolates_a_failure_and_resum
     with DagsterInstance.ephemeral() as instance:
         # the sensor asks for one batch per university, no partition run
         sensor = defs.resolve_sensor_def("esse3_changes")
-        result = sensor(build_sensor_context(instance=instance, resources=rt.resources()))
+        result = sensor(build_sensor_context(instance=instance))
         requests = result.run_requests or []
         assert sorted((r.job_name, r.partition_key, batch_years(r.run_config)) for r in requests) == [
             (BATCH_JOB, "unife", [2024, 2025]), (BATCH_JOB, "unipa", [2024, 2025]),
@@ -112,7 +112,7 @@ def test_a_batch_runs_each_partition_as_its_own_run_isolates_a_failure_and_resum
         assert "is being run by run" in message
         assert _partition_runs(instance, first.run_id) == {"2025|unife": [DagsterRunStatus.SUCCESS]}
         # still unread, the next tick asks for it on its own (unipa, never batched here, as a batch)
-        result = sensor(build_sensor_context(instance=instance, resources=rt.resources()))
+        result = sensor(build_sensor_context(instance=instance))
         asked = sorted((r.job_name, r.partition_key) for r in result.run_requests)
         assert asked == [(JOB_NAME, "2024|unife"), (BATCH_JOB, "unipa")]
 
@@ -139,7 +139,7 @@ def test_a_batch_runs_each_partition_as_its_own_run_isolates_a_failure_and_resum
         in_flight = batch_config([2024, 2025])
         instance.add_run(DagsterRun(job_name=BATCH_JOB, status=DagsterRunStatus.STARTED,
                                     tags={UNIVERSITY_TAG: "unipa"}, run_config=in_flight))  # fmt: skip
-        result = sensor(build_sensor_context(instance=instance, resources=rt.resources()))
+        result = sensor(build_sensor_context(instance=instance))
         assert not getattr(result, "run_requests", None)  # unife read, unipa's batch in flight
 
 

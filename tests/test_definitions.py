@@ -97,17 +97,17 @@ def test_definitions_load_and_graph_is_as_expected(runtime: Runtime) -> None:
     assert sorted(keys) == ["2024|unife", "2024|unipa", "2025|unife", "2025|unipa"]
 
 
-def _requests(defs: Definitions, runtime: Runtime, instance: DagsterInstance) -> dict[str, RunRequest]:
+def _requests(defs: Definitions, instance: DagsterInstance) -> dict[str, RunRequest]:
     sensor = defs.resolve_sensor_def("esse3_changes")
-    result = sensor(build_sensor_context(instance=instance, resources=runtime.resources()))
+    result = sensor(build_sensor_context(instance=instance))
     if isinstance(result, SkipReason):
         return {}
     assert isinstance(result, SensorResult)
     return {str(r.partition_key): r for r in result.run_requests}
 
 
-def _requested(defs: Definitions, runtime: Runtime, instance: DagsterInstance) -> set[str]:
-    return set(_requests(defs, runtime, instance))
+def _requested(defs: Definitions, instance: DagsterInstance) -> set[str]:
+    return set(_requests(defs, instance))
 
 
 def _touch_a_career(runtime: Runtime, year: int) -> None:
@@ -132,12 +132,12 @@ def test_an_incremental_change_runs_its_steps_in_its_run_a_first_read_on_the_wor
     job = defs.resolve_job_def(JOB_NAME)
     assert job.executor_def.name == "celery_or_in_run"
     with DagsterInstance.ephemeral() as instance:
-        first = _requests(defs, runtime, instance)
+        first = _requests(defs, instance)
         assert len(first) == 4 and all(not r.run_config for r in first.values())
 
         assert job.execute_in_process(instance=instance, partition_key="2024|unife").success
         _touch_a_career(runtime, 2024)
-        again = _requests(defs, runtime, instance)
+        again = _requests(defs, instance)
         assert again["2024|unife"].run_config == steps_in_run()
         assert not again["2025|unife"].run_config  # still never read
     assert validate_run_config(job, steps_in_run())["execution"]["celery_or_in_run"] == {"steps_in_run": True}
@@ -150,7 +150,7 @@ def test_one_universitys_esse3_down_leaves_the_others_changes_going(runtime: Run
     broken = Runtime(settings)
     try:
         with DagsterInstance.ephemeral() as instance:
-            assert _requested(build_definitions(settings, broken), broken, instance) == {
+            assert _requested(build_definitions(settings, broken), instance) == {
                 "2024|unife",
                 "2025|unife",
             }
@@ -161,7 +161,7 @@ def test_one_universitys_esse3_down_leaves_the_others_changes_going(runtime: Run
 def test_materialise_partition_then_sensor_sees_only_changes(runtime: Runtime) -> None:
     defs = build_definitions(runtime.settings, runtime)
     with DagsterInstance.ephemeral() as instance:
-        assert _requested(defs, runtime, instance) == {"2024|unife", "2024|unipa", "2025|unife", "2025|unipa"}
+        assert _requested(defs, instance) == {"2024|unife", "2024|unipa", "2025|unife", "2025|unipa"}
 
         result = defs.resolve_job_def(JOB_NAME).execute_in_process(
             instance=instance, partition_key="2024|unife"
@@ -192,11 +192,11 @@ def test_materialise_partition_then_sensor_sees_only_changes(runtime: Runtime) -
             ("esi_assignments", "router_calls_complete"): True,  # every call answered
             ("esc_cards", "router_calls_complete"): True,
         }
-        assert _requested(defs, runtime, instance) == {"2024|unipa", "2025|unife", "2025|unipa"}
+        assert _requested(defs, instance) == {"2024|unipa", "2025|unife", "2025|unipa"}
 
         # A change in Esse3 for one career of 2024 at unife: that partition is requested again.
         _touch_a_career(runtime, 2024)
-        assert "2024|unife" in _requested(defs, runtime, instance)
+        assert "2024|unife" in _requested(defs, instance)
 
 
 def test_a_refused_key_for_one_university_never_stops_the_other(
@@ -341,3 +341,23 @@ def test_a_full_disk_is_one_line_naming_the_file() -> None:
         "unexpected ValueError (ESC_SYNC_DEBUG=1 shows the traceback)",
         ExitCode.UNEXPECTED,
     )
+
+
+def test_sensor_ticks_read_the_processs_own_instance(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick the daemon asks of the code server names the instance by reference; Dagster builds a new
+    instance from it for a sensor that takes resources (~65 CPU-ms of storages and PostgreSQL
+    connections, every tick). Ours take none and read the process's kept instance."""
+    defs = build_definitions(runtime.settings, runtime)
+    sensors = [defs.resolve_sensor_def(name) for name in ("esse3_changes", "unfinished_work")]
+    assert all(not s.required_resource_keys for s in sensors)
+    built: list[object] = []
+    real = DagsterInstance.from_ref
+    monkeypatch.setattr(DagsterInstance, "from_ref", staticmethod(lambda ref: built.append(ref) or real(ref)))
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        for _ in range(3):
+            with build_sensor_context(instance_ref=instance.get_ref()) as context:
+                assert sensors[1].evaluate_tick(context).skip_message == "nothing left"
+        assert len(built) == 1

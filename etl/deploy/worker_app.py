@@ -9,20 +9,17 @@ recorded before and after, and the partition's lock is re-entered by the same ru
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 from typing import Any
 
 from celery.app import trace
-from dagster import DagsterInstance
-from dagster._core.instance.ref import InstanceRef
-from dagster._serdes import deserialize_value, serialize_value
 from dagster_celery import core_execution_loop, defaults, tasks
 from dagster_celery.config import dict_wrapper
 from dagster_celery.make_app import make_app
 
 from etl.deploy.env import broker_url
+from etl.deploy.kept_instance import kept_instance
 
 QUEUE_ENV = "ESC_SYNC_CELERY_QUEUE"  # one queue per deployment when several share a broker
 
@@ -61,17 +58,10 @@ trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
 
 class _KeptInstance:
-    """dagster-celery's step task builds a new Dagster instance for every step (three storages, each
-    checking its tables on PostgreSQL): a worker keeps the one its steps name."""
+    """dagster-celery's step task builds a new Dagster instance for every step: a worker keeps the one
+    its steps name."""
 
-    @staticmethod
-    def from_ref(ref: InstanceRef) -> DagsterInstance:
-        return _instance(serialize_value(ref))
-
-
-@functools.cache
-def _instance(ref: str) -> DagsterInstance:
-    return DagsterInstance.from_ref(deserialize_value(ref, InstanceRef))
+    from_ref = staticmethod(kept_instance)
 
 
 tasks.DagsterInstance = _KeptInstance  # type: ignore[misc,assignment]  # the name the step task calls from_ref on
