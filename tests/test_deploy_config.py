@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance, DagsterRun
+from dagster import AssetMaterialization, DagsterInstance, DagsterRun, RunsFilter
 from dagster._core.instance.config import dagster_instance_config  # validates without connecting
 from dagster._core.utils import make_new_run_id
 from dagster._utils.tags import TagConcurrencyLimitsCounter
@@ -239,6 +239,31 @@ def test_the_event_log_run_and_schedule_storage_keep_their_connection(
         instance.report_engine_event("after the drop", run)
         assert len(instance.all_logs(run.run_id)) == 21
         assert len(connects) == 2
+
+
+def test_the_storages_ask_the_catalog_for_their_columns_once(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster inspects the runs table's columns for every read of runs (the queue's loop: twice a
+    second) and the asset_keys table's for every asset event; the deployment's storages ask once."""
+    monkeypatch.setenv("ESC_SYNC_DAGSTER_PG_URL", dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": pg_url}))
+    write_instance(tmp_path / "dagster", DeploySettings())
+    with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        catalog: list[str] = []
+        for storage in (instance.run_storage, instance.event_log_storage):
+            event.listen(
+                storage._engine, "before_cursor_execute",  # type: ignore[attr-defined]
+                lambda _c, _cur, sql, *_: catalog.append(sql) if "pg_catalog" in sql else None,
+            )  # fmt: skip
+        run = instance.add_run(DagsterRun(job_name="esc_sync", run_id=make_new_run_id()))
+        cards = AssetMaterialization("cards").asset_key
+        for i in range(10):  # what the queue, the sensors and the runs read and write all day
+            assert [
+                r.dagster_run.run_id for r in instance.get_run_records(RunsFilter(job_name="esc_sync"))
+            ] == [run.run_id]
+            instance.report_runless_asset_event(AssetMaterialization("cards", partition=f"2025|u{i}"))
+            assert instance.get_latest_materialization_event(cards) is not None
+        assert 0 < len(catalog) <= 3, len(catalog)  # each table's columns once (20 or more without)
 
 
 def test_a_worker_keeps_one_dagster_instance_for_all_its_steps(tmp_path: Path) -> None:

@@ -30,8 +30,10 @@ from pathlib import Path
 
 SOCKET_NAME = "run-host.sock"
 MAX_SOCKET_PATH = 107  # a Unix socket's address has at most 107 bytes (108 with its NUL)
-# What a run imports only when a step needs it; imported once here instead of in every run.
-WARM_MODULES = ("dagster._cli.api", "dagster_celery", "etl.deploy.worker_app")
+# What a run imports only when it gets there (a step, its instance's storages); imported once here
+# instead of in every run.
+WARM_MODULES = ("dagster._cli.api", "dagster_celery", "etl.deploy.worker_app", "etl.deploy.storage",
+                "psycopg2.extras", "upath.core")  # fmt: skip
 
 
 def socket_path(dagster_home: Path) -> Path:

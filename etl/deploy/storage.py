@@ -9,6 +9,9 @@ restart it reconnects instead of failing a step). The run storage is kept alike:
 opened some 30 connections to it for a run carrying one career (issue 25). So is the schedule storage:
 the daemon's sensor, schedule and automation loops read it every second or so, and an idle deployment
 started four PostgreSQL backends a second for them (~0.03 CPU-s a second, a third of its idle CPU).
+The event log and run storage also remember which columns their tables have: Dagster asks PostgreSQL's
+catalog again for every asset event and every read of runs. Columns change only with `dagster instance
+migrate` (`esc-sync deploy init`), after which the processes are restarted.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class _KeptConnection:
         inst_data: ConfigurableClassData | None = None,
         token_provider: Any = None,
     ) -> None:
+        self._columns: dict[str, bool] = {}  # "table.column" → whether it exists, asked once
         super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)  # type: ignore[call-arg]
         self._engine.dispose()
         self._engine = create_pg_engine(
@@ -56,11 +60,21 @@ class _KeptConnection:
 
 
 class PooledPostgresEventLogStorage(_KeptConnection, PostgresEventLogStorage):
-    pass
+    def _has_asset_key_col_on_connection(self, conn: Any, column_name: str) -> bool:
+        # Dagster asks the catalog for every asset event it stores
+        key = f"asset_keys.{column_name}"
+        if key not in self._columns:
+            self._columns[key] = super()._has_asset_key_col_on_connection(conn, column_name)
+        return self._columns[key]
 
 
 class PooledPostgresRunStorage(_KeptConnection, PostgresRunStorage):
-    pass
+    def has_run_stats_index_cols(self) -> bool:
+        # Dagster asks the catalog for every read of runs and every change of a run's state: the
+        # queue's loop alone twice a second
+        if "runs.start_time" not in self._columns:
+            self._columns["runs.start_time"] = super().has_run_stats_index_cols()
+        return self._columns["runs.start_time"]
 
 
 class PooledPostgresScheduleStorage(_KeptConnection, PostgresScheduleStorage):
