@@ -10,7 +10,7 @@ opened some 30 connections to it for a run carrying one career (issue 25). So is
 the daemon's sensor, schedule and automation loops read it every second or so, and an idle deployment
 started four PostgreSQL backends a second for them (~0.03 CPU-s a second, a third of its idle CPU).
 The event log and run storage also remember which columns their tables have: Dagster asks PostgreSQL's
-catalog again for every asset event and every read of runs. Columns change only with `dagster instance
+catalog again at every read of runs and of assets' records. Columns change only with `dagster instance
 migrate` (`esc-sync deploy init`), after which the processes are restarted.
 """
 
@@ -61,7 +61,7 @@ class _KeptConnection:
 
 class PooledPostgresEventLogStorage(_KeptConnection, PostgresEventLogStorage):
     def _has_asset_key_col_on_connection(self, conn: Any, column_name: str) -> bool:
-        # Dagster asks the catalog for every asset event it stores
+        # Dagster asks the catalog at every read of assets' records (the UI's, the sensors', the runs')
         key = f"asset_keys.{column_name}"
         if key not in self._columns:
             self._columns[key] = super()._has_asset_key_col_on_connection(conn, column_name)
