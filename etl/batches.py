@@ -23,8 +23,9 @@ tag, so the per-university run limit counts it.
 """
 
 # No `from __future__ import annotations`: Dagster reads the op's annotations at runtime.
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dagster import (
     DagsterInstance,
@@ -75,10 +76,10 @@ def batch_config(years: Sequence[int]) -> dict[str, object]:
     return {"ops": {"backfill_batch": {"config": {"academic_years": list(years)}}}}
 
 
-def batch_years(run_config: object) -> list[int]:
+def batch_years(run_config: Mapping[str, Any]) -> list[int]:
     """A batch run's years, from the run config it was launched with (the launchpad's edits too)."""
     try:
-        years = run_config["ops"]["backfill_batch"]["config"]["academic_years"]  # type: ignore[index]
+        years = run_config["ops"]["backfill_batch"]["config"]["academic_years"]
     except (KeyError, TypeError):
         return []
     return [int(y) for y in years]
