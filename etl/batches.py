@@ -31,6 +31,7 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     Failure,
+    Field,
     JobDefinition,
     OpExecutionContext,
     RunRequest,
@@ -51,6 +52,7 @@ UNIVERSITY_TAG = "esc_sync/university"  # a batch's university (its per-universi
 KIND_TAG, BATCH_KIND = "esc_sync/kind", "batch"
 BATCH_TAG = "esc_sync/batch"  # on each partition run of a batch: the batch's first run's id
 ROOT_RUN_TAG = "dagster/root_run_id"  # Dagster's, on a run retried from another
+BACKFILL_TAG = "dagster/backfill"  # Dagster's: its backfill counts the materialisations of runs that carry it
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,16 @@ class Batch:
         )
 
 
-def batch_config(years: Sequence[int]) -> dict[str, object]:
-    return {"ops": {"backfill_batch": {"config": {"academic_years": list(years)}}}}
+def batch_config(years: Sequence[int], assets: Sequence[str] | None = None) -> dict[str, object]:
+    config: dict[str, object] = {"academic_years": list(years)}
+    if assets is not None:
+        config["assets"] = list(assets)
+    return {"ops": {"backfill_batch": {"config": config}}}
+
+
+def backfill_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The backfill tag of ``tags``, for the runs a run starts on a backfill's behalf."""
+    return {BACKFILL_TAG: tags[BACKFILL_TAG]} if BACKFILL_TAG in tags else {}
 
 
 def batch_years(run_config: Mapping[str, Any]) -> list[int]:
@@ -135,7 +145,13 @@ def build_batch_job(settings: Settings) -> JobDefinition:
     def every_year(_university: str) -> dict[str, object]:
         return batch_config(settings.academic_years)
 
-    @op(name="backfill_batch", config_schema={"academic_years": [int]})
+    @op(
+        name="backfill_batch",
+        config_schema={
+            "academic_years": [int],
+            "assets": Field([str], is_required=False, description="the assets to run (default: the job's)"),
+        },
+    )
     def backfill_batch(context: OpExecutionContext) -> None:
         from etl.definitions import build_definitions  # the definitions hold this job
         from etl.orchestrate import PartitionRun, run_partitions
@@ -157,7 +173,8 @@ def build_batch_job(settings: Settings) -> JobDefinition:
         try:
             outcome = run_partitions(
                 build_definitions(settings, runtime), context.instance, todo, lock_engine=runtime.engine,
-                tags={BATCH_TAG: batch}, isolate_failures=True,
+                tags={BATCH_TAG: batch, **backfill_tags(context.run.tags)}, isolate_failures=True,
+                assets=context.op_config.get("assets"),
                 progress=lambda i, n, o: context.log.info(
                     f"{o.partition.key}: {'done' if isinstance(o, PartitionRun) else 'failed'} ({i} of {n})"
                 ),

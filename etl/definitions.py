@@ -10,6 +10,7 @@ import os
 from dagster import (
     AssetSelection,
     AutomationConditionSensorDefinition,
+    BackfillPolicy,
     DagsterInstance,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -88,6 +89,10 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
     batch_job = build_batch_job(settings)
     deploy = settings.deploy
     incremental_in_run = deploy is not None and deploy.executor == "celery"
+    if deploy is not None and incremental_in_run and deploy.batch_partitions > 1:
+        # an asset backfill asks for a run per that many partitions, which the executor hands to batches
+        policy = BackfillPolicy.multi_run(deploy.batch_partitions)
+        assets = [a.with_attributes(backfill_policy=policy) for a in assets]
     batch_size = deploy.batch_partitions if deploy else 1
 
     @sensor(

@@ -7,13 +7,14 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetKey,
     DagsterExecutionStepExecutionError,
     DagsterInstance,
     DagsterRunStatus,
@@ -150,6 +151,7 @@ def run_partitions(
     lock_engine: Engine | None = None,
     tags: Mapping[str, str] | None = None,
     isolate_failures: bool = False,
+    assets: Collection[str] | None = None,
 ) -> Backfill:
     """One run per partition, in partition order. A partition that fails is reported and the others
     go on; a failure that concerns its whole university (a refused key, Esse3 unreachable) skips that
@@ -158,8 +160,11 @@ def run_partitions(
     retries); one that concerns every partition (no
     Router pool slot within ``wait_timeout_s``) skips them all. Unexpected errors are reported as one
     line too (``ESC_SYNC_DEBUG=1`` raises them with their traceback). With ``lock_engine`` (the state
-    DB) each run holds its partition's lock from start to end."""
+    DB) each run holds its partition's lock from start to end. ``assets`` (asset keys as strings) runs
+    only those of the job."""
     job = defs.resolve_job_def(JOB_NAME)
+    if assets is not None:
+        job = job.get_subset(asset_selection={AssetKey.from_user_string(a) for a in assets})
     reaped = reap_dead_runs(instance)
     tags = {**(tags or {}), PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     blocked: dict[str, PartitionFailure] = {}  # university (or "*": all) → the failure that skips it

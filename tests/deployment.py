@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
@@ -143,15 +144,33 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_
         time.sleep(poll_s)
 
 
+_REPOSITORY = {"repositoryLocationName": LOCATION_NAME, "repositoryName": "__repository__"}
+
+
+def _graphql(port: int, query: str, variables: dict[str, Any]) -> Any:
+    body = {"query": query, "variables": variables}
+    return httpx.post(f"http://127.0.0.1:{port}/graphql", json=body, timeout=60).json()["data"]
+
+
 def launch_backfill(port: int, job: str, partitions: Sequence[str]) -> str:
     """A backfill of a job's partitions as Dagster's UI launches one (its GraphQL mutation); its id."""
+    params = {"selector": {"partitionSetName": f"{job}_partition_set", "repositorySelector": _REPOSITORY},
+              "partitionNames": list(partitions)}  # fmt: skip
+    return _launch(port, params)
+
+
+def launch_asset_backfill(port: int, job: str, partitions: Sequence[str]) -> str:
+    """An asset backfill of a job's assets' partitions, as the asset graph's *Materialize → partitions*
+    launches one (the same mutation with an asset selection); its id."""
+    query = "query($j: PipelineSelector!) { assetNodes(pipeline: $j) { assetKey { path } } }"
+    nodes = _graphql(port, query, {"j": {**_REPOSITORY, "pipelineName": job}})["assetNodes"]
+    assets = [{"path": node["assetKey"]["path"]} for node in nodes]
+    return _launch(port, {"assetSelection": assets, "partitionNames": list(partitions)})
+
+
+def _launch(port: int, params: dict[str, Any]) -> str:
     query = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
         __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
-    repository = {"repositoryLocationName": LOCATION_NAME, "repositoryName": "__repository__"}
-    params = {"selector": {"partitionSetName": f"{job}_partition_set", "repositorySelector": repository},
-              "partitionNames": list(partitions)}  # fmt: skip
-    answer = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": {"p": params}},
-                        timeout=60).json()  # fmt: skip
-    launched = answer["data"]["launchPartitionBackfill"]
+    launched = _graphql(port, query, {"p": params})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return str(launched["backfillId"])

@@ -14,13 +14,29 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter, build_sensor_context
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    RunsFilter,
+    build_sensor_context,
+)
+from dagster._core.code_pointer import ModuleCodePointer
 from dagster._core.launcher.base import WorkerStatus
+from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from sqlalchemy import insert
 
 from etl.batches import (
+    BACKFILL_TAG,
     BATCH_JOB,
+    BATCH_KIND,
     BATCH_TAG,
+    KIND_TAG,
     ROOT_RUN_TAG,
     UNIVERSITY_TAG,
     batch_config,
@@ -32,6 +48,7 @@ from etl.config import DeploySettings
 from etl.definitions import JOB_NAME, build_definitions
 from etl.demo.generate import generate
 from etl.deploy.launcher import MonitoredRunLauncher
+from etl.deploy.range_runs import HANDED_FROM_TAG, hand_off
 from etl.emulator import EmulatorProcess
 from etl.partitions import Partition
 from etl.resources.runtime import Runtime
@@ -142,6 +159,24 @@ def test_a_batch_runs_each_partition_as_its_own_run_isolates_a_failure_and_resum
         result = sensor(build_sensor_context(instance=instance))
         assert not getattr(result, "run_requests", None)  # unife read, unipa's batch in flight
 
+        # a batch an asset backfill's range run handed over (etl.deploy.range_runs): only the assets it
+        # was given, each partition run carrying the backfill's tag (how Dagster's backfill counts it)
+        given = ["careers", "esi_assignments"]
+        handed = batch_job.execute_in_process(
+            partition_key="unipa", run_config=batch_config([2024, 2025], given), instance=instance,
+            tags={BACKFILL_TAG: "b1"},
+        )  # fmt: skip
+        assert handed.success
+        runs = instance.get_runs(RunsFilter(tags={BATCH_TAG: handed.run_id}))
+        assert sorted((r.tags["dagster/partition"], r.tags[BACKFILL_TAG]) for r in runs) == [
+            ("2024|unipa", "b1"), ("2025|unipa", "b1"),
+        ]  # fmt: skip
+        for run in runs:
+            made = instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+            assert (
+                sorted(e.dagster_event.asset_key.to_user_string() for e in made if e.dagster_event) == given
+            )
+
 
 def test_a_partition_run_left_by_a_dead_process_is_found_dead(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -176,3 +211,57 @@ def test_a_batch_needs_its_university_and_configured_years(batch_runtime: Runtim
             assert message in failure.step_failure_data.error.message
         # nothing was run for either
         assert not instance.get_runs(RunsFilter(job_name=JOB_NAME))
+
+
+def _range_run(start: str, end: str, assets: frozenset[AssetKey] | None, **tags: str) -> DagsterRun:
+    """A run as Dagster's asset backfill makes one for a range (of its implicit asset job)."""
+    job, module = "__ASSET_JOB", "etl.definitions"
+    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=module, attribute="defs")
+    code = JobPythonOrigin(job, RepositoryPythonOrigin(sys.executable, ModuleCodePointer(module, "defs")))
+    location = InProcessCodeLocationOrigin(target)
+    remote = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job)
+    range_tags = {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
+    return DagsterRun(job_name=job, status=DagsterRunStatus.STARTED, tags={**range_tags, **tags},
+                      asset_selection=assets, job_code_origin=code, remote_job_origin=remote)  # fmt: skip
+
+
+def test_a_range_run_hands_its_partitions_to_a_queued_batch_per_university_once(
+    batch_runtime: Runtime, tmp_path: Path
+) -> None:
+    """An asset backfill's range run (etl.deploy.range_runs): a queued batch per university of its range,
+    with the backfill's tag, the assets it was asked for, the batch job's origins; its retry hands off
+    only what the first attempt did not."""
+    repository = build_definitions(batch_runtime.settings, batch_runtime).get_repository_def()
+    queued = {"run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}}
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster"), overrides=queued) as instance:
+        qr = frozenset({AssetKey("qr_images")})
+        # Dagster's range of one year across universities (a backfill of more universities than years)
+        first = instance.add_run(_range_run("2025|unife", "2025|unipa", qr, **{BACKFILL_TAG: "b1"}))
+        lines = list(hand_off(instance, first, repository))
+        batches = instance.get_runs(RunsFilter(job_name=BATCH_JOB))
+        assert len(lines) == len(batches) == 2
+        for batch in batches:
+            university = batch.tags[UNIVERSITY_TAG]
+            assert batch.status == DagsterRunStatus.QUEUED
+            assert batch.tags["dagster/partition"] == university in ("unife", "unipa")
+            assert (batch.tags[BACKFILL_TAG], batch.tags[HANDED_FROM_TAG], batch.tags[KIND_TAG]) == (
+                "b1", first.run_id, BATCH_KIND,
+            )  # fmt: skip
+            assert batch.run_config == batch_config([2025], ["qr_images"])
+            assert batch.job_code_origin and batch.job_code_origin.job_name == BATCH_JOB
+            assert batch.remote_job_origin and batch.remote_job_origin.job_name == BATCH_JOB
+
+        # the range run retried (its process died after handing off): nothing is handed twice
+        retry = instance.add_run(_range_run("2025|unife", "2025|unipa", qr, **{ROOT_RUN_TAG: first.run_id}))
+        assert list(hand_off(instance, retry, repository)) == [
+            "unife: handed to a batch before", "unipa: handed to a batch before",
+        ]  # fmt: skip
+        assert len(instance.get_runs(RunsFilter(job_name=BATCH_JOB))) == 2
+
+        # a university's years, every asset: one batch of both years, the whole job (no asset list)
+        whole = instance.add_run(_range_run("2024|unife", "2025|unife", None))
+        [line] = hand_off(instance, whole, repository)
+        assert line.startswith("unife: 2 partition(s) handed to batch run ")
+        batch = instance.get_run_by_id(line.rsplit(" ", 1)[1])
+        assert batch and batch.run_config == batch_config([2024, 2025]) and BACKFILL_TAG not in batch.tags

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    BackfillPolicy,
     DagsterInstance,
     Definitions,
     RunRequest,
@@ -21,6 +22,11 @@ from dagster import (
     build_sensor_context,
     validate_run_config,
 )
+from dagster._core.definitions.automation_tick_evaluation_context import (
+    build_run_requests_with_backfill_policies,
+)
+from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from sqlalchemy import text, update
 from sqlalchemy.exc import OperationalError
 
@@ -30,8 +36,10 @@ from etl.definitions import JOB_NAME, build_definitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_STU
 from etl.deploy.executor import steps_in_run
+from etl.deploy.range_runs import by_university, is_range_run
 from etl.emulator import EmulatorProcess
 from etl.errors import ExitCode
+from etl.partitions import Partition
 from etl.resources.runtime import Runtime
 from etl.store import cards as card_store
 from etl.store.migrate import upgrade
@@ -142,6 +150,37 @@ def test_an_incremental_change_runs_its_steps_in_its_run_a_first_read_on_the_wor
         assert not again["2025|unife"].run_config  # still never read
     assert validate_run_config(job, steps_in_run())["execution"]["celery_or_in_run"] == {"steps_in_run": True}
     assert validate_run_config(job, {})["execution"]["celery_or_in_run"] == {"steps_in_run": False}
+
+
+def test_a_deployments_asset_backfill_asks_for_a_run_of_a_universitys_years(runtime: Runtime) -> None:
+    """Issue 25: in a Celery deployment the partitioned assets carry a multi-run backfill policy of the
+    batch size, so the asset graph's *Materialize → partitions* plans range runs (which the executor
+    hands to batches, etl.deploy.range_runs): a university's years in one. Without a deployment, or
+    with batches of 1, Dagster's default: a run per partition."""
+    deploy = replace(runtime.settings, deploy=DeploySettings(executor="celery", batch_partitions=7))
+    graph = build_definitions(deploy, runtime).resolve_asset_graph()
+    partitioned = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def]
+    assert len(partitioned) >= 8
+    assert {graph.get(k).backfill_policy for k in partitioned} == {BackfillPolicy.multi_run(7)}
+    with DagsterInstance.ephemeral() as instance:
+        wanted = [AssetKeyPartitionKey(k, f"{y}|unife") for k in partitioned for y in (2024, 2025)]
+        [request] = build_run_requests_with_backfill_policies(wanted, graph, instance)
+    assert is_range_run(request.tags) and request.partition_key is None
+    assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
+        "2024|unife", "2025|unife",
+    )  # fmt: skip
+    assert set(request.asset_selection or ()) == set(partitioned)
+    assert not is_range_run({**request.tags, "dagster/partition": "2024|unife"})
+    unbatched = replace(deploy, deploy=DeploySettings(executor="celery", batch_partitions=1))
+    for settings in (runtime.settings, unbatched):
+        graph = build_definitions(settings, runtime).resolve_asset_graph()
+        assert {graph.get(k).backfill_policy for k in partitioned} == {None}
+
+
+def test_a_range_of_several_universities_is_a_batch_for_each() -> None:
+    # Dagster ranges a backfill of more universities than years along one year, across universities
+    partitions = [Partition(2025, "unipa"), Partition(2024, "unife"), Partition(2025, "unife")]
+    assert by_university(partitions) == {"unife": [2024, 2025], "unipa": [2025]}
 
 
 def test_one_universitys_esse3_down_leaves_the_others_changes_going(runtime: Runtime) -> None:

@@ -28,14 +28,23 @@ STEPS_IN_RUN = "steps_in_run"
     requirements=multiple_process_executor_requirements(),
 )
 def celery_or_in_run(init_context: InitExecutorContext) -> Executor:
+    from etl.deploy.range_runs import HandsOffRanges  # an asset backfill's range runs become batches
+
     if init_context.executor_config[STEPS_IN_RUN]:
-        return InProcessExecutor(retries=RetryMode.ENABLED)
+
+        class InRun(HandsOffRanges, InProcessExecutor):
+            pass
+
+        return InRun(retries=RetryMode.ENABLED)
     from dagster_celery.executor import CeleryExecutor  # only where a run sends steps to workers
 
     from etl.deploy.worker_app import CELERY_CONFIG
 
+    class Celery(HandsOffRanges, CeleryExecutor):
+        pass
+
     # the broker is read when a run starts, from the environment
-    return CeleryExecutor(
+    return Celery(
         retries=RetryMode.ENABLED, broker=broker_url(), backend="rpc://", config_source=CELERY_CONFIG
     )
 

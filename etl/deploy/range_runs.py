@@ -1,0 +1,114 @@
+"""Dagster's asset backfills (*Materialize → partitions* in the UI, the automation sensor's multi-partition
+requests) handed to batches (etl.batches).
+
+In a deployment the partitioned assets carry ``BackfillPolicy.multi_run(batch_partitions)``, so an asset
+backfill asks for *range runs*: one run for up to that many partitions, where Dagster would otherwise
+start a run per partition. Our assets run one partition at a time (each partition's lock, its checks, its
+latest run read by the unfinished_work sensor), so a range run does not execute its steps: its executor
+hands the range to one batch run per university (the batch job's, on a worker) and ends. The batches carry
+the asset backfill's tag, and so do their partition runs, which is how Dagster's backfill counts their
+materialisations and failures; a batch is queued before the range run ends, so the backfill never sees
+its runs all finished with partitions unaccounted for.
+
+Dagster groups a multi-partition backfill by whichever dimension has fewer keys in it: a backfill of more
+universities than years comes in ranges of one year across universities, each university's part still a
+batch of its own (of that year).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+from dagster import DagsterInstance, DagsterRunStatus, PartitionKeyRange, RepositoryDefinition, RunsFilter
+from dagster._core.events import DagsterEvent, EngineEventData
+from dagster._core.execution.context.system import PlanOrchestrationContext
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.executor.base import Executor
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
+from dagster._record import copy
+
+from etl.batches import (
+    BATCH_JOB,
+    BATCH_KIND,
+    KIND_TAG,
+    ROOT_RUN_TAG,
+    UNIVERSITY_TAG,
+    backfill_tags,
+    batch_config,
+)
+from etl.definitions import JOB_NAME
+from etl.partitions import Partition
+
+HANDED_FROM_TAG = "esc_sync/handed_from"  # on a batch: the range run (its first attempt) it came from
+
+
+def is_range_run(tags: Mapping[str, str]) -> bool:
+    return ASSET_PARTITION_RANGE_START_TAG in tags and PARTITION_NAME_TAG not in tags
+
+
+def by_university(partitions: Sequence[Partition]) -> dict[str, list[int]]:
+    """University → its years among ``partitions``, in order."""
+    out: dict[str, list[int]] = {}
+    for p in sorted(partitions, key=lambda p: (p.institution, p.academic_year)):
+        out.setdefault(p.institution, []).append(p.academic_year)
+    return out
+
+
+def hand_off(instance: DagsterInstance, run: DagsterRun, repository: RepositoryDefinition) -> Iterator[str]:
+    """Queue one batch run per university of the range run ``run``; yields a line per batch."""
+    # Dagster's backfills run its implicit asset job: the partitions' job says what the range and "all" are
+    job = repository.get_job(JOB_NAME)
+    assert job.partitions_def is not None and run.remote_job_origin and run.job_code_origin
+    keys = job.partitions_def.get_partition_keys_in_range(
+        PartitionKeyRange(run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG])
+    )
+    selection = run.asset_selection or job.asset_layer.selected_asset_keys
+    whole = selection == job.asset_layer.selected_asset_keys
+    assets = None if whole else sorted(k.to_user_string() for k in selection)
+    batch_job = repository.get_job(BATCH_JOB)
+    origin = run.tags.get(ROOT_RUN_TAG, run.run_id)  # a retried range run hands off what its first did not
+    handed = {
+        r.tags.get(UNIVERSITY_TAG)
+        for r in instance.get_runs(RunsFilter(job_name=BATCH_JOB, tags={HANDED_FROM_TAG: origin}))
+    }
+    for university, years in by_university([Partition.parse(k) for k in keys]).items():
+        if university in handed:
+            yield f"{university}: handed to a batch before"
+            continue
+        batch = instance.create_run_for_job(
+            batch_job,
+            run_config=batch_config(years, assets),
+            status=DagsterRunStatus.NOT_STARTED,
+            tags={
+                **batch_job.tags,
+                PARTITION_NAME_TAG: university,
+                UNIVERSITY_TAG: university,
+                KIND_TAG: BATCH_KIND,
+                HANDED_FROM_TAG: origin,
+                **backfill_tags(run.tags),
+            },
+            remote_job_origin=copy(run.remote_job_origin, job_name=BATCH_JOB),
+            job_code_origin=run.job_code_origin._replace(job_name=BATCH_JOB),
+        )
+        instance.submit_run(batch.run_id, workspace=None)  # type: ignore[arg-type]  # the queue needs none
+        yield f"{university}: {len(years)} partition(s) handed to batch run {batch.run_id}"
+
+
+class HandsOffRanges(Executor):
+    """Mixed into an executor: its steps run as it runs them, except a range run's, handed to batches."""
+
+    def execute(
+        self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
+    ) -> Iterator[DagsterEvent]:
+        run = plan_context.dagster_run
+        if not is_range_run(run.tags):
+            yield from super().execute(plan_context, execution_plan)  # type: ignore[safe-super]
+            return
+        repository = plan_context.reconstructable_job.repository.get_definition()
+        for line in hand_off(plan_context.instance, run, repository):
+            yield DagsterEvent.engine_event(plan_context, line, EngineEventData())
