@@ -255,7 +255,7 @@ def test_a_range_run_hands_its_partitions_to_a_queued_batch_per_university_once(
         # the range run retried (its process died after handing off): nothing is handed twice
         retry = instance.add_run(_range_run("2025|unife", "2025|unipa", qr, **{ROOT_RUN_TAG: first.run_id}))
         assert list(hand_off(instance, retry, repository)) == [
-            "unife: handed to a batch before", "unipa: handed to a batch before",
+            "unife: [2025] handed to a batch before", "unipa: [2025] handed to a batch before",
         ]  # fmt: skip
         assert len(instance.get_runs(RunsFilter(job_name=BATCH_JOB))) == 2
 

@@ -36,7 +36,7 @@ from etl.definitions import JOB_NAME, build_definitions
 from etl.demo.generate import generate
 from etl.demo.schema import P01_STU
 from etl.deploy.executor import steps_in_run
-from etl.deploy.range_runs import by_university, is_range_run
+from etl.deploy.range_runs import is_range_run, owned_batches
 from etl.emulator import EmulatorProcess
 from etl.errors import ExitCode
 from etl.partitions import Partition
@@ -177,10 +177,21 @@ def test_a_deployments_asset_backfill_asks_for_a_run_of_a_universitys_years(runt
         assert {graph.get(k).backfill_policy for k in partitioned} == {None}
 
 
-def test_a_range_of_several_universities_is_a_batch_for_each() -> None:
-    # Dagster ranges a backfill of more universities than years along one year, across universities
-    partitions = [Partition(2025, "unipa"), Partition(2024, "unife"), Partition(2025, "unife")]
-    assert by_university(partitions) == {"unife": [2024, 2025], "unipa": [2025]}
+def test_a_backfill_ranged_by_year_still_makes_batches_of_each_universitys_years() -> None:
+    """Dagster ranges a backfill of as many universities as years or more along one year, across
+    universities: the range run holding a university's first year hands off all its years (in batches
+    of the size), the others none; every targeted partition is handed exactly once."""
+    universities, years = ("unife", "unimi", "unipa"), (2023, 2024, 2025)
+    targeted = [Partition(y, u) for u in universities for y in years]
+    ranges = [[p for p in targeted if p.academic_year == y] for y in years]
+    for size, expected in ((7, [[[2023, 2024, 2025]], [], []]), (2, [[[2023, 2024]], [], [[2025]]])):
+        owned = [owned_batches(r, targeted, size) for r in ranges]
+        assert [o["unife"] for o in owned] == expected
+        handed = [Partition(y, u) for o in owned for u, batches in o.items() for b in batches for y in b]
+        assert sorted(handed, key=str) == sorted(targeted, key=str)
+    # no backfill known (a range run of no backfill): its own partitions, a batch per university
+    alone = [Partition(2025, "unipa"), Partition(2024, "unife"), Partition(2025, "unife")]
+    assert owned_batches(alone, [], 7) == {"unife": [[2024, 2025]], "unipa": [[2025]]}
 
 
 def test_one_universitys_esse3_down_leaves_the_others_changes_going(runtime: Runtime) -> None:

@@ -43,12 +43,12 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from etl.batches import BATCH_JOB, BATCH_TAG, UNIVERSITY_TAG
+from etl.batches import BATCH_JOB, BATCH_TAG, UNIVERSITY_TAG, batch_years
 from etl.definitions import JOB_NAME
 from etl.demo.config import DEMO_ATENEI
 from etl.demo.generate import generate
 from etl.demo.mutate import mutate
-from etl.deploy.range_runs import HANDED_FROM_TAG
+from etl.deploy.range_runs import HANDED_FROM_TAG, is_range_run
 from etl.emulator import FaultConfig, start_emulator
 from etl.store.db import make_engine
 from etl.store.work import unfinished_totals
@@ -345,23 +345,27 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
     ]
     d.converge("a university backfilled from the UI", time.monotonic())
 
-    # 5. The same from the asset graph (Materialize → partitions: an asset backfill). Dagster asks for a
-    # range run of the university's years, which hands them to one batch run; the batch's partition runs
-    # carry the backfill's tag, and Dagster's backfill counts their materialisations.
-    code = DEMO_ATENEI[0].code
-    backfill = launch_asset_backfill(d.port, JOB_NAME, [f"{y}|{code}" for y in YEARS])
+    # 5. The same from the asset graph (Materialize → partitions: an asset backfill), every university's
+    # years. Dagster ranges it by year (as many universities as years): the range run holding the first
+    # year hands each university's years to one batch run, the other hands nothing; the batches'
+    # partition runs carry the backfill's tag, and Dagster's backfill counts their materialisations.
+    backfill = launch_asset_backfill(d.port, JOB_NAME, [f"{y}|{a.code}" for a in DEMO_ATENEI for y in YEARS])
     with d.instance() as instance:
         status = lambda: getattr(instance.get_backfill(backfill), "status", None)  # noqa: E731
         wait_until(lambda: status() != BulkActionStatus.REQUESTED, 300, "the asset backfill to end")
         assert status() == BulkActionStatus.COMPLETED_SUCCESS
         runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill}))
-    [ranged] = [r for r in runs if ASSET_PARTITION_RANGE_START_TAG in r.tags]
-    [batch] = [r for r in runs if r.job_name == BATCH_JOB]
-    assert ranged.status == batch.status == DagsterRunStatus.SUCCESS
-    assert (batch.tags[UNIVERSITY_TAG], batch.tags[HANDED_FROM_TAG]) == (code, ranged.run_id)
+    ranged = {r.tags[ASSET_PARTITION_RANGE_START_TAG].split("|")[0]: r for r in runs if is_range_run(r.tags)}
+    assert sorted(ranged) == [str(y) for y in YEARS]
+    batches = {b.tags[UNIVERSITY_TAG]: b for b in runs if b.job_name == BATCH_JOB}
+    assert sorted(batches) == sorted(a.code for a in DEMO_ATENEI)
+    for batch in batches.values():
+        assert batch.tags[HANDED_FROM_TAG] == ranged[str(YEARS[0])].run_id
+        assert batch_years(batch.run_config) == list(YEARS)
+    assert {r.status for r in [*ranged.values(), *batches.values()]} == {DagsterRunStatus.SUCCESS}
     partition_runs = [r for r in runs if r.job_name == JOB_NAME]
-    assert sorted((r.tags["dagster/partition"], r.tags[BATCH_TAG], r.status) for r in partition_runs) == [
-        (f"{y}|{code}", batch.run_id, DagsterRunStatus.SUCCESS) for y in YEARS
-    ]
-    assert len(runs) == 2 + len(YEARS)  # no run of a single partition beside them
+    ran = sorted((r.tags["dagster/partition"], r.tags[BATCH_TAG], r.status) for r in partition_runs)
+    ok = DagsterRunStatus.SUCCESS
+    assert ran == sorted((f"{y}|{a.code}", batches[a.code].run_id, ok) for a in DEMO_ATENEI for y in YEARS)
+    assert len(runs) == len(ranged) + len(batches) + len(partition_runs)  # no run of a lone partition
     d.converge("a university backfilled from the asset graph", time.monotonic())
