@@ -5,10 +5,11 @@ In a deployment the partitioned assets carry ``BackfillPolicy.multi_run(batch_pa
 backfill asks for *range runs*: one run for up to that many partitions, where Dagster would otherwise
 start a run per partition. Our assets run one partition at a time (each partition's lock, its checks, its
 latest run read by the unfinished_work sensor), so a range run does not execute its steps: its executor
-hands the range to one batch run per university (the batch job's, on a worker) and ends. The batches carry
-the asset backfill's tag, and so do their partition runs, which is how Dagster's backfill counts their
-materialisations and failures; a batch is queued before the range run ends, so the backfill never sees
-its runs all finished with partitions unaccounted for.
+queues batch runs of its universities' years (the batch job's, on the workers) and ends. The batches
+carry the asset backfill's tag, and so do their partition runs, which is how Dagster's backfill counts
+their materialisations and failures. A range run ends only once its batches are queued: until every
+partition is accounted for, the backfill always has a run of its own not finished (a range run, or a
+batch), and so never takes itself for stalled.
 
 Dagster groups a multi-partition backfill by whichever dimension has fewer keys in it (the year on a tie):
 a backfill of as many universities as years or more comes in ranges of one year across universities. So
