@@ -236,7 +236,7 @@ def test_a_range_run_hands_its_partitions_to_a_queued_batch_per_university_once(
     (tmp_path / "dagster").mkdir()
     with DagsterInstance.local_temp(str(tmp_path / "dagster"), overrides=queued) as instance:
         qr = frozenset({AssetKey("qr_images")})
-        # Dagster's range of one year across universities (a backfill of more universities than years)
+        # Dagster's range of one year across universities (as many universities as years, or more)
         first = instance.add_run(_range_run("2025|unife", "2025|unipa", qr, **{BACKFILL_TAG: "b1"}))
         lines = list(hand_off(instance, first, repository))
         batches = instance.get_runs(RunsFilter(job_name=BATCH_JOB))
