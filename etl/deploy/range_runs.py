@@ -21,6 +21,7 @@ having handed nothing for that university.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import partial
 
 from dagster import (
     AssetKey,
@@ -45,8 +46,6 @@ from dagster._record import copy
 from etl.batches import (
     BACKFILL_TAG,
     BATCH_JOB,
-    BATCH_KIND,
-    KIND_TAG,
     ROOT_RUN_TAG,
     UNIVERSITY_TAG,
     backfill_tags,
@@ -96,13 +95,15 @@ def hand_off(instance: DagsterInstance, run: DagsterRun, repository: RepositoryD
         PartitionKeyRange(run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG])
     )
     in_range = [Partition.parse(k) for k in keys]
-    selection = run.asset_selection or job.asset_layer.selected_asset_keys
-    whole = selection == job.asset_layer.selected_asset_keys
-    assets = None if whole else sorted(k.to_user_string() for k in selection)
+    every_asset = job.asset_layer.selected_asset_keys
+    selection = run.asset_selection or every_asset
+    assets = None if selection == every_asset else sorted(k.to_user_string() for k in selection)
     key = min(selection)
     policy = repository.asset_graph.get(key).backfill_policy
     size = (policy.max_partitions_per_run if policy else None) or len(keys)
     batch_job = repository.get_job(BATCH_JOB)
+    assert batch_job.partitioned_config is not None
+    partition_tags = partial(batch_job.partitioned_config.get_tags_for_partition_key, job_name=BATCH_JOB)
     origin = run.tags.get(ROOT_RUN_TAG, run.run_id)  # a retried range run hands off what its first did not
     handed = {
         (r.tags.get(UNIVERSITY_TAG), tuple(batch_years(r.run_config)))
@@ -120,11 +121,9 @@ def hand_off(instance: DagsterInstance, run: DagsterRun, repository: RepositoryD
                 batch_job,
                 run_config=batch_config(years, assets),
                 status=DagsterRunStatus.NOT_STARTED,
-                tags={
+                tags={  # the batch job's own tags and its university partition's, as the UI launches it
                     **batch_job.tags,
-                    PARTITION_NAME_TAG: university,
-                    UNIVERSITY_TAG: university,
-                    KIND_TAG: BATCH_KIND,
+                    **partition_tags(university),
                     HANDED_FROM_TAG: origin,
                     **backfill_tags(run.tags),
                 },
