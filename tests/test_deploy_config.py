@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetMaterialization, DagsterInstance, DagsterRun, RunsFilter
+from dagster import AssetCheckEvaluation, AssetMaterialization, DagsterInstance, DagsterRun, RunsFilter
 from dagster._core.instance.config import dagster_instance_config  # validates without connecting
 from dagster._core.utils import make_new_run_id
 from dagster._utils.tags import TagConcurrencyLimitsCounter
@@ -241,11 +241,12 @@ def test_the_event_log_run_and_schedule_storage_keep_their_connection(
         assert len(connects) == 2
 
 
-def test_the_storages_ask_the_catalog_for_their_columns_once(
+def test_the_storages_ask_the_catalog_for_their_columns_and_tables_once(
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Dagster inspects the runs table's columns for every read of runs (the queue's loop: twice a
-    second) and the asset_keys table's for every asset event; the deployment's storages ask once."""
+    second), the asset_keys table's for every asset event, and whether the asset check table exists for
+    every check evaluation; the deployment's storages ask once."""
     monkeypatch.setenv("ESC_SYNC_DAGSTER_PG_URL", dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": pg_url}))
     write_instance(tmp_path / "dagster", DeploySettings())
     with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
@@ -263,7 +264,11 @@ def test_the_storages_ask_the_catalog_for_their_columns_once(
             ] == [run.run_id]
             instance.report_runless_asset_event(AssetMaterialization("cards", partition=f"2025|u{i}"))
             assert instance.get_latest_materialization_event(cards) is not None
-        assert 0 < len(catalog) <= 3, len(catalog)  # each table's columns once (20 or more without)
+            check = AssetCheckEvaluation(cards, "cards_complete", passed=True, partition=f"2025|u{i}")
+            instance.report_runless_asset_event(check)
+        checks = instance.event_log_storage.get_asset_check_execution_history(check.asset_check_key, 20)
+        assert len(checks) == 10
+        assert 0 < len(catalog) <= 4, len(catalog)  # once each (13 without: the check table at each check)
 
 
 def test_a_worker_keeps_one_dagster_instance_for_all_its_steps(tmp_path: Path) -> None:
