@@ -23,6 +23,7 @@ TINY: dict[str, list[str]] = {
     "bench_exports.py": ["--rows", "500", "--batch-size", "100", "--qr-pool", "20"],
     "bench_http_transport.py": ["--requests", "100", "--rounds", "1"],
     "bench_ingest.py": ["--n", "400"],
+    "bench_partition_run.py": ["--students", "40", "--years", "2", "--rounds", "1", "--compare-table-cache"],
     "bench_qr.py": ["--n", "50", "--rounds", "1", "--min-ratio", "0"],
     "bench_router.py": ["--students", "150", "--sequential-students", "30", "--latency-ms", "2"],
     "bench_sweep.py": ["--n", "400"],
@@ -34,6 +35,7 @@ TINY: dict[str, list[str]] = {
                        "--latency-ms", "2", "--no-run-host"],
 }  # fmt: skip
 DEPLOYMENT = {"bench_latency.py", "bench_scale.py"}  # start a whole deployment: PostgreSQL and RabbitMQ
+POSTGRES = {"bench_ingest.py", "bench_partition_run.py", "bench_sweep.py"}
 
 
 def test_every_benchmark_is_listed() -> None:
@@ -43,7 +45,7 @@ def test_every_benchmark_is_listed() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "script",
-    [pytest.param(s, marks=pytest.mark.postgres) if s in DEPLOYMENT | {"bench_ingest.py", "bench_sweep.py"}
+    [pytest.param(s, marks=pytest.mark.postgres) if s in DEPLOYMENT | POSTGRES
      else s for s in sorted(TINY)],
 )  # fmt: skip
 def test_the_benchmark_runs_at_a_tiny_size(script: str, tmp_path: Path) -> None:
