@@ -10,10 +10,11 @@ steps, as `bench_scale.py`'s bare chain runs them). Reported per partition run: 
 (PostgreSQL included) with and without Dagster, the difference (Dagster's share), the statements sent to
 each database, and the run's events by type.
 
-``--compare-table-cache``: rounds alternate between the deployment's event log storage and one asking
-PostgreSQL's catalog whether a table exists at each use, as dagster-postgres does.
+``--upstream METHOD`` (``has_table``, ``store_event``; repeatable): rounds alternate between the
+deployment's event log storage and one whose METHODs are dagster-postgres's own (``has_table`` asks
+PostgreSQL's catalog at each use; ``store_event`` sends a NOTIFY after each event).
 
-    .venv/bin/python bench/bench_partition_run.py [--students 700] [--rounds 6] [--compare-table-cache]
+    .venv/bin/python bench/bench_partition_run.py [--students 700] [--rounds 6] [--upstream has_table]
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ from etl.resources.runtime import Runtime
 from etl.store.migrate import upgrade
 from tests.deployment import add_service_args, deploy_toml, fresh_database
 
+UPSTREAM = ("has_table", "store_event")  # the deployment's event log storage's own versions
+
 
 class Statements:
     """Statements sent through SQLAlchemy while counting, by database."""
@@ -75,7 +78,7 @@ def main() -> None:
     ap.add_argument("--years", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=6, help="runs of every partition with nothing changed")
     ap.add_argument("--latency-ms", type=float, default=2.0)
-    ap.add_argument("--compare-table-cache", action="store_true")
+    ap.add_argument("--upstream", action="append", choices=UPSTREAM, default=[])
     add_service_args(ap)
     args = ap.parse_args()
 
@@ -117,11 +120,13 @@ def measure(args: argparse.Namespace, a: DemoAteneo, key: str, home: Path, first
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
             storage: Any = instance.event_log_storage
 
-            def dagster_round(catalog_each_time: bool) -> float:
-                if catalog_each_time:  # dagster-postgres's own
-                    storage.has_table = types.MethodType(PostgresEventLogStorage.has_table, storage)
-                else:
-                    storage.__dict__.pop("has_table", None)
+            def dagster_round(upstream: list[str]) -> float:
+                for method in UPSTREAM:
+                    if method in upstream:  # dagster-postgres's own
+                        theirs_method = getattr(PostgresEventLogStorage, method)
+                        setattr(storage, method, types.MethodType(theirs_method, storage))
+                    else:
+                        storage.__dict__.pop(method, None)
                 cpu = busy_cpu_seconds()
                 outcome = run_partitions(defs, instance, partitions, lock_engine=runtime.engine)
                 cpu = busy_cpu_seconds() - cpu
@@ -135,15 +140,16 @@ def measure(args: argparse.Namespace, a: DemoAteneo, key: str, home: Path, first
                 run_other_steps(runtime, partitions)
                 return (busy_cpu_seconds() - cpu) / n
 
-            first_cpu = dagster_round(False)
-            modes = ["the deployment's storage", "asking the catalog"] if args.compare_table_cache else [""]
+            first_cpu = dagster_round([])
+            theirs = f"dagster-postgres's {' and '.join(args.upstream)}"
+            modes = ["the deployment's storage", theirs] if args.upstream else [""]
             runs: dict[str, list[float]] = {m: [] for m in modes}
             bare: list[float] = []
             for _ in range(args.rounds):
                 bare.append(bare_round())
                 for m in modes:
                     statements.on = m == modes[0]  # the deployment's
-                    runs[m].append(dagster_round(m == "asking the catalog"))
+                    runs[m].append(dagster_round(args.upstream if m == theirs else []))
                     statements.on = False
             last_run = instance.get_runs(limit=1)[0]
             events = Counter(

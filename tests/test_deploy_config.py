@@ -3,6 +3,8 @@ file `esc-sync deploy init` writes, URLs from the environment, and the one-line 
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 import subprocess
 import sys
@@ -11,10 +13,26 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetCheckEvaluation, AssetMaterialization, DagsterInstance, DagsterRun, RunsFilter
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetMaterialization,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    MaterializeResult,
+    RunsFilter,
+    StaticPartitionsDefinition,
+    asset,
+    materialize,
+)
 from dagster._core.instance.config import dagster_instance_config  # validates without connecting
 from dagster._core.utils import make_new_run_id
 from dagster._utils.tags import TagConcurrencyLimitsCounter
+from dagster_postgres import PostgresEventLogStorage
 from sqlalchemy import create_engine, event, text
 
 from etl.batches import BATCH_JOB, BATCH_KIND, KIND_TAG, UNIVERSITY_TAG, Batch, build_batch_job
@@ -286,3 +304,52 @@ def test_a_worker_keeps_one_dagster_instance_for_all_its_steps(tmp_path: Path) -
     assert isinstance(instance, DagsterInstance)
     assert tasks.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path / "a"))) is instance
     assert tasks.DagsterInstance.from_ref(second) is not instance
+
+
+def test_the_event_log_stores_a_runs_events_without_notify(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deployment's event log stores events as dagster-postgres does, asset events' records, tags
+    and checks included, without the NOTIFY nothing listens to."""
+    monkeypatch.setenv("ESC_SYNC_DAGSTER_PG_URL", dagster_pg_url({"ESC_SYNC_DAGSTER_PG_URL": pg_url}))
+    write_instance(tmp_path / "dagster", DeploySettings())
+
+    @asset(
+        partitions_def=StaticPartitionsDefinition(["2025|unife", "2025|unipa"]),
+        check_specs=[AssetCheckSpec("complete", asset="cards")],
+    )
+    def cards() -> MaterializeResult:
+        return MaterializeResult(
+            metadata={"written": 3}, check_results=[AssetCheckResult(check_name="complete", passed=True)]
+        )
+
+    with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        sent: list[str] = []
+        storage = instance.event_log_storage
+        assert isinstance(storage, PooledPostgresEventLogStorage)
+        event.listen(storage._engine, "before_cursor_execute", lambda _c, _cur, sql, *_: sent.append(sql))
+        for partition in ("2025|unife", "2025|unipa"):
+            assert materialize([cards], instance=instance, partition_key=partition).success
+        assert sent and not [sql for sql in sent if "NOTIFY" in sql.upper()]
+        key = cards.key
+        latest = instance.get_latest_materialization_event(key)
+        assert latest is not None and latest.asset_materialization is not None
+        assert latest.asset_materialization.partition == "2025|unipa"
+        assert latest.asset_materialization.metadata["written"].value == 3
+        assert instance.get_materialized_partitions(key) == {"2025|unife", "2025|unipa"}
+        (record,) = instance.get_asset_records([key])
+        assert record.asset_entry.last_materialization_record is not None
+        assert storage.get_event_tags_for_asset(key)  # the data version tags of each materialisation
+        runs = instance.get_runs()  # newest first
+        assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * 2
+        history = storage.get_asset_check_execution_history(AssetCheckKey(key, "complete"), 10)
+        assert [(h.run_id, h.status.value) for h in history] == [(r.run_id, "SUCCEEDED") for r in runs]
+        assert any(e.is_dagster_event and e.dagster_event_type == DagsterEventType.RUN_SUCCESS
+                   for e in instance.all_logs(runs[0].run_id))  # fmt: skip
+
+
+def test_the_event_log_store_event_is_dagster_postgres_s_as_read() -> None:
+    """PooledPostgresEventLogStorage.store_event is dagster-postgres's own less the NOTIFY: when theirs
+    changes (a new pin), it must be read again."""
+    source = inspect.getsource(PostgresEventLogStorage.store_event)
+    assert hashlib.sha256(source.encode()).hexdigest()[:16] == "4a2e37e5871bf2c8", source
