@@ -5,11 +5,12 @@ For each worker count, first the **bare chain** (measured again before each one,
 machine's speed drifts over a long benchmark; ``--bare-once``: once): the same Esse3 data through the
 Router chain without Dagster (careers → ESI → badges → cards, as `bench_router.py` runs it: one
 process, the state DB on the same PostgreSQL, the emulator at the same latency): the CPU a career
-costs the machine at least. Then a fresh deployment (state DB and Dagster storage on PostgreSQL, RabbitMQ,
-`esc-sync serve`, N `esc-sync worker`s, the emulator at 40 ms a call); the esse3_changes sensor finds
-every partition new and the daemon's queue runs them all (by default a batch per university, issue
-25; ``--batch-partitions 1``: a run per partition, as before; ``--asset-backfill``: launched instead
-as the asset graph's *Materialize → partitions* of every partition, through the UI's GraphQL mutation).
+costs the machine at least. Then a fresh deployment (state DB and Dagster storage on PostgreSQL,
+RabbitMQ, `esc-sync serve`, N `esc-sync worker`s, the emulator at 40 ms a call); the esse3_changes
+sensor finds every partition new and the daemon's queue runs them all (by default a batch per
+university, issue 25; ``--batch-partitions 1``: a run per partition, as before; ``--asset-backfill``:
+launched instead as the asset graph's *Materialize → partitions* of every partition, through the UI's
+GraphQL mutation).
 Reported:
 
 - total time, against the ideal = Router calls × latency ÷ (N workers × the client's concurrency);
