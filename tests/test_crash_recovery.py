@@ -18,6 +18,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from etl.emulator import FaultConfig, start_emulator
+from etl.emulator.process import EmulatorProcess
 from etl.errors import ExitCode
 from etl.store.db import make_engine
 from etl.store.migrate import upgrade
@@ -48,6 +49,16 @@ def dead_runs(home: Path) -> int:
     return count_runs(home, DagsterRunStatus.STARTED, DagsterRunStatus.STARTING)
 
 
+def wait_for_a_router_call(emu: EmulatorProcess, timeout_s: float = 60) -> bool:
+    """True as soon as the emulator receives a call (a cold start can take longer than any delay)."""
+    before, deadline = emu.stats()["requests"], time.monotonic() + timeout_s
+    while emu.stats()["requests"] == before:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_materialize_killed_three_times_then_a_plain_rerun_finishes(tmp_path: Path, state_url: str) -> None:
     home = tmp_path / "home"
     make_esse3(home, students=300)
@@ -67,16 +78,13 @@ def test_materialize_killed_three_times_then_a_plain_rerun_finishes(tmp_path: Pa
             )  # fmt: skip
             assert proc.stdout is not None
             assert "running" in proc.stdout.readline()  # Dagster loaded, the first run starting
-            before = emu.stats()["requests"]
-            if attempt:  # the first kill lands anywhere; the others once the run talks to the Router
-                deadline = time.monotonic() + 60  # (a cold start can take longer than any fixed delay)
-                while emu.stats()["requests"] == before and time.monotonic() < deadline:
-                    time.sleep(0.05)
-            time.sleep(rng.uniform(0.5, 2.5))
-            killed_in_flight += emu.stats()["requests"] > before  # it was talking to the Router
+            time.sleep(rng.uniform(0.5, 2.5))  # the first kill lands anywhere, even between two runs
+            if attempt:  # the others the moment a Router call arrives: each takes 200 ms, so the
+                # process is inside a run's Router step (a fixed delay could land between two runs)
+                killed_in_flight += wait_for_a_router_call(emu)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        assert killed_in_flight >= 1
+        assert killed_in_flight == 2
         # A kill between two partitions' runs leaves no run behind; one inside a run leaves it STARTED
         # with its slots held. The last kill's runs are the ones the rerun must free (each earlier
         # attempt freed its predecessor's when it started).
