@@ -48,7 +48,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,7 +59,7 @@ from cpu_sampling import Sampler, busy_cpu_seconds
 from etl.assets.badge_write_back import write_back_badges
 from etl.assets.exports import export_partition
 from etl.assets.qr import render_partition_qr
-from etl.batches import BATCH_TAG
+from etl.batches import BATCH_TAG, UNIVERSITY_TAG
 from etl.config import DeploySettings, current_academic_year, parse_settings
 from etl.demo.config import DemoAteneo
 from etl.demo.generate import generate
@@ -115,7 +115,7 @@ class Outcome:
     partitions: int
     calls: int
     ideal: float
-    failed_runs: int
+    failures: list[str]  # one line per failed run: which, and why
     launched: int  # runs the queue launched: batches and partition runs (not a batch's partitions)
     worker_rss_mb: float
     cpu_seconds: float  # the whole machine's, during the backfill, but this benchmark's own process
@@ -178,7 +178,7 @@ def backfill(
                 wait_until(finished, args.timeout, "every partition to succeed", poll_s=2)
                 seconds, own = time.monotonic() - started, time.process_time() - own
                 cpu = busy_cpu_seconds() - cpu - own  # this benchmark's process is not the deployment
-                failed = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+                failed = failure_reasons(instance)
                 in_batches = sum(
                     1 for r in instance.get_runs(RunsFilter(job_name="esc_sync")) if BATCH_TAG in r.tags
                 )
@@ -196,6 +196,23 @@ def backfill(
         workers, seconds, want, calls, ideal, failed, launched, peak, cpu, by_component, sampler.peak_rss,
         start_cpu, idle,
     )  # fmt: skip
+
+
+def failure_reasons(instance: DagsterInstance) -> list[str]:
+    """One line per failed run: its job, partition or university, and its last failure's message
+    (the step's own exception, or Dagster's reason when run monitoring failed the run)."""
+    kinds = {DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+    lines = []
+    for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE])):
+        events = [e for e in instance.all_logs(run.run_id, of_type=kinds) if e.dagster_event]
+        step = next((e.dagster_event for e in reversed(events) if e.dagster_event.is_step_failure), None)
+        error = step.step_failure_data.error if step else None
+        while error is not None and error.cause is not None:  # Dagster wraps the step's own exception
+            error = error.cause
+        why = (error.message if error else events[-1].message if events else "").strip() or "no reason"
+        where = run.tags.get("dagster/partition") or run.tags.get(UNIVERSITY_TAG, "")
+        lines.append(f"{run.job_name} {where}: {why.splitlines()[0][:200]}")
+    return lines
 
 
 IDLE_S = 15.0  # how long the idle deployment is measured before the careers appear
@@ -382,7 +399,7 @@ def main() -> None:
                 f"  {n} worker(s): {o.seconds:7.1f} s for {o.calls} Router calls; ideal {o.ideal:6.1f} s "
                 f"-> {o.seconds / o.ideal:4.2f}x ideal; speed-up {speedup:4.2f}x vs {outcomes[0].workers}; "
                 f"{o.launched} runs launched ({o.launched / len(atenei):.1f} per university), "
-                f"{o.failed_runs} failed; CPU {per_career * 1000:.2f} ms per career all-in = "
+                f"{len(o.failures)} failed; CPU {per_career * 1000:.2f} ms per career all-in = "
                 f"{per_career / bare:.2f}x the bare chain (goal <= 1.5x), "
                 f"{per_career / whole:.2f}x the whole job's work without Dagster; "
                 f"{o.cpu_seconds / o.seconds / (os.cpu_count() or 1):.0%} of the machine busy",
@@ -402,6 +419,8 @@ def main() -> None:
                 f"sensor tick; in them: the idle deployment's {o.idle_cpu_per_s:.3f} CPU-s a second",
                 flush=True,
             )
+            for line in o.failures:
+                print(f"    failed run: {line}", flush=True)
             rss = ", ".join(
                 f"{k} {v / 2**20:.0f}" for k, v in sorted(o.peak_rss.items(), key=lambda kv: -kv[1])
             )

@@ -60,3 +60,36 @@ def test_the_benchmark_runs_at_a_tiny_size(script: str, tmp_path: Path) -> None:
     assert done.returncode == 0, (
         f"{script} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     )
+
+
+def test_bench_scale_names_each_failed_run_and_why() -> None:
+    """A failed run in a benchmark is reported with its partition and the step's own error, not
+    Dagster's wrapper: the figures of a run with failures are read knowing why."""
+    from dagster import DagsterInstance, job, op
+
+    sys.path.insert(0, str(BENCH))
+    from bench_scale import failure_reasons
+
+    @op
+    def register() -> None:
+        raise ValueError("the Router refused the key\nand a second line")
+
+    @op
+    def fine() -> None:
+        pass
+
+    @job
+    def esc_sync() -> None:
+        register()
+
+    @job
+    def quiet() -> None:
+        fine()
+
+    with DagsterInstance.ephemeral() as instance:
+        assert failure_reasons(instance) == []
+        quiet.execute_in_process(instance=instance, tags={"dagster/partition": "2024|unife"})
+        esc_sync.execute_in_process(
+            instance=instance, raise_on_error=False, tags={"dagster/partition": "2025|unife"}
+        )
+        assert failure_reasons(instance) == ["esc_sync 2025|unife: ValueError: the Router refused the key"]
