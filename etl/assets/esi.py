@@ -35,7 +35,7 @@ from etl.resources.router_views import person_identifier
 from etl.resources.state_db import StateDB
 from etl.store import persons as store
 from etl.store import quarantine
-from etl.store.bulk import refresh_statistics
+from etl.store.bulk import ANALYZE_AFTER_ROWS, refresh_statistics
 
 STAGE = QuarantineStage.ESI
 CHUNK = 1000  # persons per intent/call/confirm round: bounds what a crash can leave pending
@@ -119,12 +119,16 @@ def assign_esis(
 
     if plan.work:
         run_with_client(client_factory, body, report)
-    write_back(engine, source, ateneo.code, year, report)
+    new_persons = sum(1 for w in plan.work if w.create)
+    write_back(engine, source, ateneo.code, year, report, new_persons)
 
 
-def write_back(engine: Engine, source: Esse3Source, institution: str, year: int, report: CallReport) -> None:
+def write_back(
+    engine: Engine, source: Esse3Source, institution: str, year: int, report: CallReport, new_persons: int = 0
+) -> None:
     """Store registered ESIs on their Esse3 careers; a career already holding another ESI is
-    quarantined, never overwritten, unless esc-sync wrote that ESI itself (the career changed person)."""
+    quarantined, never overwritten, unless esc-sync wrote that ESI itself (the career changed person).
+    ``new_persons``: persons this partition recorded, for the planner's statistics."""
     with engine.connect() as conn:
         rows = store.write_back_candidates(conn, institution, year)
     conflicts = [Rejection(r.stu_id, (ESI_CONFLICT,)) for r in rows if not r.ours_to_write]
@@ -132,7 +136,7 @@ def write_back(engine: Engine, source: Esse3Source, institution: str, year: int,
     source.write_back_esi(writes)  # Esse3 first: if we crash before the next line, it is redone
     with engine.begin() as conn:
         store.mark_written_back(conn, institution, [(w.stu_id, w.esi) for w in writes])
-        if len(writes) > CHUNK // 2:  # many new persons: keep the next partition's plan fast
+        if max(len(writes), new_persons) > ANALYZE_AFTER_ROWS:  # keep the next partition's plan fast
             refresh_statistics(conn, "persons", "careers")
         quarantine.record(conn, institution, year, STAGE, "P01_STU", conflicts)
     report.counts.update(written_back=len(writes), quarantined=len(conflicts))
