@@ -124,7 +124,7 @@ def assign_esis(
 
 
 def write_back(
-    engine: Engine, source: Esse3Source, institution: str, year: int, report: CallReport, new_persons: int = 0
+    engine: Engine, source: Esse3Source, institution: str, year: int, report: CallReport, new_persons: int
 ) -> None:
     """Store registered ESIs on their Esse3 careers; a career already holding another ESI is
     quarantined, never overwritten, unless esc-sync wrote that ESI itself (the career changed person).

@@ -173,7 +173,7 @@ PLANNER_COLUMNS = {
 # Rows a step writes after which it refreshes the planner's statistics. A partition's rows carry values
 # (its university, its year) the statistics have not seen: the planner estimates a handful of rows and
 # joins them by nested loops quadratic in their number. Partitions of ~300 careers, under the 500 this
-# was, made the crash test's reruns on PostgreSQL take 94 s instead of 32; an ANALYZE costs 10-70 ms.
+# was, made the crash test's reruns on PostgreSQL take 94 s instead of 27; an ANALYZE costs 10-70 ms.
 ANALYZE_AFTER_ROWS = 100
 _STALE = text(
     "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema()"
