@@ -365,12 +365,12 @@ def test_missing_key_stops_with_one_line(rt: Runtime, monkeypatch: pytest.Monkey
         assert conn.execute(select(Person).where(Person.state == "registered")).first() is None
 
 
+# PostgreSQL only: SQLite keeps no planner statistics
+@pytest.mark.parametrize("state_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 def test_the_planner_knows_a_synced_partition_s_careers_and_persons(rt: Runtime, tmp_path: Path) -> None:
     """A partition's rows carry values (its university, its year) the planner's statistics have not
     seen; partitions of a few hundred careers must refresh them too, or it estimates a handful of rows
     and joins them by nested loops quadratic in their number (a crash test's reruns: 94 s, not 27)."""
-    if rt.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite keeps no planner statistics")
     esse3 = tmp_path / "esse3-unife.sqlite"  # a few hundred new persons a year (the fixture's: ~100)
     esse3.unlink()
     generate(f"sqlite:///{esse3}", seed=3, students=700, first_year=2024, last_year=YEAR, now=NOW)
