@@ -30,7 +30,7 @@ from etl.exports import sha256_file
 from etl.partitions import Partition, partitions_def
 from etl.resources.runtime import Runtime
 from etl.store import exports as export_store
-from etl.store.bulk import refresh_statistics
+from etl.store.bulk import ANALYZE_AFTER_ROWS, refresh_statistics
 from etl.store.models import Card, Career, Export, QrImage, utcnow
 from tests.fixtures.world import demo_settings
 from tests.test_qr_asset import BASE, NAMES, PART, PIC, seed_cards
@@ -349,6 +349,15 @@ def test_planner_statistics_are_refreshed_after_a_bulk_load(runtime: Runtime, ca
             text("EXPLAIN (FORMAT JSON) SELECT * FROM cards WHERE institution = 'unife'")
         ).scalar_one()
     assert plan[0]["Plan"]["Plan Rows"] > 500  # the planner now knows the partition's size
+
+
+def test_statistics_are_refreshed_only_after_more_rows_than_the_threshold(runtime: Runtime) -> None:
+    """A step names the rows it wrote; a few leave the statistics alone (an ANALYZE costs 10-70 ms)."""
+    with runtime.engine.begin() as conn:
+        at = refresh_statistics(conn, "careers", "persons", written=ANALYZE_AFTER_ROWS)
+        above = refresh_statistics(conn, "careers", "persons", written=ANALYZE_AFTER_ROWS + 1)
+    assert at == []
+    assert above == (["careers", "persons"] if runtime.engine.dialect.name == "postgresql" else [])
 
 
 def test_planner_knows_how_many_careers_are_live(runtime: Runtime, cards: list[str]) -> None:

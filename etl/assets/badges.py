@@ -39,7 +39,7 @@ from etl.resources.state_db import StateDB
 from etl.store import badges as store
 from etl.store import careers as common
 from etl.store import quarantine, source_state, watermarks
-from etl.store.bulk import ANALYZE_AFTER_ROWS, refresh_statistics
+from etl.store.bulk import refresh_statistics
 
 STAGE = QuarantineStage.BADGES
 P01_BADGE = "P01_BADGE"
@@ -128,8 +128,7 @@ def ingest_badges(
         result.vanished, result.held = _apply_vanished(conn, partition, policy, gone)
         if newest is not None:
             watermarks.advance_watermarks(conn, partition.key, {P01_BADGE: newest})
-        if result.read > ANALYZE_AFTER_ROWS:
-            refresh_statistics(conn, "badges", "cards", "persons")
+        refresh_statistics(conn, "badges", "cards", "persons", written=result.read)
     if result.held:
         raise VanishHeld(
             f"{partition.key}: {result.held}: nothing deactivated; once a person has looked, "

@@ -44,7 +44,7 @@ from etl.resources.esse3_sources import Esse3Sources
 from etl.resources.state_db import StateDB
 from etl.store import careers as store
 from etl.store import quarantine, source_state, watermarks
-from etl.store.bulk import ANALYZE_AFTER_ROWS, refresh_statistics
+from etl.store.bulk import refresh_statistics
 
 P01_STU = "P01_STU"
 
@@ -112,8 +112,7 @@ def ingest_careers(
         result.resolved += len(vanished_quarantine)
         result.vanished, result.held = _apply_vanished(conn, partition, policy, gone)
         watermarks.advance_watermarks(conn, partition.key, seen)
-        if result.inserted + result.updated > ANALYZE_AFTER_ROWS:
-            refresh_statistics(conn, "careers", "quarantine")
+        refresh_statistics(conn, "careers", "quarantine", written=result.inserted + result.updated)
     if result.held:
         raise VanishHeld(
             f"{partition.key}: {result.held}: nothing deactivated; once a person has looked, "

@@ -35,7 +35,7 @@ from etl.resources.router_views import person_identifier
 from etl.resources.state_db import StateDB
 from etl.store import persons as store
 from etl.store import quarantine
-from etl.store.bulk import ANALYZE_AFTER_ROWS, refresh_statistics
+from etl.store.bulk import refresh_statistics
 
 STAGE = QuarantineStage.ESI
 CHUNK = 1000  # persons per intent/call/confirm round: bounds what a crash can leave pending
@@ -119,16 +119,14 @@ def assign_esis(
 
     if plan.work:
         run_with_client(client_factory, body, report)
-    new_persons = sum(1 for w in plan.work if w.create)
-    write_back(engine, source, ateneo.code, year, report, new_persons)
+    with engine.begin() as conn:  # the persons this partition recorded, for the next steps' plans
+        refresh_statistics(conn, "persons", written=sum(1 for w in plan.work if w.create))
+    write_back(engine, source, ateneo.code, year, report)
 
 
-def write_back(
-    engine: Engine, source: Esse3Source, institution: str, year: int, report: CallReport, new_persons: int
-) -> None:
+def write_back(engine: Engine, source: Esse3Source, institution: str, year: int, report: CallReport) -> None:
     """Store registered ESIs on their Esse3 careers; a career already holding another ESI is
-    quarantined, never overwritten, unless esc-sync wrote that ESI itself (the career changed person).
-    ``new_persons``: persons this partition recorded, for the planner's statistics."""
+    quarantined, never overwritten, unless esc-sync wrote that ESI itself (the career changed person)."""
     with engine.connect() as conn:
         rows = store.write_back_candidates(conn, institution, year)
     conflicts = [Rejection(r.stu_id, (ESI_CONFLICT,)) for r in rows if not r.ours_to_write]
@@ -136,8 +134,7 @@ def write_back(
     source.write_back_esi(writes)  # Esse3 first: if we crash before the next line, it is redone
     with engine.begin() as conn:
         store.mark_written_back(conn, institution, [(w.stu_id, w.esi) for w in writes])
-        if max(len(writes), new_persons) > ANALYZE_AFTER_ROWS:  # keep the next partition's plan fast
-            refresh_statistics(conn, "persons", "careers")
+        refresh_statistics(conn, "careers", written=len(writes))
         quarantine.record(conn, institution, year, STAGE, "P01_STU", conflicts)
     report.counts.update(written_back=len(writes), quarantined=len(conflicts))
 

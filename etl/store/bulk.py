@@ -182,12 +182,16 @@ _STALE = text(
 )
 
 
-def refresh_statistics(conn: Connection, *tables: str, only_stale: bool = False) -> list[str]:
+def refresh_statistics(
+    conn: Connection, *tables: str, written: int | None = None, only_stale: bool = False
+) -> list[str]:
     """After a bulk load PostgreSQL's planner still believes the tables are empty and picks nested
     loops that grow quadratically (10 s instead of 20 ms for a 2,000-student partition). ANALYZE is
-    cheap and transactional; SQLite needs nothing. ``only_stale``: only tables never analysed or
-    more than 10 % changed since (autovacuum has not caught up). Returns the tables analysed."""
-    if conn.dialect.name != "postgresql":
+    cheap and transactional; SQLite needs nothing. ``written``: the rows a step just wrote; at most
+    ``ANALYZE_AFTER_ROWS`` of them leave the statistics as they are. ``only_stale``: only tables
+    never analysed or more than 10 % changed since (autovacuum has not caught up). Returns the
+    tables analysed."""
+    if conn.dialect.name != "postgresql" or (written is not None and written <= ANALYZE_AFTER_ROWS):
         return []
     names = list(conn.execute(_STALE, {"tables": list(tables)}).scalars()) if only_stale else list(tables)
     if names:
