@@ -27,6 +27,7 @@ TINY: dict[str, list[str]] = {
                                "has_table", "--upstream", "store_event"],
     "bench_qr.py": ["--n", "50", "--rounds", "1", "--min-ratio", "0"],
     "bench_router.py": ["--students", "150", "--sequential-students", "30", "--latency-ms", "2"],
+    "bench_statistics.py": ["--careers", "2000", "--universities", "5", "--rounds", "1", "--repeat", "1"],
     "bench_sweep.py": ["--n", "400"],
     "bench_wallet.py": ["--cards", "20", "--university-cards", "100", "--follow-cards", "20"],
     "bench_latency.py": ["--events", "2", "--every", "1", "--students", "40", "--workers", "1",
@@ -36,7 +37,7 @@ TINY: dict[str, list[str]] = {
                        "--latency-ms", "2", "--no-run-host"],
 }  # fmt: skip
 DEPLOYMENT = {"bench_latency.py", "bench_scale.py"}  # start a whole deployment: PostgreSQL and RabbitMQ
-POSTGRES = {"bench_ingest.py", "bench_partition_run.py", "bench_sweep.py"}
+POSTGRES = {"bench_ingest.py", "bench_partition_run.py", "bench_statistics.py", "bench_sweep.py"}
 
 
 def test_every_benchmark_is_listed() -> None:

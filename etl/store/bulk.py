@@ -175,6 +175,13 @@ PLANNER_COLUMNS = {
 # joins them by nested loops quadratic in their number. Partitions of ~300 careers, under the 500 this
 # was, made the crash test's reruns on PostgreSQL take 94 s instead of 27; an ANALYZE costs 10-70 ms.
 ANALYZE_AFTER_ROWS = 100
+# esc-sync's ANALYZE samples 300 × this many rows: 9,000, not the server's default 30,000 (a sample of
+# the columns left at their default target; qr_images' are lower, migration 0012). A backfill pays one
+# for nearly every partition; at 400,000 careers the careers, persons, badges and cards tables took
+# 97, 87, 70 and 130 ms of PostgreSQL's CPU, a third of that with this sample
+# (bench/bench_statistics.py). A partition of 300 careers among 1.9 million is still in it 3 times in 4,
+# and one that is not is small enough for any plan.
+STATISTICS_TARGET = 30
 _STALE = text(
     "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema()"
     " AND relname = ANY(:tables) AND (COALESCE(last_analyze, last_autoanalyze) IS NULL"
@@ -196,6 +203,7 @@ def refresh_statistics(
     names = list(conn.execute(_STALE, {"tables": list(tables)}).scalars()) if only_stale else list(tables)
     if names:
         targets = (f"{t} ({', '.join(PLANNER_COLUMNS[t])})" if t in PLANNER_COLUMNS else t for t in names)
+        conn.exec_driver_sql(f"SET LOCAL default_statistics_target = {STATISTICS_TARGET}")
         conn.exec_driver_sql(f"ANALYZE {', '.join(targets)}")
     return names
 
