@@ -34,7 +34,7 @@ from tests.deployment import add_service_args, fresh_database
 
 TABLES = ("careers", "persons", "badges", "cards")
 
-# Synthetic rows: institutions uni01..uniNN with a skewed share each (i² weights), years 2020-2026.
+# Synthetic rows: institutions uni01..uniNN, a person's careers in one of them; years 2020-2026.
 FILL = {
     "careers": """
 INSERT INTO careers (institution, stu_id, pers_id, person_key, matricola, academic_year, course_code,

@@ -352,7 +352,7 @@ def test_planner_statistics_are_refreshed_after_a_bulk_load(runtime: Runtime, ca
 
 
 def test_statistics_are_refreshed_only_after_more_rows_than_the_threshold_on_a_small_sample(
-    runtime: Runtime, cards: list[str]
+    runtime: Runtime,
 ) -> None:
     """A step names the rows it wrote; a few leave the statistics alone. The refresh samples 9,000 rows,
     not the server's 30,000 (a third of the CPU at 400,000 careers): its histograms have 31 bounds."""
