@@ -40,7 +40,8 @@ FILL = {
 INSERT INTO careers (institution, stu_id, pers_id, person_key, matricola, academic_year, course_code,
   course_name, course_type, academic_level, status, finalised, enrolment_date, first_name, last_name,
   email, consent, source_data_mod, row_hash, source_digest, esi_written, created_at, updated_at)
-SELECT 'uni' || lpad((1 + (g * 2 / 5 * 7919) % :u)::text, 2, '0'), g, g * 2 / 5, md5((g * 2 / 5)::text),
+SELECT 'uni' || lpad((1 + (g::bigint * 2 / 5 * 7919) % :u)::text, 2, '0'), g, g * 2 / 5,
+  md5((g * 2 / 5)::text),
   (100000 + g)::text, 2020 + g % 7, 'C' || (g % 40), 'Corso di laurea in materia ' || (g % 40),
   'L', 'BACHELOR', 'A', g % 10 <> 0, DATE '2020-09-01' + (g % 2000),
   'Nome' || (g % 900), 'Cognome' || (g % 3000), 'studente' || g || '@studenti.example.it', 'S',
