@@ -13,6 +13,8 @@ each database, and the run's events by type.
 ``--upstream METHOD`` (``has_table``, ``store_event``; repeatable): rounds alternate between the
 deployment's event log storage and one whose METHODs are dagster-postgres's own (``has_table`` asks
 PostgreSQL's catalog at each use; ``store_event`` sends a NOTIFY after each event).
+``--job esc_sync_partition`` (repeatable, default both): the asset job's runs, a step per asset, and
+the partition job's (etl.partition_job, a batch's), their rounds alternating.
 
     .venv/bin/python bench/bench_partition_run.py [--students 700] [--rounds 6] [--upstream has_table]
 """
@@ -44,13 +46,14 @@ from bench_scale import run_other_steps, universities
 from cpu_sampling import busy_cpu_seconds
 
 from etl.config import current_academic_year, parse_settings
-from etl.definitions import build_definitions
+from etl.definitions import JOB_NAME, build_definitions
 from etl.demo.config import DemoAteneo
 from etl.demo.generate import generate
 from etl.deploy.env import DAGSTER_PG_ENV, dagster_pg_url
 from etl.deploy.instance import write_instance
 from etl.emulator import FaultConfig, start_emulator
 from etl.orchestrate import run_partitions
+from etl.partition_job import PARTITION_JOB
 from etl.partitions import Partition
 from etl.resources.runtime import Runtime
 from etl.store.migrate import upgrade
@@ -79,6 +82,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6, help="runs of every partition with nothing changed")
     ap.add_argument("--latency-ms", type=float, default=2.0)
     ap.add_argument("--upstream", action="append", choices=UPSTREAM, default=[])
+    ap.add_argument("--job", action="append", choices=(JOB_NAME, PARTITION_JOB), default=[])
     add_service_args(ap)
     args = ap.parse_args()
 
@@ -120,7 +124,7 @@ def measure(args: argparse.Namespace, a: DemoAteneo, key: str, home: Path, first
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
             storage: Any = instance.event_log_storage
 
-            def dagster_round(upstream: list[str]) -> float:
+            def dagster_round(upstream: list[str], job: str = PARTITION_JOB) -> float:
                 for method in UPSTREAM:
                     if method in upstream:  # dagster-postgres's own
                         theirs_method = getattr(PostgresEventLogStorage, method)
@@ -128,7 +132,7 @@ def measure(args: argparse.Namespace, a: DemoAteneo, key: str, home: Path, first
                     else:
                         storage.__dict__.pop(method, None)
                 cpu = busy_cpu_seconds()
-                outcome = run_partitions(defs, instance, partitions, lock_engine=runtime.engine)
+                outcome = run_partitions(defs, instance, partitions, lock_engine=runtime.engine, job_name=job)
                 cpu = busy_cpu_seconds() - cpu
                 if outcome.failures:
                     sys.exit(f"a partition run failed: {outcome.failures[0].message}")
@@ -142,20 +146,22 @@ def measure(args: argparse.Namespace, a: DemoAteneo, key: str, home: Path, first
 
             first_cpu = dagster_round([])
             theirs = f"dagster-postgres's {' and '.join(args.upstream)}"
-            modes = ["the deployment's storage", theirs] if args.upstream else [""]
+            # label → (dagster-postgres's methods, job); statements are counted in the first
+            modes = {job: ([], job) for job in args.job or (JOB_NAME, PARTITION_JOB)}
+            if args.upstream:
+                modes[f"{JOB_NAME}, {theirs}"] = (args.upstream, JOB_NAME)
             runs: dict[str, list[float]] = {m: [] for m in modes}
+            events: dict[str, Counter[str]] = {}
             bare: list[float] = []
             for _ in range(args.rounds):
                 bare.append(bare_round())
-                for m in modes:
-                    statements.on = m == modes[0]  # the deployment's
-                    runs[m].append(dagster_round(args.upstream if m == theirs else []))
+                for m, (upstream, job) in modes.items():
+                    statements.on = m == next(iter(modes))  # the first mode's
+                    runs[m].append(dagster_round(upstream, job))
                     statements.on = False
-            last_run = instance.get_runs(limit=1)[0]
-            events = Counter(
-                r.event_log_entry.dagster_event.event_type_value if r.event_log_entry.dagster_event else "LOG"
-                for r in instance.get_records_for_run(last_run.run_id, limit=10_000).records
-            )
+                    records = instance.get_records_for_run(instance.get_runs(limit=1)[0].run_id, limit=10_000)
+                    kinds = (r.event_log_entry.dagster_event for r in records.records)
+                    events[m] = Counter(e.event_type_value if e else "LOG" for e in kinds)
         runtime.dispose()
 
     print(
@@ -169,16 +175,17 @@ def measure(args: argparse.Namespace, a: DemoAteneo, key: str, home: Path, first
         cpu = statistics.median(runs[m])
         share = cpu - base
         print(
-            f"  nothing changed, a Dagster run each{f' ({m})' if m else ''}: {cpu:.3f} CPU-s a partition "
+            f"  nothing changed, a Dagster run each ({m}): {cpu:.3f} CPU-s a partition "
             f"run; Dagster's share {share:.3f} CPU-s = {share / careers * n * 1000:.2f} CPU-ms a career here"
         )
     names = {os.path.basename(state_url): "state DB", os.path.basename(dagster_pg): "Dagster"}  # else Esse3
     by_db = ", ".join(
         f"{names.get(db, 'Esse3')} {c / n / args.rounds:.0f}" for db, c in statements.by_db.most_common()
     )
-    print(f"  statements a partition run: {by_db}")
-    kinds = ", ".join(f"{k} {v}" for k, v in events.most_common())
-    print(f"  events of a partition run: {sum(events.values())} ({kinds})")
+    print(f"  statements a partition run ({next(iter(modes))}): {by_db}")
+    for m, counts in events.items():
+        kinds = ", ".join(f"{k} {v}" for k, v in counts.most_common())
+        print(f"  events of a partition run ({m}): {sum(counts.values())} ({kinds})")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ from etl.assets.exports import export_partition
 from etl.assets.qr import render_partition_qr
 from etl.batches import BATCH_TAG, UNIVERSITY_TAG
 from etl.config import DeploySettings, current_academic_year, parse_settings
+from etl.definitions import PARTITION_RUN_JOBS
 from etl.demo.config import DemoAteneo
 from etl.demo.generate import generate
 from etl.deploy.env import dagster_pg_url
@@ -160,10 +161,13 @@ def backfill(
                 idle = (busy_cpu_seconds() - idle_cpu) / IDLE_S
 
                 def finished() -> bool:
-                    done = RunsFilter(job_name="esc_sync", statuses=[DagsterRunStatus.SUCCESS])
-                    if instance.get_runs_count(done) < want:  # cheap, until it may be true
+                    done = [
+                        RunsFilter(job_name=j, statuses=[DagsterRunStatus.SUCCESS])
+                        for j in PARTITION_RUN_JOBS
+                    ]
+                    if sum(instance.get_runs_count(f) for f in done) < want:  # cheap, until it may be true
                         return False
-                    partitions = {r.tags.get("dagster/partition") for r in instance.get_runs(done)}
+                    partitions = {r.tags.get("dagster/partition") for f in done for r in instance.get_runs(f)}
                     return len(partitions - {None}) == want and not instance.get_runs_count(
                         RunsFilter(statuses=ACTIVE)
                     )
@@ -180,7 +184,10 @@ def backfill(
                 cpu = busy_cpu_seconds() - cpu - own  # this benchmark's process is not the deployment
                 failed = failure_reasons(instance)
                 in_batches = sum(
-                    1 for r in instance.get_runs(RunsFilter(job_name="esc_sync")) if BATCH_TAG in r.tags
+                    1
+                    for j in PARTITION_RUN_JOBS
+                    for r in instance.get_runs(RunsFilter(job_name=j))
+                    if BATCH_TAG in r.tags
                 )
                 launched = instance.get_runs_count() - in_batches
             sampler.stop.set()

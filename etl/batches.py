@@ -153,8 +153,9 @@ def build_batch_job(settings: Settings) -> JobDefinition:
         },
     )
     def backfill_batch(context: OpExecutionContext) -> None:
-        from etl.definitions import build_definitions  # the definitions hold this job
+        from etl.definitions import JOB_NAME, build_definitions  # the definitions hold this job
         from etl.orchestrate import PartitionRun, run_partitions
+        from etl.partition_job import PARTITION_JOB
         from etl.resources.runtime import Runtime
 
         if not context.has_partition_key:
@@ -170,11 +171,12 @@ def build_batch_job(settings: Settings) -> JobDefinition:
         # Systems of its own, not the job's resources: a job needing resources would make Dagster
         # rebuild the sensor that targets it, with a beta warning in every process that loads it.
         runtime = Runtime(settings)
+        assets = context.op_config.get("assets")
         try:
             outcome = run_partitions(
                 build_definitions(settings, runtime), context.instance, todo, lock_engine=runtime.engine,
                 tags={BATCH_TAG: batch, **backfill_tags(context.run.tags)}, isolate_failures=True,
-                assets=context.op_config.get("assets"),
+                assets=assets, job_name=PARTITION_JOB if assets is None else JOB_NAME,
                 progress=lambda i, n, o: context.log.info(
                     f"{o.partition.key}: {'done' if isinstance(o, PartitionRun) else 'failed'} ({i} of {n})"
                 ),

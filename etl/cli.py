@@ -359,14 +359,14 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
 
         todo = [c.partition for c in pending_partitions(settings, runtime, on_error=skip_university)]
         # ... and whatever is left undone, whether or not Esse3 changed (etl.unfinished)
-        from etl.definitions import JOB_NAME
+        from etl.definitions import PARTITION_RUN_JOBS
         from etl.unfinished import latest_unsuccessful, partitions_with_work
 
-        failed = latest_unsuccessful(ensure_instance(settings), JOB_NAME)
+        failed = latest_unsuccessful(ensure_instance(settings), *PARTITION_RUN_JOBS)
         with runtime.engine.connect() as conn:
             todo += [w.partition for w in partitions_with_work(conn, settings, failed)]
     elif args.command == "reconcile":
-        from etl.definitions import JOB_NAME
+        from etl.definitions import PARTITION_RUN_JOBS
         from etl.reconcile import reconcile
         from etl.report import drift_lines
         from etl.store import source_state
@@ -389,7 +389,7 @@ def _with_runtime(args: argparse.Namespace, settings: Settings, runtime: Runtime
                 )
             ]
         results = reconcile(runtime, codes, repair=args.repair)
-        failed = latest_unsuccessful(ensure_instance(settings), JOB_NAME)
+        failed = latest_unsuccessful(ensure_instance(settings), *PARTITION_RUN_JOBS)
         with runtime.engine.connect() as conn:
             left = [
                 w for w in partitions_with_work(conn, settings, failed) if w.partition.institution in codes

@@ -45,11 +45,13 @@ from etl.config import DeploySettings, Settings, load_settings
 from etl.deploy.executor import steps_in_run
 from etl.deploy.kept_instance import kept_instance
 from etl.domain.retries import run_key as retry_run_key
+from etl.partition_job import PARTITION_JOB, build_partition_job
 from etl.partitions import partitions_def
 from etl.resources.runtime import Runtime
 
 JOB_NAME = "esc_sync"
 RECONCILE_JOB = "router_reconciliation"
+PARTITION_RUN_JOBS = (JOB_NAME, PARTITION_JOB)  # the jobs whose runs are one partition's
 UNFINISHED_INTERVAL_S = 30  # how often the unfinished_work sensor looks (a few indexed queries)
 
 
@@ -87,6 +89,7 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
     )
     reconcile_job = define_asset_job(RECONCILE_JOB, selection=AssetSelection.checks(*checks))
     batch_job = build_batch_job(settings)
+    partition_job = build_partition_job(assets, partitions)  # a batch's partitions run as this
     deploy = settings.deploy
     incremental_in_run = deploy is not None and deploy.executor == "celery"
     if deploy is not None and incremental_in_run and deploy.batch_partitions > 1:
@@ -134,8 +137,8 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         """Partitions with work left undone (Router calls whose retries ran out, a run that failed or
         was cancelled) run again, with backoff, a bounded number of times (etl.unfinished)."""
         instance = sensor_instance(context)
-        failed = unfinished.latest_unsuccessful(instance, JOB_NAME)
-        busy = unfinished.active_partitions(instance, JOB_NAME) | {
+        failed = unfinished.latest_unsuccessful(instance, *PARTITION_RUN_JOBS)
+        busy = unfinished.active_partitions(instance, *PARTITION_RUN_JOBS) | {
             p.key for batch in batches_in_flight(instance).values() for p in batch
         }
         with runtime.engine.begin() as conn:
@@ -185,7 +188,7 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
     return Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[job, batch_job, reconcile_job, retention_job],
+        jobs=[job, batch_job, partition_job, reconcile_job, retention_job],
         schedules=[nightly, nightly_retention],
         sensors=[esse3_changes, unfinished_work, follow_cards],
         resources=runtime.resources(),

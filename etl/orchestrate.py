@@ -152,6 +152,7 @@ def run_partitions(
     tags: Mapping[str, str] | None = None,
     isolate_failures: bool = False,
     assets: Collection[str] | None = None,
+    job_name: str = JOB_NAME,
 ) -> Backfill:
     """One run per partition, in partition order. A partition that fails is reported and the others
     go on; a failure that concerns its whole university (a refused key, Esse3 unreachable) skips that
@@ -161,8 +162,9 @@ def run_partitions(
     Router pool slot within ``wait_timeout_s``) skips them all. Unexpected errors are reported as one
     line too (``ESC_SYNC_DEBUG=1`` raises them with their traceback). With ``lock_engine`` (the state
     DB) each run holds its partition's lock from start to end. ``assets`` (asset keys as strings) runs
-    only those of the job."""
-    job = defs.resolve_job_def(JOB_NAME)
+    only those of the job. ``job_name`` names another job of the partitions (a batch's: the partition
+    job, etl.partition_job)."""
+    job = defs.resolve_job_def(job_name)
     if assets is not None:
         job = job.get_subset(asset_selection={AssetKey.from_user_string(a) for a in assets})
     reaped = reap_dead_runs(instance)

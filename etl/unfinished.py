@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.storage.dagster_run import RunPartitionData
 from sqlalchemy import Connection
 
 from etl.config import Settings
@@ -43,16 +44,29 @@ class PartitionWork:
         return "; ".join(self.reasons)
 
 
-def latest_unsuccessful(instance: DagsterInstance, job_name: str) -> dict[str, str]:
-    """Partition key → status of its latest run of ``job_name`` when that run failed or was cancelled."""
-    since = dt.datetime.now(dt.UTC) - LOOKBACK
-    data = instance.run_storage.get_run_partition_data(RunsFilter(job_name=job_name, updated_after=since))
-    return {d.partition: d.status.value for d in data if d.status in UNSUCCESSFUL}
+def latest_runs(
+    instance: DagsterInstance, *job_names: str, since: dt.datetime | None = None
+) -> dict[str, RunPartitionData]:
+    """Partition key → its latest run of any of ``job_names`` (updated after ``since``)."""
+    latest: dict[str, RunPartitionData] = {}
+    for job_name in job_names:
+        for d in instance.run_storage.get_run_partition_data(
+            RunsFilter(job_name=job_name, updated_after=since)
+        ):
+            if d.partition not in latest or (d.start_time or 0) > (latest[d.partition].start_time or 0):
+                latest[d.partition] = d
+    return latest
 
 
-def active_partitions(instance: DagsterInstance, job_name: str) -> set[str]:
-    """Partitions with a run queued or in progress: their work is being done."""
-    runs = instance.get_runs(RunsFilter(job_name=job_name, statuses=list(ACTIVE)))
+def latest_unsuccessful(instance: DagsterInstance, *job_names: str) -> dict[str, str]:
+    """Partition key → status of its latest run of ``job_names`` when that run failed or was cancelled."""
+    latest = latest_runs(instance, *job_names, since=dt.datetime.now(dt.UTC) - LOOKBACK)
+    return {k: d.status.value for k, d in latest.items() if d.status in UNSUCCESSFUL}
+
+
+def active_partitions(instance: DagsterInstance, *job_names: str) -> set[str]:
+    """Partitions with a run of ``job_names`` queued or in progress: their work is being done."""
+    runs = [r for j in job_names for r in instance.get_runs(RunsFilter(job_name=j, statuses=list(ACTIVE)))]
     return {r.tags[PARTITION_TAG] for r in runs if PARTITION_TAG in r.tags}
 
 

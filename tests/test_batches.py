@@ -50,6 +50,7 @@ from etl.demo.generate import generate
 from etl.deploy.launcher import MonitoredRunLauncher
 from etl.deploy.range_runs import HANDED_FROM_TAG, hand_off
 from etl.emulator import EmulatorProcess
+from etl.partition_job import PARTITION_JOB
 from etl.partitions import Partition
 from etl.resources.runtime import Runtime
 from etl.run_tags import HOST_TAG, PID_TAG
@@ -93,7 +94,7 @@ def batch_runtime(tmp_path: Path, emulator: EmulatorProcess, state_url: str) -> 
 
 def _partition_runs(instance: DagsterInstance, batch: str) -> dict[str, list[DagsterRunStatus]]:
     out: dict[str, list[DagsterRunStatus]] = {}
-    for run in instance.get_runs(RunsFilter(job_name=JOB_NAME, tags={BATCH_TAG: batch})):
+    for run in instance.get_runs(RunsFilter(job_name=PARTITION_JOB, tags={BATCH_TAG: batch})):
         out.setdefault(run.tags["dagster/partition"], []).append(run.status)
     return out
 

@@ -44,14 +44,16 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from etl.batches import BATCH_JOB, BATCH_TAG, UNIVERSITY_TAG, batch_years
-from etl.definitions import JOB_NAME
+from etl.definitions import JOB_NAME, PARTITION_RUN_JOBS
 from etl.demo.config import DEMO_ATENEI
 from etl.demo.generate import generate
 from etl.demo.mutate import mutate
 from etl.deploy.range_runs import HANDED_FROM_TAG, is_range_run
 from etl.emulator import FaultConfig, start_emulator
+from etl.partition_job import PARTITION_JOB
 from etl.store.db import make_engine
 from etl.store.work import unfinished_totals
+from etl.unfinished import latest_runs
 from tests.deployment import (
     Processes,
     deploy_toml,
@@ -103,10 +105,12 @@ class Deployment:
     def settled(self) -> str | None:
         """None when the deployment has finished its work, else what is left (for the timeout's message)."""
         with self.instance() as instance:
-            busy = instance.get_runs_count(RunsFilter(job_name="esc_sync", statuses=ACTIVE))
-            latest = instance.run_storage.get_run_partition_data(RunsFilter(job_name="esc_sync"))
-        not_ok = sorted(d.partition for d in latest if d.status != DagsterRunStatus.SUCCESS)
-        partitions = {d.partition for d in latest}
+            busy = sum(
+                instance.get_runs_count(RunsFilter(job_name=j, statuses=ACTIVE)) for j in PARTITION_RUN_JOBS
+            )
+            latest = latest_runs(instance, *PARTITION_RUN_JOBS)
+        not_ok = sorted(k for k, d in latest.items() if d.status != DagsterRunStatus.SUCCESS)
+        partitions = set(latest)
         engine = make_engine(self.state_url)
         try:
             with engine.connect() as conn:
@@ -153,10 +157,11 @@ class Deployment:
     def red_somewhere(self) -> bool:
         """The UI shows the trouble: a failed run or step, or a failed router_calls_complete check."""
         with self.instance() as instance:
-            if instance.get_runs_count(RunsFilter(job_name="esc_sync", statuses=[DagsterRunStatus.FAILURE])):
+            runs = [r for j in PARTITION_RUN_JOBS for r in instance.get_runs(RunsFilter(job_name=j))]
+            if any(r.status == DagsterRunStatus.FAILURE for r in runs):
                 return True
             records = instance.get_records_for_run
-            for run in instance.get_runs(RunsFilter(job_name="esc_sync")):
+            for run in runs:
                 for rec in records(run.run_id).records:
                     ev = rec.event_log_entry.dagster_event
                     if ev is None:
@@ -339,7 +344,7 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
         wait_until(lambda: instance.get_runs(ui_batch)[0].status not in ACTIVE, 300, "the UI's batch to end")
         [run] = instance.get_runs(ui_batch)
         assert run.status == DagsterRunStatus.SUCCESS and run.tags[UNIVERSITY_TAG] == code
-        ran = instance.get_runs(RunsFilter(job_name="esc_sync", tags={BATCH_TAG: run.run_id}))
+        ran = instance.get_runs(RunsFilter(job_name=PARTITION_JOB, tags={BATCH_TAG: run.run_id}))
     assert sorted((r.tags["dagster/partition"], r.status) for r in ran) == [
         (f"{y}|{code}", DagsterRunStatus.SUCCESS) for y in YEARS
     ]
@@ -363,7 +368,7 @@ def test_a_deployment_converges_after_router_database_and_serve_faults(
         assert batch.tags[HANDED_FROM_TAG] == ranged[str(YEARS[0])].run_id
         assert batch_years(batch.run_config) == list(YEARS)
     assert {r.status for r in [*ranged.values(), *batches.values()]} == {DagsterRunStatus.SUCCESS}
-    partition_runs = [r for r in runs if r.job_name == JOB_NAME]
+    partition_runs = [r for r in runs if r.job_name == PARTITION_JOB]
     ran = sorted((r.tags["dagster/partition"], r.tags[BATCH_TAG], r.status) for r in partition_runs)
     ok = DagsterRunStatus.SUCCESS
     assert ran == sorted((f"{y}|{a.code}", batches[a.code].run_id, ok) for a in DEMO_ATENEI for y in YEARS)
