@@ -6,6 +6,7 @@ resources: ``state_db``, ``esse3`` and ``router`` (etl.resources)."""
 
 # No `from __future__ import annotations`: Dagster reads the sensors' annotations at runtime.
 import os
+from collections.abc import Mapping
 
 from dagster import (
     AssetSelection,
@@ -46,7 +47,7 @@ from etl.deploy.executor import steps_in_run
 from etl.deploy.kept_instance import kept_instance
 from etl.domain.retries import run_key as retry_run_key
 from etl.partition_job import PARTITION_JOB, build_partition_job
-from etl.partitions import partitions_def
+from etl.partitions import Partition, partitions_def
 from etl.resources.runtime import Runtime
 
 JOB_NAME = "esc_sync"
@@ -62,6 +63,13 @@ def sensor_instance(context: SensorEvaluationContext) -> DagsterInstance:
     if context.instance_ref is None:  # a context built around an instance (tests)
         return context.instance
     return kept_instance(context.instance_ref)
+
+
+def partitions_in_flight(instance: DagsterInstance, batches: Mapping[str, list[Partition]]) -> set[str]:
+    """Keys of the partitions with a run queued or in progress, or in ``batches`` (those in flight)."""
+    return unfinished.active_partitions(instance, *PARTITION_RUN_JOBS) | {
+        p.key for batch in batches.values() for p in batch
+    }
 
 
 def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Definitions:
@@ -111,7 +119,14 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         read go in batches of a university's years (etl.batches)."""
         # one university's Esse3 down (its one-line reason logged) leaves the others' changes going
         changes = pending_partitions(settings, runtime, on_error=lambda e: context.log.warning(str(e)))
-        batches, singles = plan_batches(changes, batch_size, set(batches_in_flight(sensor_instance(context))))
+        instance = sensor_instance(context)
+        in_flight = batches_in_flight(instance)
+        batches, singles = plan_batches(changes, batch_size, set(in_flight))
+        # a partition whose run is queued or in progress reads what changed when it runs; what changes
+        # after its read, the next tick after it ends finds (between its careers and badges steps it
+        # looks changed: no second run for that)
+        busy = partitions_in_flight(instance, in_flight)
+        singles = [c for c in singles if c.partition.key not in busy]
         requests = [batch.run_request() for batch in batches] + [
             RunRequest(
                 run_key=change.run_key,
@@ -124,7 +139,7 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
             for change in singles
         ]
         if not requests:
-            return SkipReason("no Esse3 changes beyond the watermarks")
+            return SkipReason("no Esse3 changes beyond the watermarks, or only of partitions being run")
         return SensorResult(run_requests=requests)
 
     @sensor(
@@ -138,9 +153,7 @@ def build_definitions(settings: Settings, runtime: Runtime | None = None) -> Def
         was cancelled) run again, with backoff, a bounded number of times (etl.unfinished)."""
         instance = sensor_instance(context)
         failed = unfinished.latest_unsuccessful(instance, *PARTITION_RUN_JOBS)
-        busy = unfinished.active_partitions(instance, *PARTITION_RUN_JOBS) | {
-            p.key for batch in batches_in_flight(instance).values() for p in batch
-        }
+        busy = partitions_in_flight(instance, batches_in_flight(instance))
         with runtime.engine.begin() as conn:
             found = unfinished.partitions_with_work(conn, settings, failed)
             due, given_up = unfinished.schedule(conn, found, busy)

@@ -66,9 +66,18 @@ class StepContext:
 
 
 def in_graph_order(assets: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
+    """Level by level, by name within a level: the order the asset job's run executes its steps in
+    (badges right after careers, before the ESIs' Router calls: until its badges are read a partition
+    looks changed to the esse3_changes sensor)."""
     by_key = {a.key: a for a in assets}
-    graph = {a.key: {d for d in a.asset_deps[a.key] if d in by_key} for a in assets}
-    return [by_key[k] for k in TopologicalSorter(graph).static_order()]
+    sorter = TopologicalSorter({a.key: {d for d in a.asset_deps[a.key] if d in by_key} for a in assets})
+    sorter.prepare()
+    ordered: list[AssetsDefinition] = []
+    while sorter.is_active():
+        level = sorted(sorter.get_ready(), key=lambda k: k.to_user_string())
+        ordered += [by_key[k] for k in level]
+        sorter.done(*level)
+    return ordered
 
 
 def split_at_router(

@@ -133,6 +133,13 @@ def test_a_batch_runs_each_partition_as_its_own_run_isolates_a_failure_and_resum
         result = sensor(build_sensor_context(instance=instance))
         asked = sorted((r.job_name, r.partition_key) for r in result.run_requests)
         assert asked == [(JOB_NAME, "2024|unife"), (BATCH_JOB, "unipa")]
+        # ... but not while a run of it is in progress (or queued): that run reads the change
+        for job_name in (JOB_NAME, PARTITION_JOB):
+            busy = instance.add_run(DagsterRun(job_name=job_name, status=DagsterRunStatus.STARTED,
+                                               tags={"dagster/partition": "2024|unife"}))  # fmt: skip
+            result = sensor(build_sensor_context(instance=instance))
+            assert [r.partition_key for r in result.run_requests] == ["unipa"], job_name
+            instance.report_run_canceled(busy)
 
         # the holder ends; the batch run again (as run retries would) runs only what is left
         instance.report_run_failed(holder)

@@ -64,7 +64,10 @@ def test_a_partition_run_of_the_partition_job_records_what_the_asset_job_records
         [run] = instance.get_runs()
         assert run.job_name == PARTITION_JOB and run.status == DagsterRunStatus.FAILURE
         mats = instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-        assert [e.dagster_event.asset_key.to_user_string() for e in mats if e.dagster_event] == ["careers"]
+        assert [e.dagster_event.asset_key.to_user_string() for e in mats if e.dagster_event] == [
+            "careers",
+            "badges",
+        ]
         # a failed run of the partition job is a partition run the unfinished_work sensor retries
         assert latest_unsuccessful(instance, *PARTITION_RUN_JOBS) == {lean.dagster_key(): "FAILURE"}
         assert latest_unsuccessful(instance, JOB_NAME) == {}
@@ -110,6 +113,12 @@ def test_a_partition_run_of_the_partition_job_records_what_the_asset_job_records
                 asset_key=AssetKey.from_user_string(asset), partition=lean.dagster_key()
             )
             assert planned is not None and planned.run_id == lean_run.run_id, asset
+        # in the order the asset job's run executes its steps
+        assert list(made(lean_run)) == [
+            e.step_key
+            for e in _events(instance, full_run.run_id)
+            if e.is_step_start  # type: ignore[attr-defined]
+        ]
         lean_events, full_events = _events(instance, lean_run.run_id), _events(instance, full_run.run_id)
         assert len(lean_events) < 0.6 * len(full_events)  # 34 against 62 when written
         steps = {e.step_key for e in lean_events if e.is_step_success}  # type: ignore[attr-defined]
