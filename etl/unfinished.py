@@ -8,6 +8,7 @@ A partition held by the mass-deletion guard waits for a person, not for a retry.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -53,9 +54,13 @@ def latest_runs(
         for d in instance.run_storage.get_run_partition_data(
             RunsFilter(job_name=job_name, updated_after=since)
         ):
-            if d.partition not in latest or (d.start_time or 0) > (latest[d.partition].start_time or 0):
+            if d.partition not in latest or _started(d) > _started(latest[d.partition]):
                 latest[d.partition] = d
     return latest
+
+
+def _started(d: RunPartitionData) -> float:
+    return math.inf if d.start_time is None else d.start_time  # not started yet: the newest
 
 
 def latest_unsuccessful(instance: DagsterInstance, *job_names: str) -> dict[str, str]:
