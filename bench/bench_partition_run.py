@@ -13,8 +13,9 @@ each database, and the run's events by type.
 ``--upstream METHOD`` (``has_table``, ``store_event``; repeatable): rounds alternate between the
 deployment's event log storage and one whose METHODs are dagster-postgres's own (``has_table`` asks
 PostgreSQL's catalog at each use; ``store_event`` sends a NOTIFY after each event).
-``--job esc_sync_partition`` (repeatable, default both): the asset job's runs, a step per asset, and
-the partition job's (etl.partition_job, a batch's), their rounds alternating.
+``--job JOB`` (``esc_sync``, ``esc_sync_partition``; repeatable, default both): the asset job's runs (a
+step per asset) and the partition job's (etl.partition_job, as a batch runs them), alternating in each
+round. The first run of each partition, which does the work, is the partition job's.
 
     .venv/bin/python bench/bench_partition_run.py [--students 700] [--rounds 6] [--upstream has_table]
 """
