@@ -52,6 +52,7 @@ from dagster._core.log_manager import DagsterLogManager
 from etl.assets.router_calls import ROUTER_POOL
 
 PARTITION_JOB = "esc_sync_partition"
+CHAIN_STEP = "router_chain"  # the first step, which records the run's planned materialisations
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def plan_materializations(context: OpExecutionContext, keys: Sequence[AssetKey])
     batch_id = generate_event_batch_id()
     for i, key in enumerate(keys):
         planned = AssetMaterializationPlannedData(key, partition=context.partition_key)
-        event = DagsterEvent.build_asset_materialization_planned_event(PARTITION_JOB, "router_chain", planned)
+        event = DagsterEvent.build_asset_materialization_planned_event(PARTITION_JOB, CHAIN_STEP, planned)
         context.instance.report_dagster_event(
             event, context.run_id, batch_metadata=DagsterEventBatchMetadata(batch_id, i == len(keys) - 1)
         )
@@ -148,12 +149,9 @@ def build_partition_job(
     assets: Sequence[AssetsDefinition], partitions: MultiPartitionsDefinition
 ) -> JobDefinition:
     chain, rest = split_at_router(assets)
-    keys: set[str] = set()
-    for a in assets:
-        keys |= a.required_resource_keys
-    keys.discard("io_manager")
+    keys = set().union(*(a.required_resource_keys for a in assets))
 
-    @op(name="router_chain", pool=ROUTER_POOL, required_resource_keys=keys, out=Out(Nothing))
+    @op(name=CHAIN_STEP, pool=ROUTER_POOL, required_resource_keys=keys, out=Out(Nothing))
     def router_chain(context: OpExecutionContext) -> None:
         if context.retry_number == 0:
             plan_materializations(context, [a.key for a in [*chain, *rest]])
