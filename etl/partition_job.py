@@ -28,6 +28,7 @@ from dagster import (
     AssetRecordsFilter,
     AssetsDefinition,
     DagsterInstance,
+    EventLogRecord,
     In,
     JobDefinition,
     MaterializeResult,
@@ -91,23 +92,19 @@ def split_at_router(
 
 
 def check_evaluation(
-    context: OpExecutionContext, asset: AssetsDefinition, result: AssetCheckResult
+    asset: AssetsDefinition, result: AssetCheckResult, partition: str, target: EventLogRecord
 ) -> AssetCheckEvaluation:
-    """The evaluation the asset job records for ``result``, targeting the partition's latest
-    materialisation (just recorded) as Dagster's own steps do."""
+    """The evaluation the asset job records for ``result``, targeting ``target``: the partition's
+    materialisation just recorded, as Dagster's own steps do."""
     key = AssetCheckKey(result.asset_key or asset.key, str(result.check_name))
     spec = asset.get_spec_for_check_key(key)
-    partition = context.partition_key
-    [latest] = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key.asset_key, asset_partitions=[partition]), limit=1
-    ).records
     return AssetCheckEvaluation(
         asset_key=key.asset_key,
         check_name=key.name,
         passed=result.passed,
         metadata=result.metadata,
         target_materialization_data=AssetCheckEvaluationTargetMaterializationData(
-            storage_id=latest.storage_id, run_id=latest.run_id, timestamp=latest.timestamp
+            storage_id=target.storage_id, run_id=target.run_id, timestamp=target.timestamp
         ),
         severity=result.severity,
         description=result.description,
@@ -128,9 +125,15 @@ def run_assets(context: OpExecutionContext, assets: Sequence[AssetsDefinition]) 
             raise TypeError(f"{asset.key.to_user_string()} returned a {type(result).__name__}")
         made = AssetMaterialization(asset.key, partition=step.partition_key, metadata=result.metadata)
         context.log_event(made)
-        for check in result.check_results or ():
+        if not result.check_results:
+            continue
+        [target] = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=asset.key, asset_partitions=[step.partition_key]), limit=1
+        ).records
+        for check in result.check_results:
             # log_event records check evaluations too; its annotation leaves them out
-            context.log_event(check_evaluation(context, asset, check))  # type: ignore[arg-type]
+            evaluation = check_evaluation(asset, check, step.partition_key, target)
+            context.log_event(evaluation)  # type: ignore[arg-type]
 
 
 def plan_materializations(context: OpExecutionContext, keys: Sequence[AssetKey]) -> None:

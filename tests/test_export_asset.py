@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, event, select, text, update
 
 from etl.assets.exports import (
     ExportPolicy,
@@ -361,10 +361,21 @@ def test_statistics_are_refreshed_only_after_more_rows_than_the_threshold_on_a_s
         at = refresh_statistics(conn, "careers", "persons", written=ANALYZE_AFTER_ROWS)
         above = refresh_statistics(conn, "careers", "persons", written=ANALYZE_AFTER_ROWS + 1)
     assert at == []
+    # given the engine, a transaction (a pinged checkout) only when there is something to refresh
+    checkouts: list[object] = []
+    count = lambda *_: checkouts.append(1)  # noqa: E731
+    event.listen(runtime.engine, "checkout", count)
+    try:
+        assert refresh_statistics(runtime.engine, "persons", written=ANALYZE_AFTER_ROWS) == []
+        assert not checkouts
+        by_engine = refresh_statistics(runtime.engine, "persons", written=ANALYZE_AFTER_ROWS + 1)
+    finally:
+        event.remove(runtime.engine, "checkout", count)
     if runtime.engine.dialect.name != "postgresql":
-        assert above == []  # SQLite keeps no column statistics
+        assert above == by_engine == []  # SQLite keeps no column statistics
         return
     assert above == ["careers", "persons"]
+    assert by_engine == ["persons"] and checkouts
     with runtime.engine.connect() as conn:
         bounds = conn.execute(
             text(

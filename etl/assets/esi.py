@@ -35,7 +35,7 @@ from etl.resources.router_views import person_identifier
 from etl.resources.state_db import StateDB
 from etl.store import persons as store
 from etl.store import quarantine
-from etl.store.bulk import ANALYZE_AFTER_ROWS, refresh_statistics
+from etl.store.bulk import refresh_statistics
 
 STAGE = QuarantineStage.ESI
 CHUNK = 1000  # persons per intent/call/confirm round: bounds what a crash can leave pending
@@ -119,10 +119,8 @@ def assign_esis(
 
     if plan.work:
         run_with_client(client_factory, body, report)
-    new_persons = sum(1 for w in plan.work if w.create)
-    if new_persons > ANALYZE_AFTER_ROWS:  # for the next steps' plans; a checkout pings the state DB
-        with engine.begin() as conn:
-            refresh_statistics(conn, "persons")
+    # the persons this partition recorded, for the next steps' plans
+    refresh_statistics(engine, "persons", written=sum(1 for w in plan.work if w.create))
     write_back(engine, source, ateneo.code, year, report)
 
 
